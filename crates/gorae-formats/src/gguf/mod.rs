@@ -7,9 +7,11 @@
 
 mod reader;
 mod value;
+mod writer;
 
 pub use reader::{
     DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, KEY_ALIGNMENT, KEY_ARCHITECTURE, MAX_ALIGNMENT,
     MAX_DIM, MAX_DIMS, MAX_KEY_LEN, MAX_STRING_LEN, TensorInfo, TensorView,
 };
 pub use value::{MetaArray, MetaValue, ValueType};
+pub use writer::{GgufStreamWriter, GgufWriter, WRITE_VERSION};

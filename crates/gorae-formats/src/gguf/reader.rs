@@ -469,12 +469,7 @@ fn parse_header(buf: &[u8]) -> Result<Header, FormatError> {
 }
 
 fn align_up(x: u64, alignment: u64) -> Option<u64> {
-    let rem = x % alignment;
-    if rem == 0 {
-        Some(x)
-    } else {
-        x.checked_add(alignment - rem)
-    }
+    x.checked_next_multiple_of(alignment)
 }
 
 /// Every tensor must be aligned, lie inside the data section, and not share bytes with another
@@ -486,7 +481,7 @@ fn check_tensor_ranges(
 ) -> Result<(), FormatError> {
     let mut ranges = Vec::with_capacity(tensors.len());
     for (i, t) in tensors.iter().enumerate() {
-        if t.offset % alignment != 0 {
+        if !t.offset.is_multiple_of(alignment) {
             return Err(FormatError::UnalignedTensor {
                 tensor: t.name.clone(),
                 offset: t.offset,
@@ -572,7 +567,7 @@ fn read_tensor_info(c: &mut Cursor<'_>) -> Result<TensorInfo, FormatError> {
     let offset = c.u64("tensor offset")?;
 
     let ne0 = ne.first().copied().unwrap_or(0);
-    if ne0 % ty.block_size() as u64 != 0 {
+    if !ne0.is_multiple_of(ty.block_size() as u64) {
         return Err(FormatError::RowNotBlockMultiple {
             tensor: name,
             ty,
