@@ -2,8 +2,18 @@
 //!
 //! This crate knows nothing of models. Shapes are row-major, outermost first: a weight matrix is
 //! `[n_rows, n_cols]` and one row of it is a contiguous run of blocks (ggml's `ne[0]` is our last
-//! dimension).
+//! dimension). Activations are `[n_tokens, n_cols]`, outputs `[n_tokens, n_rows]`.
+//!
+//! - [`quant`]: block structs, `dequantize_row` / `quantize_row` / `vec_dot` per type, and the
+//!   scalar reference kernels SIMD variants are checked against.
+//! - [`matmul`]: the matrix product of the forward pass, built on `vec_dot`.
 
+pub mod error;
+pub mod matmul;
+pub mod quant;
 pub mod types;
 
+pub use error::KernelError;
+pub use matmul::{WeightRef, dequantize_matrix, matmul};
+pub use quant::{dequantize_row, quantize_row, try_vec_dot, vec_dot, vec_dot_type};
 pub use types::GgmlType;

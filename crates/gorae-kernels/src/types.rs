@@ -92,7 +92,10 @@ impl GgmlType {
 
     /// Parses a type name as llama.cpp's tools spell it (`q4_k`, `Q8_0`, `bf16`).
     pub fn from_name(name: &str) -> Option<Self> {
-        TABLE.iter().find(|r| r.2.eq_ignore_ascii_case(name)).map(|r| r.0)
+        TABLE
+            .iter()
+            .find(|r| r.2.eq_ignore_ascii_case(name))
+            .map(|r| r.0)
     }
 
     pub fn id(self) -> u32 {
@@ -117,7 +120,7 @@ impl GgmlType {
     /// product overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size() as u64)

@@ -1,0 +1,286 @@
+//! The matrix product of the forward pass: `y = x · Wᵀ` for a weight in its stored type.
+//!
+//! As in ggml's `ggml_compute_forward_mul_mat`, activations are quantized once per token row to
+//! the weight's `vec_dot_type` (Q8_0 / Q8_1 / Q8_K; f32 stays f32), and every output element is
+//! one `vec_dot` of a weight row with a quantized token row. Nothing is dequantized.
+//!
+//! Threading is left to the caller: [`matmul_rows`] computes any range of output rows for all
+//! tokens from already-quantized activations, so a thread pool can split `0..n_rows` (decode,
+//! `n_tokens == 1`, where each range is a contiguous piece of `y`) or split tokens.
+//!
+//! Shapes: `w` is `[n_rows, n_cols]`, `x` is `[n_tokens, n_cols]`, `y` is `[n_tokens, n_rows]`.
+
+use crate::quant::{self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use crate::quant::{reference as r, row_bytes, vec_dot_type};
+use crate::{GgmlType, KernelError};
+use bytemuck::Pod;
+use std::ops::Range;
+
+/// A weight matrix `[n_rows, n_cols]` in its stored type; each row is `n_cols / block_size`
+/// blocks, rows back to back.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightRef<'a> {
+    pub ty: GgmlType,
+    pub data: &'a [u8],
+    pub n_rows: usize,
+    pub n_cols: usize,
+}
+
+impl WeightRef<'_> {
+    /// Bytes per row, after checking the type is supported, `n_cols` is whole blocks and `data`
+    /// holds exactly `n_rows` rows.
+    pub fn row_bytes(&self) -> Result<usize, KernelError> {
+        if !self.ty.is_supported() {
+            return Err(KernelError::UnsupportedType { ty: self.ty });
+        }
+        let row = row_bytes(self.ty, self.n_cols, "weight n_cols")?;
+        let total = row
+            .checked_mul(self.n_rows)
+            .ok_or(KernelError::SizeOverflow {
+                what: "weight data",
+            })?;
+        check_len("weight data", "bytes", total, self.data.len())?;
+        Ok(row)
+    }
+}
+
+fn check_len(
+    what: &'static str,
+    unit: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(KernelError::LengthMismatch {
+            what,
+            unit,
+            expected,
+            got,
+        })
+    }
+}
+
+fn mul(a: usize, b: usize, what: &'static str) -> Result<usize, KernelError> {
+    a.checked_mul(b).ok_or(KernelError::SizeOverflow { what })
+}
+
+/// `y[t][r] = sum_c w[r][c] * x[t][c]` with `x: [n_tokens, n_cols]` f32 and
+/// `y: [n_tokens, n_rows]` f32.
+///
+/// Activations are quantized once per token row into `vec_dot_type(w.ty)` inside `scratch`,
+/// which grows only when too small, so a warmed-up caller allocates nothing. F32/F16/BF16
+/// weights use `x` directly and leave `scratch` alone.
+pub fn matmul(
+    w: &WeightRef,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut Vec<u8>,
+) -> Result<(), KernelError> {
+    w.row_bytes()?;
+    check_len(
+        "matmul x",
+        "f32",
+        mul(n_tokens, w.n_cols, "matmul x")?,
+        x.len(),
+    )?;
+    check_len(
+        "matmul y",
+        "f32",
+        mul(n_tokens, w.n_rows, "matmul y")?,
+        y.len(),
+    )?;
+    let xq = quantize_activations(w.ty, x, n_tokens, w.n_cols, scratch)?;
+    matmul_rows(w, xq, n_tokens, 0..w.n_rows, y)
+}
+
+/// Quantizes `x: [n_tokens, n_cols]` to `vec_dot_type(w_ty)`, one token row after another, into
+/// `scratch` (grown only when too small), and returns the quantized rows. For float weight types
+/// the activations are already in their dot-product form and `x`'s bytes are returned as they are.
+pub fn quantize_activations<'s>(
+    w_ty: GgmlType,
+    x: &'s [f32],
+    n_tokens: usize,
+    n_cols: usize,
+    scratch: &'s mut Vec<u8>,
+) -> Result<&'s [u8], KernelError> {
+    check_len(
+        "activations",
+        "f32",
+        mul(n_tokens, n_cols, "activations")?,
+        x.len(),
+    )?;
+    let xq_ty = vec_dot_type(w_ty);
+    if xq_ty == GgmlType::F32 {
+        return Ok(bytemuck::cast_slice(x));
+    }
+    let row = row_bytes(xq_ty, n_cols, "activation n_cols")?;
+    let need = mul(row, n_tokens, "quantized activations")?;
+    if scratch.len() < need {
+        scratch.resize(need, 0);
+    }
+    let xq = &mut scratch[..need];
+    if row > 0 {
+        for (xt, qt) in x.chunks_exact(n_cols).zip(xq.chunks_exact_mut(row)) {
+            quant::quantize_row(xq_ty, xt, qt)?;
+        }
+    }
+    Ok(&scratch[..need])
+}
+
+/// Output rows `rows` of the product for all tokens, from activations already quantized by
+/// [`quantize_activations`] (`xq: [n_tokens, row bytes of vec_dot_type]`). `y` is
+/// `[n_tokens, rows.len()]`: for `rows == 0..n_rows` that is the whole output; for one token it
+/// is the slice `y[rows]` of the whole output.
+pub fn matmul_rows(
+    w: &WeightRef,
+    xq: &[u8],
+    n_tokens: usize,
+    rows: Range<usize>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let w_row = w.row_bytes()?;
+    let x_row = row_bytes(vec_dot_type(w.ty), w.n_cols, "activation n_cols")?;
+    if rows.start > rows.end || rows.end > w.n_rows {
+        return Err(KernelError::LengthMismatch {
+            what: "matmul_rows rows.end",
+            unit: "rows at most",
+            expected: w.n_rows,
+            got: rows.end,
+        });
+    }
+    check_len(
+        "matmul_rows xq",
+        "bytes",
+        mul(x_row, n_tokens, "matmul_rows xq")?,
+        xq.len(),
+    )?;
+    check_len(
+        "matmul_rows y",
+        "f32",
+        mul(rows.len(), n_tokens, "matmul_rows y")?,
+        y.len(),
+    )?;
+    if rows.is_empty() || n_tokens == 0 {
+        return Ok(());
+    }
+    if w.n_cols == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    let wd = &w.data[rows.start * w_row..rows.end * w_row];
+    let job = Job {
+        n_tokens,
+        n_rows: rows.len(),
+        y,
+    };
+    match w.ty {
+        GgmlType::F32 => job.run::<u8, u8>(wd, w_row, xq, x_row, r::vec_dot_f32_f32),
+        GgmlType::F16 => job.run::<u8, u8>(wd, w_row, xq, x_row, r::vec_dot_f16_f32),
+        GgmlType::BF16 => job.run::<u8, u8>(wd, w_row, xq, x_row, r::vec_dot_bf16_f32),
+        GgmlType::Q4_0 => {
+            job.run::<BlockQ4_0, BlockQ8_0>(wd, w_row, xq, x_row, r::vec_dot_q4_0_q8_0)
+        }
+        GgmlType::Q4_1 => {
+            job.run::<BlockQ4_1, BlockQ8_1>(wd, w_row, xq, x_row, r::vec_dot_q4_1_q8_1)
+        }
+        GgmlType::Q5_0 => {
+            job.run::<BlockQ5_0, BlockQ8_0>(wd, w_row, xq, x_row, r::vec_dot_q5_0_q8_0)
+        }
+        GgmlType::Q5_1 => {
+            job.run::<BlockQ5_1, BlockQ8_1>(wd, w_row, xq, x_row, r::vec_dot_q5_1_q8_1)
+        }
+        GgmlType::Q8_0 => {
+            job.run::<BlockQ8_0, BlockQ8_0>(wd, w_row, xq, x_row, r::vec_dot_q8_0_q8_0)
+        }
+        GgmlType::Q8_1 => {
+            job.run::<BlockQ8_1, BlockQ8_1>(wd, w_row, xq, x_row, r::vec_dot_q8_1_q8_1)
+        }
+        GgmlType::Q8_K => job.run::<BlockQ8K, BlockQ8K>(wd, w_row, xq, x_row, r::vec_dot_q8_k_q8_k),
+        GgmlType::Q2_K => job.run::<BlockQ2K, BlockQ8K>(wd, w_row, xq, x_row, r::vec_dot_q2_k_q8_k),
+        GgmlType::Q3_K => job.run::<BlockQ3K, BlockQ8K>(wd, w_row, xq, x_row, r::vec_dot_q3_k_q8_k),
+        GgmlType::Q4_K => job.run::<BlockQ4K, BlockQ8K>(wd, w_row, xq, x_row, r::vec_dot_q4_k_q8_k),
+        GgmlType::Q5_K => job.run::<BlockQ5K, BlockQ8K>(wd, w_row, xq, x_row, r::vec_dot_q5_k_q8_k),
+        GgmlType::Q6_K => job.run::<BlockQ6K, BlockQ8K>(wd, w_row, xq, x_row, r::vec_dot_q6_k_q8_k),
+        ty => Err(KernelError::UnsupportedType { ty }),
+    }
+}
+
+/// Tokens per tile: a tile's quantized activations stay in L1/L2 while every weight row of the
+/// range streams past them once.
+const TOKEN_TILE: usize = 8;
+
+/// The output side of a row-range product: `y` is `[n_tokens, n_rows]` for the range.
+struct Job<'y> {
+    n_tokens: usize,
+    n_rows: usize,
+    y: &'y mut [f32],
+}
+
+impl Job<'_> {
+    /// The row loop for one (weight block, activation block) pair, monomorphized per type so the
+    /// dot product inlines. `wd` holds the range's rows (`w_row` bytes each), `xq` all tokens
+    /// (`x_row` bytes each); both lengths were checked by the caller.
+    fn run<W: Pod, X: Pod>(
+        self,
+        wd: &[u8],
+        w_row: usize,
+        xq: &[u8],
+        x_row: usize,
+        dot: impl Fn(&[W], &[X]) -> f32,
+    ) -> Result<(), KernelError> {
+        let Job {
+            n_tokens,
+            n_rows,
+            y,
+        } = self;
+        let wb: &[W] = blocks(wd)?;
+        let xb: &[X] = blocks(xq)?;
+        let (w_per_row, x_per_row) = (w_row / size_of::<W>(), x_row / size_of::<X>());
+        for t0 in (0..n_tokens).step_by(TOKEN_TILE) {
+            let t1 = (t0 + TOKEN_TILE).min(n_tokens);
+            for (r, w_r) in wb.chunks_exact(w_per_row).enumerate().take(n_rows) {
+                for t in t0..t1 {
+                    let x_t = &xb[t * x_per_row..(t + 1) * x_per_row];
+                    y[t * n_rows + r] = dot(w_r, x_t);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn blocks<B: Pod>(bytes: &[u8]) -> Result<&[B], KernelError> {
+    bytemuck::try_cast_slice(bytes).map_err(|_| KernelError::LengthMismatch {
+        what: "matmul block view",
+        unit: "bytes (whole blocks)",
+        expected: bytes.len() - bytes.len() % size_of::<B>(),
+        got: bytes.len(),
+    })
+}
+
+/// Decodes the whole matrix into `dst: [n_rows, n_cols]` f32 (for tests, debugging and
+/// load-time transforms; the forward pass never needs it).
+pub fn dequantize_matrix(w: &WeightRef, dst: &mut [f32]) -> Result<(), KernelError> {
+    let w_row = w.row_bytes()?;
+    check_len(
+        "dequantize_matrix dst",
+        "f32",
+        mul(w.n_rows, w.n_cols, "dequantize_matrix dst")?,
+        dst.len(),
+    )?;
+    if w.n_cols == 0 || w.n_rows == 0 {
+        return Ok(());
+    }
+    for (src, d) in w
+        .data
+        .chunks_exact(w_row)
+        .zip(dst.chunks_exact_mut(w.n_cols))
+    {
+        quant::dequantize_row(w.ty, src, d)?;
+    }
+    Ok(())
+}
