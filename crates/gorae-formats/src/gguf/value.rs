@@ -306,3 +306,57 @@ impl From<bool> for MetaValue {
         MetaValue::Bool(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_accessors_accept_any_width_that_fits() {
+        assert_eq!(MetaValue::U8(7).as_u64(), Some(7));
+        assert_eq!(MetaValue::I32(7).as_u32(), Some(7));
+        assert_eq!(MetaValue::I32(-1).as_u64(), None);
+        assert_eq!(MetaValue::U64(1 << 40).as_u32(), None);
+        assert_eq!(MetaValue::U64(u64::MAX).as_i64(), None);
+        assert_eq!(MetaValue::U32(u32::MAX).as_i64(), Some(i64::from(u32::MAX)));
+        assert_eq!(MetaValue::I8(-3).as_i64(), Some(-3));
+        assert_eq!(MetaValue::F32(1.0).as_u64(), None);
+        assert_eq!(MetaValue::Bool(true).as_u32(), None);
+    }
+
+    #[test]
+    fn float_bool_str_array_accessors() {
+        assert_eq!(MetaValue::F32(0.5).as_f32(), Some(0.5));
+        assert_eq!(MetaValue::F64(0.25).as_f32(), Some(0.25));
+        assert_eq!(MetaValue::U32(10_000).as_f32(), Some(10_000.0));
+        assert_eq!(MetaValue::I16(-2).as_f32(), Some(-2.0));
+        assert_eq!(MetaValue::U64(u64::MAX).as_f32(), Some(u64::MAX as f32));
+        assert_eq!(MetaValue::String("x".into()).as_f32(), None);
+        assert_eq!(MetaValue::Bool(false).as_bool(), Some(false));
+        assert_eq!(MetaValue::U8(1).as_bool(), None);
+        assert_eq!(MetaValue::from("llama").as_str(), Some("llama"));
+        let a = MetaValue::from(MetaArray::F32(vec![1.0, 2.0]));
+        let Some(arr) = a.as_array() else {
+            panic!("not an array: {a:?}")
+        };
+        assert_eq!(arr.len(), 2);
+        assert_eq!(arr.as_f32s(), Some(&[1.0f32, 2.0][..]));
+        assert_eq!(arr.as_i32s(), None);
+        assert_eq!(arr.as_strings(), None);
+        assert_eq!(MetaArray::I32(vec![3]).as_i32s(), Some(&[3][..]));
+        assert_eq!(
+            MetaArray::String(vec!["a".into()]).as_strings(),
+            Some(&["a".to_owned()][..])
+        );
+        assert!(MetaArray::U8(vec![]).is_empty());
+    }
+
+    #[test]
+    fn value_type_ids_round_trip() {
+        for id in 0..13 {
+            let t = ValueType::from_id(id);
+            assert_eq!(t.map(ValueType::id), Some(id));
+        }
+        assert_eq!(ValueType::from_id(13), None);
+    }
+}
