@@ -69,7 +69,8 @@ pub mod reference {
     };
 }
 
-use crate::{GgmlType, KernelError};
+use crate::GgmlType;
+pub use crate::error::KernelError;
 use bytemuck::{Pod, Zeroable};
 
 /// Elements in a K-quant super-block (ggml's `QK_K`).
