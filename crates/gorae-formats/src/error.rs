@@ -173,6 +173,10 @@ pub enum FormatError {
         line: usize,
         column: usize,
     },
+    #[error("safetensors header has duplicate key {key:?}")]
+    StDuplicateKey { key: String },
+    #[error("safetensors __metadata__ value for {key:?} is not a string")]
+    StMetadataNotString { key: String },
     #[error("safetensors tensor {tensor:?}: unknown dtype {dtype:?}")]
     StUnknownDtype { tensor: String, dtype: String },
     #[error(

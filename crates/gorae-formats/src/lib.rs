@@ -9,7 +9,10 @@
 //! Shapes are row-major, outermost first, in every format (GGUF's reversed `ne[]` is turned around
 //! at the boundary; see [`gguf`]).
 
+mod backing;
 mod error;
 pub mod gguf;
+pub mod hf;
+pub mod safetensors;
 
 pub use error::FormatError;

@@ -19,13 +19,13 @@
 //! `shape == [n_vocab, n_embd]`; its last dimension is the contiguous one.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
 use gorae_kernels::GgmlType;
 
 use super::value::{MetaArray, MetaValue, ValueType};
 use crate::FormatError;
+use crate::backing::Backing;
 
 /// The four bytes every GGUF file starts with.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -96,20 +96,6 @@ impl TensorView<'_> {
     }
 }
 
-enum Backing {
-    Mmap(memmap2::Mmap),
-    Bytes(Vec<u8>),
-}
-
-impl Backing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Backing::Mmap(m) => m,
-            Backing::Bytes(b) => b,
-        }
-    }
-}
-
 /// A parsed and validated GGUF file (versions 2 and 3, little-endian).
 pub struct GgufFile {
     backing: Backing,
@@ -140,32 +126,7 @@ impl GgufFile {
     /// The mapping stays valid only while nobody truncates the file: a file shrunk underneath a
     /// mapping raises SIGBUS on access. gorae never maps a file it is writing.
     pub fn open(path: &Path) -> Result<GgufFile, FormatError> {
-        let file = File::open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                FormatError::MissingFile {
-                    path: path.to_owned(),
-                }
-            } else {
-                FormatError::io(path, e)
-            }
-        })?;
-        let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
-        if len == 0 {
-            // Mapping an empty file is an error on some platforms; report it as what it is.
-            return Err(FormatError::Truncated {
-                what: "magic",
-                offset: 0,
-                needed: 4,
-                available: 0,
-            });
-        }
-        // SAFETY: the map is read-only and private to this process, so the only way it can be
-        // invalidated is another process truncating or rewriting the file while it is mapped.
-        // That is the documented contract of `open` (model files are not modified in place while
-        // served); the bytes themselves are untrusted and fully validated below.
-        let map = unsafe { memmap2::MmapOptions::new().map(&file) }
-            .map_err(|e| FormatError::io(path, e))?;
-        Self::parse(Backing::Mmap(map))
+        Self::parse(Backing::map(path)?)
     }
 
     /// Parses an in-memory GGUF image (tests, fuzzing, files fetched into memory).
