@@ -4,6 +4,7 @@
 //! (scale fields forced finite) and gguf-py's numpy outputs as f32 bit patterns. Every output
 //! here must match to the bit; both sides do the same f32 operations in the same order, so any
 //! difference is a layout or formula bug, not rounding.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
 use gorae_kernels::{GgmlType, dequantize_row};
 use serde_json::Value;
@@ -11,7 +12,7 @@ use serde_json::Value;
 const CASES: &str = include_str!("data/dequant_cases.json");
 
 fn hex_bytes(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
+    assert!(s.len().is_multiple_of(2), "odd hex length");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
