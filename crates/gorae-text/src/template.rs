@@ -289,6 +289,13 @@ impl ChatTemplate {
             ErrorKind::OutOfFuel => return TextError::TemplateFuel { limit: self.fuel },
             ErrorKind::SyntaxError => return TextError::TemplateSyntax(describe(e)),
             ErrorKind::UndefinedError => "undefined",
+            // Jinja2 raises UndefinedError for any operation on an undefined value (e.g.
+            // `'x' + message['content']` when the key is missing); MiniJinja reports those as
+            // invalid operations naming the undefined operand. Report them as Jinja2 does so
+            // callers can tell "missing field" from "wrong type".
+            ErrorKind::InvalidOperation if e.detail().is_some_and(|d| d.contains("undefined")) => {
+                "undefined"
+            }
             ErrorKind::InvalidOperation => "invalid_operation",
             ErrorKind::UnknownMethod => "unknown_method",
             ErrorKind::UnknownFilter => "unknown_filter",
