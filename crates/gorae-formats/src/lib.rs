@@ -11,8 +11,10 @@
 
 mod backing;
 mod error;
+mod fuzz;
 pub mod gguf;
 pub mod hf;
 pub mod safetensors;
 
 pub use error::FormatError;
+pub use fuzz::{fuzz_gguf, fuzz_safetensors};

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod mutate;
+
 use gorae_formats::gguf::{GgufWriter, MetaArray, MetaValue};
 use gorae_kernels::GgmlType;
 
