@@ -50,6 +50,12 @@ pub enum FormatError {
         n_kv: u64,
         remaining: u64,
     },
+    #[error("header claims {count} for {what}, over the cap of {cap}")]
+    CountOverCap {
+        what: &'static str,
+        count: u64,
+        cap: u64,
+    },
 
     // ---- GGUF: metadata --------------------------------------------------------------------
     #[error("{what} at offset {offset} has length {len}, over the cap of {cap} bytes")]

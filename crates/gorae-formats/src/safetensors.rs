@@ -403,8 +403,39 @@ enum RawEntry {
 #[derive(Deserialize)]
 struct RawTensor {
     dtype: String,
-    shape: Vec<u64>,
+    shape: Shape,
     data_offsets: (u64, u64),
+}
+
+/// The most dims a tensor may have; far above any real model (PyTorch tensors rarely exceed 8),
+/// and it stops a 100 MB header of `[0,0,0,...]` from becoming a 400 MB `Vec<u64>`.
+pub const MAX_ST_DIMS: usize = 64;
+
+struct Shape(Vec<u64>);
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor;
+        impl<'de> Visitor<'de> for ShapeVisitor {
+            type Value = Shape;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of non-negative integers")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+                let mut dims = Vec::new();
+                while let Some(d) = seq.next_element::<u64>()? {
+                    if dims.len() == MAX_ST_DIMS {
+                        return Err(de::Error::custom(format!(
+                            "shape has more than {MAX_ST_DIMS} dims"
+                        )));
+                    }
+                    dims.push(d);
+                }
+                Ok(Shape(dims))
+            }
+        }
+        d.deserialize_seq(ShapeVisitor)
+    }
 }
 
 struct Header(Vec<(String, RawEntry)>);
@@ -543,12 +574,12 @@ fn check_tensor(name: String, raw: RawTensor) -> Result<TensorEntry, FormatError
             end,
         });
     }
-    let expected = raw
-        .shape
+    let raw_shape = raw.shape.0;
+    let expected = raw_shape
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .and_then(|n| dtype.bytes_for(n));
-    let shape: Option<Vec<usize>> = raw.shape.iter().map(|&d| usize::try_from(d).ok()).collect();
+    let shape: Option<Vec<usize>> = raw_shape.iter().map(|&d| usize::try_from(d).ok()).collect();
     let (start, stop) = (usize::try_from(begin).ok(), usize::try_from(end).ok());
     match (expected, shape, start, stop) {
         (Some(bytes), Some(shape), Some(start), Some(stop)) if bytes == end - begin => {
@@ -563,7 +594,7 @@ fn check_tensor(name: String, raw: RawTensor) -> Result<TensorEntry, FormatError
         _ => Err(FormatError::StSizeMismatch {
             tensor: name,
             dtype: raw.dtype,
-            shape: raw.shape.iter().map(|&d| d as usize).collect(),
+            shape: raw_shape.iter().map(|&d| d as usize).collect(),
             expected,
             actual: end - begin,
         }),

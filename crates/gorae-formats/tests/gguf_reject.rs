@@ -83,9 +83,9 @@ fn n_kv_or_n_tensors_more_than_bytes_allow() {
     for (nt, nkv) in [
         (0, 1),
         (1, 0),
-        (0, u64::MAX),
-        (u64::MAX, 0),
-        (u64::MAX / 13, 1),
+        (0, 1 << 20),
+        (1 << 20, 0),
+        (1 << 20, 1 << 20),
     ] {
         assert!(
             matches!(
@@ -98,6 +98,22 @@ fn n_kv_or_n_tensors_more_than_bytes_allow() {
     // 13 bytes is the smallest entry: one byte less than needed for two entries is refused up front.
     let b = Raw::header(3, 0, 2).bytes(&[0; 25]).finish();
     assert!(matches!(parse(b), FormatError::TooManyEntries { .. }));
+}
+
+#[test]
+fn n_kv_or_n_tensors_over_cap() {
+    for (nt, nkv) in [
+        (0, u64::MAX),
+        (u64::MAX, 0),
+        ((1 << 20) + 1, 0),
+        (0, (1 << 20) + 1),
+    ] {
+        let e = parse(Raw::header(3, nt, nkv).bytes(&[0; 64]).finish());
+        assert!(
+            matches!(e, FormatError::CountOverCap { .. }),
+            "{nt} {nkv}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use gorae_formats::gguf::GgufFile;
+use gorae_formats::gguf::{GgufFile, GgufWriter};
 use gorae_kernels::GgmlType;
 
 fn models_dir() -> PathBuf {
@@ -48,6 +48,11 @@ fn smollm2_q4_1_opens_and_matches_known_layout() {
         assert_eq!(v.data.len(), t.n_bytes);
         assert_eq!(v.shape, t.shape.as_slice());
     }
+    // llama.cpp's writer and ours lay files out the same way: rewriting reproduces every byte.
+    let mut rewritten = Vec::new();
+    GgufWriter::from_gguf(&f).write_to(&mut rewritten).unwrap();
+    assert_eq!(rewritten.len(), f.as_bytes().len());
+    assert!(rewritten == f.as_bytes(), "rewritten file differs");
     println!(
         "version {} alignment {} tensors {} kv {}",
         f.version(),

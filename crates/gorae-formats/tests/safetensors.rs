@@ -222,6 +222,19 @@ fn shape_times_size_must_equal_span() {
 }
 
 #[test]
+fn shape_with_too_many_dims() {
+    let dims = vec!["1"; 65].join(",");
+    let h = format!(r#"{{"x":{{"dtype":"U8","shape":[{dims}],"data_offsets":[0,1]}}}}"#);
+    assert!(matches!(
+        reject(raw(&h, &[0])),
+        FormatError::StHeaderJson { .. }
+    ));
+    let dims = vec!["1"; 64].join(",");
+    let h = format!(r#"{{"x":{{"dtype":"U8","shape":[{dims}],"data_offsets":[0,1]}}}}"#);
+    SafetensorsModel::from_bytes(raw(&h, &[0])).unwrap();
+}
+
+#[test]
 fn offsets_must_be_contiguous() {
     // Gap between tensors.
     let h = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[3,5]}}"#;

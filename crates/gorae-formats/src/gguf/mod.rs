@@ -11,7 +11,7 @@ mod writer;
 
 pub use reader::{
     DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, KEY_ALIGNMENT, KEY_ARCHITECTURE, MAX_ALIGNMENT,
-    MAX_DIM, MAX_DIMS, MAX_KEY_LEN, MAX_STRING_LEN, TensorInfo, TensorView,
+    MAX_DIM, MAX_DIMS, MAX_KEY_LEN, MAX_KV, MAX_STRING_LEN, MAX_TENSORS, TensorInfo, TensorView,
 };
 pub use value::{MetaArray, MetaValue, ValueType};
 pub use writer::{GgufStreamWriter, GgufWriter, WRITE_VERSION};

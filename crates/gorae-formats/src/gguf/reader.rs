@@ -43,6 +43,16 @@ pub const MAX_STRING_LEN: u64 = 1024 * 1024;
 pub const MAX_DIM: u64 = i64::MAX as u64;
 /// ggml's `GGML_MAX_DIMS`.
 pub const MAX_DIMS: u32 = 4;
+/// Cap on `n_tensors`. Real files hold hundreds to a few thousand; the cap keeps the per-tensor
+/// bookkeeping of a hostile header far below the memory a large model file could justify.
+pub const MAX_TENSORS: u64 = 1 << 20;
+/// Cap on `n_kv`. Real files hold tens of entries.
+pub const MAX_KV: u64 = 1 << 20;
+
+/// Up-front capacity for collections whose final size comes from the file: counts were checked
+/// against the bytes left, but a large file must still not turn a forged count into a large
+/// allocation before any entry has actually parsed. Past this, vectors grow as entries arrive.
+const MAX_PREALLOC: usize = 4096;
 
 /// Smallest possible metadata entry: empty key (8), type (4), one-byte value (1).
 const MIN_KV_BYTES: u64 = 13;
@@ -347,6 +357,14 @@ fn parse_header(buf: &[u8]) -> Result<Header, FormatError> {
     let n_kv = c.u64("n_kv")?;
     debug_assert_eq!(c.offset(), FIXED_HEADER_BYTES);
 
+    for (what, count, cap) in [
+        ("n_kv", n_kv, MAX_KV),
+        ("n_tensors", n_tensors, MAX_TENSORS),
+    ] {
+        if count > cap {
+            return Err(FormatError::CountOverCap { what, count, cap });
+        }
+    }
     let remaining = c.remaining();
     let too_many = || FormatError::TooManyEntries {
         n_tensors,
@@ -364,12 +382,12 @@ fn parse_header(buf: &[u8]) -> Result<Header, FormatError> {
     if min_bytes > remaining {
         return Err(too_many());
     }
-    // Both counts are now bounded by the file size, so these allocations are too.
+    // Both counts are now at most 2^20.
     let n_kv = usize::try_from(n_kv).map_err(|_| too_many())?;
     let n_tensors = usize::try_from(n_tensors).map_err(|_| too_many())?;
 
-    let mut metadata = Vec::with_capacity(n_kv);
-    let mut kv_index = HashMap::with_capacity(n_kv);
+    let mut metadata = Vec::with_capacity(n_kv.min(MAX_PREALLOC));
+    let mut kv_index = HashMap::with_capacity(n_kv.min(MAX_PREALLOC));
     for _ in 0..n_kv {
         let key_offset = c.offset();
         let key = c.string(MAX_KEY_LEN, "metadata key")?;
@@ -395,8 +413,8 @@ fn parse_header(buf: &[u8]) -> Result<Header, FormatError> {
     };
     validate_alignment(alignment)?;
 
-    let mut tensors = Vec::with_capacity(n_tensors);
-    let mut tensor_index = HashMap::with_capacity(n_tensors);
+    let mut tensors = Vec::with_capacity(n_tensors.min(MAX_PREALLOC));
+    let mut tensor_index = HashMap::with_capacity(n_tensors.min(MAX_PREALLOC));
     for _ in 0..n_tensors {
         let name_offset = c.offset();
         let info = read_tensor_info(&mut c)?;
@@ -641,7 +659,8 @@ fn read_array(c: &mut Cursor<'_>, key: &str) -> Result<MetaArray, FormatError> {
     let n = usize::try_from(count).map_err(|_| too_long())?;
 
     if elem == ValueType::String {
-        let mut v = Vec::with_capacity(n);
+        // A `String` is 24 bytes in memory against 8 in the file; grow as elements parse.
+        let mut v = Vec::with_capacity(n.min(MAX_PREALLOC));
         for _ in 0..n {
             v.push(c.string(MAX_STRING_LEN, "string array element")?);
         }
