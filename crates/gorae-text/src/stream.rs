@@ -6,7 +6,8 @@
 //! it already emitted, and only once the text does not end in U+FFFD (an incomplete UTF-8
 //! sequence). The window starts with the previously emitted chunk so that decoders that look
 //! at context (SentencePiece's "strip the leading space of the whole text") behave as they do
-//! for a full `decode()`: concatenating the pieces gives exactly `decode(all ids)`.
+//! for a full `decode()`: concatenating the pieces gives exactly `decode(all ids)` for any id
+//! sequence that decodes to valid UTF-8 (see `emit` for the one invalid-byte exception).
 
 use crate::error::TextError;
 use crate::tokenizer::Tokenizer;
@@ -73,10 +74,14 @@ impl<'a> StreamDecoder<'a> {
     fn emit(&mut self, text: String) -> Result<String, TextError> {
         let new = match text.strip_prefix(self.context_text.as_str()) {
             Some(rest) => rest.to_string(),
+            // Decoding more ids can rewrite earlier text only for invalid UTF-8 in a
+            // byte-fallback run: HF's ByteFallback turns a whole run of `<0xHH>` tokens into
+            // U+FFFD when any byte of it is invalid, including characters we already emitted.
+            // Emitted text cannot be taken back, so skip as many characters as the context had
+            // and go on; `decode()` would show U+FFFD where the stream showed the valid prefix.
             None => {
-                return Err(TextError::Tokenizer(
-                    "stream decode: decoding more ids changed text already emitted".into(),
-                ));
+                let skip = self.context_text.chars().count();
+                text.chars().skip(skip).collect()
             }
         };
         self.window.drain(..self.context_len);
