@@ -17,23 +17,25 @@
 /// Independent accumulators in the float dot products.
 const LANES: usize = 16;
 
-/// Exact widening of an IEEE half to f32, by bit manipulation so it is branch-light, does no
-/// runtime CPU detection per call, and vectorizes in bulk loops.
+/// Exact widening of an IEEE half to f32, without branches (the three cases become selects),
+/// so bulk loops vectorize, and without runtime CPU detection per call.
 #[inline(always)]
 pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h & 0x8000) as u32) << 16;
-    let em = (h & 0x7fff) as u32;
-    let bits = if em >= 0x7c00 {
-        // Inf or NaN: all-ones exponent, payload moved to the top of the f32 mantissa.
-        0x7f80_0000 | ((em & 0x03ff) << 13)
-    } else if em >= 0x0400 {
-        // Normal: rebias the exponent from 15 to 127.
-        (em << 13) + ((127 - 15) << 23)
-    } else {
-        // Zero or subnormal: the value is em * 2^-24, exact in f32.
-        (em as f32 * (1.0 / 16_777_216.0)).to_bits()
-    };
-    f32::from_bits(sign | bits)
+    // Exponent and mantissa moved to their f32 positions; the exponent still has bias 15.
+    let o = ((h & 0x7fff) as u32) << 13;
+    let exp = o & 0x0f80_0000;
+    // Normal: rebias the exponent from 15 to 127.
+    let normal = o + ((127 - 15) << 23);
+    // Inf/NaN (exponent all ones): all-ones f32 exponent, payload kept.
+    let inf_nan = o + ((255 - 31) << 23);
+    // Zero/subnormal: the 10 mantissa bits m mean m * 2^-24, exact in f32 (an i32 -> f32
+    // conversion, which vectorizes everywhere). Computed for every input, selected below.
+    let sub = (((h & 0x03ff) as i32) as f32 * (1.0 / 16_777_216.0)).to_bits();
+    // Masks rather than `if`, which LLVM would keep as branches in the bulk loops.
+    let is_inf_nan = ((exp == 0x0f80_0000) as u32).wrapping_neg();
+    let is_sub = ((exp == 0) as u32).wrapping_neg();
+    let bits = (inf_nan & is_inf_nan) | (sub & is_sub) | (normal & !(is_inf_nan | is_sub));
+    f32::from_bits(bits | (((h & 0x8000) as u32) << 16))
 }
 
 /// Round-to-nearest-even narrowing to an IEEE half (ggml `GGML_FP32_TO_FP16`).
@@ -133,9 +135,43 @@ pub fn vec_dot_f32_f32(w: &[u8], x: &[u8]) -> f32 {
     dot_lanes::<4>(w, x, le_f32)
 }
 
-/// F16 weights widened exactly · f32 activations.
+/// F16 weights widened exactly · f32 activations, same lane order as [`vec_dot_f32_f32`].
+///
+/// The weights are widened a chunk at a time into a stack buffer by a plain loop over
+/// [`f16_to_f32`] (which LLVM vectorizes there, unlike inside the accumulation), then dotted.
 pub fn vec_dot_f16_f32(w: &[u8], x: &[u8]) -> f32 {
-    dot_lanes::<2>(w, x, |b| f16_to_f32(le_u16(b)))
+    const CHUNK: usize = 4 * LANES;
+    let mut acc = [0.0f32; LANES];
+    let mut wf = [0.0f32; CHUNK];
+    let wc = w.chunks_exact(2 * CHUNK);
+    let xc = x.chunks_exact(4 * CHUNK);
+    let (w_tail, x_tail) = (wc.remainder(), xc.remainder());
+    for (wb, xb) in wc.zip(xc) {
+        // One unaligned 128-byte read (the length is exact, so the fallback never happens);
+        // byte-by-byte u16 assembly would defeat the vectorizer.
+        let halves: [u16; CHUNK] = bytemuck::try_pod_read_unaligned(wb).unwrap_or([0; CHUNK]);
+        for (v, h) in wf.iter_mut().zip(halves) {
+            *v = f16_to_f32(u16::from_le(h));
+        }
+        for (wv, xv) in wf.chunks_exact(LANES).zip(xb.chunks_exact(4 * LANES)) {
+            for (l, a) in acc.iter_mut().enumerate() {
+                *a += wv[l] * le_f32(&xv[4 * l..4 * l + 4]);
+            }
+        }
+    }
+    // The tail starts at a multiple of LANES, so its element k belongs to lane k % LANES.
+    for (k, (wb, xb)) in w_tail
+        .chunks_exact(2)
+        .zip(x_tail.chunks_exact(4))
+        .enumerate()
+    {
+        acc[k % LANES] += f16_to_f32(le_u16(wb)) * le_f32(xb);
+    }
+    let mut sum = 0.0f32;
+    for a in acc {
+        sum += a;
+    }
+    sum
 }
 
 /// BF16 weights widened exactly · f32 activations.
@@ -158,6 +194,24 @@ mod tests {
                 assert_eq!(ours.to_bits(), theirs.to_bits(), "{h:#06x}");
             }
         }
+    }
+
+    #[test]
+    fn f16_dot_is_path_independent() {
+        let w: Vec<u16> = (0..203)
+            .map(|i| f32_to_f16(i as f32 * 0.37 - 30.0))
+            .collect();
+        let x: Vec<f32> = (0..203).map(|i| (i as f32 * 0.11).sin()).collect();
+        let wb: Vec<u8> = w.iter().flat_map(|h| h.to_le_bytes()).collect();
+        let xb: &[u8] = bytemuck::cast_slice(&x);
+        // Same bytes at an odd address take the scalar widening path.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&wb);
+        let a = vec_dot_f16_f32(&wb, xb);
+        let b = vec_dot_f16_f32(&shifted[1..], xb);
+        let c = dot_lanes::<2>(&wb, xb, |b| f16_to_f32(le_u16(b)));
+        assert_eq!(a.to_bits(), b.to_bits());
+        assert_eq!(a.to_bits(), c.to_bits());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! bit plane), signed 6-bit sub-block scales, one f16 super-block scale, no mins.
 
 use super::k_search::{make_q3_quants, nearest_int};
-use super::q2_k::{pack_2bit, unpack_2bit};
+use super::q2_k::pack_2bit;
 use super::q8::{BlockQ8K, dot_i8};
 use super::{F16Le, QK_K};
 use bytemuck::{Pod, Zeroable};
@@ -60,13 +60,18 @@ fn pack_scales_q3(biased: &[u8; 16]) -> [u8; 12] {
     s
 }
 
-/// The 256 signed 3-bit quants in element order.
+/// The 256 signed 3-bit quants in element order, in one pass: element `32k + l` takes bits
+/// `2(k%4)..` of `qs[32(k/4) + l]` and bit `k` of `hmask[l]` (fixed shifts per inner loop, so
+/// each loop vectorizes).
 #[inline(always)]
 fn unpack_q3_k(b: &BlockQ3K) -> [i8; QK_K] {
-    let mut a = unpack_2bit(&b.qs);
+    let mut a = [0i8; QK_K];
     for (k, a) in a.chunks_exact_mut(32).enumerate() {
-        for (a, h) in a.iter_mut().zip(&b.hmask) {
-            *a -= if (h >> k) & 1 != 0 { 0 } else { 4 };
+        let qs = &b.qs[32 * (k / 4)..32 * (k / 4) + 32];
+        let shift = 2 * (k % 4);
+        for ((a, q), h) in a.iter_mut().zip(qs).zip(&b.hmask) {
+            // A set mask bit means level 4..8, i.e. no offset; clear subtracts 4.
+            *a = ((((q >> shift) & 3) | (((h >> k) & 1) << 2)) as i8) - 4;
         }
     }
     a

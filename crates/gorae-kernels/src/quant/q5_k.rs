@@ -40,21 +40,21 @@ const SEARCH_Q5_K: Qkx2 = Qkx2 {
     use_mad: false,
 };
 
-/// The 256 unsigned 5-bit quants in element order.
+/// The 256 unsigned 5-bit quants in element order: the Q4_K nibbles, then bit plane `s` of
+/// `qh` added to sub-block `s` (one fixed shift per inner loop, so it vectorizes).
 #[inline(always)]
 fn unpack_q5_k(b: &BlockQ5K) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
-    for (c, (q, a)) in
-        b.qs.chunks_exact(32)
-            .zip(a.chunks_exact_mut(64))
-            .enumerate()
-    {
+    for (q, a) in b.qs.chunks_exact(32).zip(a.chunks_exact_mut(64)) {
         let (alo, ahi) = a.split_at_mut(32);
-        let (slo, shi) = (2 * c, 2 * c + 1);
-        for (l, ((q, lo), hi)) in q.iter().zip(alo).zip(ahi).enumerate() {
-            let h = b.qh[l];
-            *lo = ((q & 0x0f) | (((h >> slo) & 1) << 4)) as i8;
-            *hi = ((q >> 4) | (((h >> shi) & 1) << 4)) as i8;
+        for ((q, lo), hi) in q.iter().zip(alo).zip(ahi) {
+            *lo = (q & 0x0f) as i8;
+            *hi = (q >> 4) as i8;
+        }
+    }
+    for (s, a) in a.chunks_exact_mut(32).enumerate() {
+        for (a, h) in a.iter_mut().zip(&b.qh) {
+            *a |= (((h >> s) & 1) << 4) as i8;
         }
     }
     a
