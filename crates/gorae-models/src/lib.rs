@@ -1,1 +1,20 @@
-//! gorae-models
+//! gorae-models: model families built from shared blocks.
+//!
+//! A family is one file in `families/`, loaded through a typed config (`config`) and the one table
+//! of tensor names (`names`) from any `WeightSource` (GGUF or safetensors). `registry` maps a file's
+//! declared architecture to its family. Weight transforms happen once, at load.
+
+pub mod blocks;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod families;
+pub mod kv;
+pub mod names;
+pub mod registry;
+pub mod rope;
+pub mod weights;
+
+pub use error::{ModelError, Result};
+pub use families::llama::Logits;
+pub use registry::{Family, Model, ModelInfo, State};

@@ -1,1 +1,11 @@
-//! gorae-runtime
+//! gorae-runtime: what runs a model over time: the sampler, stop strings, the per-sequence engine,
+//! and `.npy` exchange for the conformance commands.
+
+pub mod engine;
+pub mod npy;
+pub mod sampler;
+pub mod stop;
+
+pub use engine::Engine;
+pub use sampler::{Sampler, SamplerConfig};
+pub use stop::{StopMatcher, StopOutcome};

@@ -1,0 +1,438 @@
+//! The subcommands. Machine-readable commands (`tokenize`, `render`, `logits`) print exactly their
+//! result on stdout; everything else (progress, timings) goes to stderr.
+
+use crate::SamplingArgs;
+use crate::generate::{self, GenParams, Piece, ThinkSplitter};
+use crate::load::{self, ModelPath};
+use anyhow::{Context, Result, bail};
+use gorae_models::{Logits, Model};
+use gorae_runtime::{Engine, Sampler};
+use gorae_text::{ChatTemplate, Tokenizer};
+use serde_json::{Map, Value, json};
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+const DEFAULT_CTX_CAP: usize = 4096;
+const N_BATCH: usize = 64;
+
+fn n_ctx(model: &Model, args: &SamplingArgs) -> usize {
+    args.ctx_size
+        .unwrap_or_else(|| model.info().n_ctx_train.min(DEFAULT_CTX_CAP))
+        .max(8)
+}
+
+fn template(tok: &Tokenizer) -> Result<ChatTemplate> {
+    let src = tok
+        .chat_template()
+        .context("the model has no chat template")?;
+    ChatTemplate::new(src, tok.special_tokens_map())
+        .context("the model's chat template does not compile")
+}
+
+fn render_messages(tok: &Tokenizer, messages: &Value) -> Result<String> {
+    template(tok)?
+        .render(messages, None, true, &Map::new())
+        .context("rendering the chat template failed")
+}
+
+fn print_timings(g: &generate::Generation) {
+    let tps = |n: usize, d: std::time::Duration| {
+        if d.as_secs_f64() > 0.0 {
+            n as f64 / d.as_secs_f64()
+        } else {
+            0.0
+        }
+    };
+    eprintln!(
+        "\n[prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | stop: {:?}]",
+        g.n_prompt,
+        tps(g.n_prompt, g.prompt_time),
+        g.n_generated,
+        tps(g.n_generated, g.gen_time),
+        g.reason
+    );
+}
+
+pub fn run(
+    model_path: &Path,
+    prompt: &str,
+    n_predict: usize,
+    chat: bool,
+    raw: bool,
+    system: Option<&str>,
+    sampling: &SamplingArgs,
+) -> Result<()> {
+    let loaded = load::load_model(model_path)?;
+    let tok = &loaded.tokenizer;
+    let use_chat = chat || (!raw && tok.chat_template().is_some());
+    let (ids, starts_in_think) = if use_chat {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(json!({"role": "system", "content": s}));
+        }
+        messages.push(json!({"role": "user", "content": prompt}));
+        let text = render_messages(tok, &Value::Array(messages))?;
+        (
+            tok.encode(&text, false)?,
+            text.trim_end().ends_with("<think>"),
+        )
+    } else {
+        (tok.encode(prompt, true)?, false)
+    };
+    let mut engine = Engine::new(&loaded.model, n_ctx(&loaded.model, sampling), N_BATCH);
+    let mut sampler = Sampler::new(generate::sampler_config(sampling)?);
+    let params = GenParams {
+        n_predict,
+        stops: &sampling.stop,
+        ignore_eos: sampling.ignore_eos,
+    };
+    let stdout = std::io::stdout();
+    let mut splitter = ThinkSplitter::new(starts_in_think);
+    let g = generate::generate(&mut engine, tok, &ids, &mut sampler, &params, |s| {
+        let mut out = stdout.lock();
+        splitter.push(s, |p| show(&mut out, p))?;
+        out.flush()?;
+        Ok(())
+    })?;
+    splitter.finish(|p| show(&mut stdout.lock(), p))?;
+    println!();
+    print_timings(&g);
+    Ok(())
+}
+
+/// Answer text to stdout; reasoning to stderr, dimmed, so it stays apart from the answer.
+fn show(out: &mut impl Write, p: Piece<'_>) -> Result<()> {
+    match p {
+        Piece::Answer(s) => out.write_all(s.as_bytes())?,
+        Piece::Reasoning(s) => {
+            let mut err = std::io::stderr().lock();
+            write!(err, "\x1b[2m{s}\x1b[0m")?;
+            err.flush()?;
+        }
+    }
+    Ok(())
+}
+
+pub fn chat(
+    model_path: &Path,
+    system: Option<&str>,
+    n_predict: usize,
+    sampling: &SamplingArgs,
+) -> Result<()> {
+    let loaded = load::load_model(model_path)?;
+    let tok = &loaded.tokenizer;
+    let tmpl = template(tok)?;
+    let mut engine = Engine::new(&loaded.model, n_ctx(&loaded.model, sampling), N_BATCH);
+    let mut sampler = Sampler::new(generate::sampler_config(sampling)?);
+    let params = GenParams {
+        n_predict,
+        stops: &sampling.stop,
+        ignore_eos: sampling.ignore_eos,
+    };
+    let mut messages: Vec<Value> = Vec::new();
+    if let Some(s) = system {
+        messages.push(json!({"role": "system", "content": s}));
+    }
+    eprintln!("gorae chat: type a message, /exit to quit");
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        std::io::stderr().flush()?;
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "/exit" || line == "/quit" {
+            break;
+        }
+        messages.push(json!({"role": "user", "content": line}));
+        let text = tmpl.render(&Value::Array(messages.clone()), None, true, &Map::new())?;
+        let ids = tok.encode(&text, false)?;
+        // Reuse the cached prefix the new prompt shares with what the engine holds.
+        let common = engine
+            .tokens
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let common = common.min(ids.len().saturating_sub(1));
+        engine.truncate(common);
+        let starts_in_think = text.trim_end().ends_with("<think>");
+        let mut splitter = ThinkSplitter::new(starts_in_think);
+        let mut answer = String::new();
+        let stdout = std::io::stdout();
+        let g = generate::generate(
+            &mut engine,
+            tok,
+            &ids[common..],
+            &mut sampler,
+            &params,
+            |s| {
+                let mut out = stdout.lock();
+                splitter.push(s, |p| {
+                    if let Piece::Answer(a) = &p {
+                        answer.push_str(a);
+                    }
+                    show(&mut out, p)
+                })?;
+                out.flush()?;
+                Ok(())
+            },
+        )?;
+        splitter.finish(|p| {
+            if let Piece::Answer(a) = &p {
+                answer.push_str(a);
+            }
+            show(&mut stdout.lock(), p)
+        })?;
+        println!();
+        print_timings(&g);
+        messages.push(json!({"role": "assistant", "content": answer.trim()}));
+    }
+    Ok(())
+}
+
+pub fn inspect(model_path: &Path, list_tensors: bool) -> Result<()> {
+    match ModelPath::resolve(model_path)? {
+        ModelPath::Gguf(p) => {
+            let file = load::open_gguf(&p)?;
+            println!("file:          {}", p.display());
+            println!("format:        GGUF v{}", file.version());
+            println!("architecture:  {}", file.architecture().unwrap_or("(none)"));
+            if let Some(name) = file.get("general.name").and_then(|v| v.as_str()) {
+                println!("name:          {name}");
+            }
+            let arch = file.architecture().unwrap_or("");
+            for (k, v) in file.metadata() {
+                if k.starts_with(&format!("{arch}.")) {
+                    println!("  {k} = {}", short_value(v));
+                }
+            }
+            let mut by_type: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+            for t in file.tensors() {
+                let e = by_type.entry(t.ty.to_string()).or_default();
+                e.0 += 1;
+                e.1 += t.n_bytes as u64;
+            }
+            let total: u64 = by_type.values().map(|v| v.1).sum();
+            println!(
+                "tensors:       {} ({:.1} MiB)",
+                file.tensors().len(),
+                total as f64 / (1 << 20) as f64
+            );
+            for (ty, (n, bytes)) in &by_type {
+                println!(
+                    "  {ty:<8} {n:>5} tensors {:>10.1} MiB",
+                    *bytes as f64 / (1 << 20) as f64
+                );
+            }
+            let tmpl = file.get("tokenizer.chat_template").and_then(|v| v.as_str());
+            println!(
+                "chat template: {}",
+                if tmpl.is_some() { "present" } else { "absent" }
+            );
+            if let Some(m) = file.get("tokenizer.ggml.model").and_then(|v| v.as_str()) {
+                let pre = file
+                    .get("tokenizer.ggml.pre")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                let n = file
+                    .get("tokenizer.ggml.tokens")
+                    .and_then(|v| v.as_array())
+                    .map_or(0, |a| a.len());
+                println!("tokenizer:     {m} (pre: {pre}), {n} tokens");
+            }
+            match Model::from_gguf(&file) {
+                Ok(m) => print_model_info(&m),
+                Err(e) => println!("loadable:      no ({e})"),
+            }
+            if list_tensors {
+                for t in file.tensors() {
+                    println!("  {:<40} {:<6} {:?}", t.name, t.ty.to_string(), t.shape);
+                }
+            }
+        }
+        ModelPath::Dir(d) => {
+            println!("directory:     {}", d.display());
+            if d.join("config.json").exists() {
+                let loaded = load::load_model(&d)?;
+                print_model_info(&loaded.model);
+                println!(
+                    "chat template: {}",
+                    if loaded.tokenizer.chat_template().is_some() {
+                        "present"
+                    } else {
+                        "absent"
+                    }
+                );
+            } else {
+                let tok = load::tokenizer(&ModelPath::Dir(d.clone()), None)?;
+                println!("tokenizer:     {} tokens", tok.n_vocab());
+                println!(
+                    "chat template: {}",
+                    if tok.chat_template().is_some() {
+                        "present"
+                    } else {
+                        "absent"
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_model_info(m: &Model) {
+    let i = m.info();
+    println!("family:        {:?} ({})", i.family, i.architecture);
+    println!(
+        "hparams:       n_vocab {} n_embd {} n_layer {} n_head {} n_head_kv {} head_dim {} n_ff {} n_ctx_train {} rope_theta {}{}",
+        i.n_vocab,
+        i.n_embd,
+        i.n_layer,
+        i.n_head,
+        i.n_head_kv,
+        i.head_dim,
+        i.n_ff,
+        i.n_ctx_train,
+        i.rope_theta,
+        if i.tie_embeddings {
+            " (tied embeddings)"
+        } else {
+            ""
+        }
+    );
+    let kv_bytes = 2 * i.n_layer * i.n_head_kv * i.head_dim * 4;
+    println!(
+        "weights:       {:.1} MiB in memory",
+        i.weight_bytes as f64 / (1 << 20) as f64
+    );
+    println!("kv cache:      {kv_bytes} bytes per token (f32)");
+}
+
+fn short_value(v: &gorae_formats::gguf::MetaValue) -> String {
+    use gorae_formats::gguf::MetaValue;
+    match v {
+        MetaValue::Array(a) => format!("[array of {}]", a.len()),
+        MetaValue::String(s) if s.len() > 80 => {
+            format!("{:?}…", &s.chars().take(80).collect::<String>())
+        }
+        MetaValue::String(s) => format!("{s:?}"),
+        other => format!("{other:?}")
+            .split('(')
+            .nth(1)
+            .map(|s| s.trim_end_matches(')').to_string())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn tokenize(
+    model_path: &Path,
+    text: Option<&str>,
+    jsonl: Option<&Path>,
+    special: bool,
+) -> Result<()> {
+    let path = ModelPath::resolve(model_path)?;
+    let tok = load::tokenizer(&path, None)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if let Some(t) = text {
+        writeln!(out, "{}", serde_json::to_string(&tok.encode(t, special)?)?)?;
+    } else if let Some(file) = jsonl {
+        let f = std::fs::File::open(file)
+            .with_context(|| format!("cannot open `{}`", file.display()))?;
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line = line?;
+            let s: String = serde_json::from_str(&line).with_context(|| {
+                format!(
+                    "line {} of `{}` is not a JSON string",
+                    i + 1,
+                    file.display()
+                )
+            })?;
+            writeln!(out, "{}", serde_json::to_string(&tok.encode(&s, special)?)?)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn render(model_path: &Path, case_path: &Path) -> Result<()> {
+    let path = ModelPath::resolve(model_path)?;
+    let tok = load::tokenizer(&path, None)?;
+    let case: Value = serde_json::from_str(
+        &std::fs::read_to_string(case_path)
+            .with_context(|| format!("cannot read `{}`", case_path.display()))?,
+    )
+    .with_context(|| format!("`{}` is not JSON", case_path.display()))?;
+    let messages = case.get("messages").context("the case has no `messages`")?;
+    let tools = case.get("tools").filter(|t| !t.is_null());
+    let agp = case
+        .get("add_generation_prompt")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let empty = Map::new();
+    let kwargs = case
+        .get("kwargs")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let text = template(&tok)?.render(messages, tools, agp, kwargs)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn logits(
+    model_path: &Path,
+    prompt: Option<&str>,
+    ids: Option<&[u32]>,
+    out_path: &Path,
+    all_positions: bool,
+    decode: bool,
+) -> Result<()> {
+    let loaded = load::load_model(model_path)?;
+    let ids = match (prompt, ids) {
+        (Some(p), _) => loaded.tokenizer.encode(p, true)?,
+        (None, Some(ids)) => ids.to_vec(),
+        (None, None) => bail!("give --prompt or --ids"),
+    };
+    if ids.is_empty() {
+        bail!("no tokens to run");
+    }
+    let model = &loaded.model;
+    let n_vocab = model.n_vocab();
+    let n_batch = if decode { 1 } else { ids.len() };
+    let mut state = model.new_state(ids.len(), n_batch);
+    let mut values = Vec::new();
+    let want = if all_positions {
+        Logits::All
+    } else {
+        Logits::Last
+    };
+    if decode {
+        for (i, id) in ids.iter().enumerate() {
+            let l = model.forward(&[*id], &mut state, Logits::Last)?;
+            if all_positions || i + 1 == ids.len() {
+                values.extend_from_slice(l);
+            }
+        }
+    } else {
+        values.extend_from_slice(model.forward(&ids, &mut state, want)?);
+    }
+    let shape = if all_positions {
+        vec![ids.len(), n_vocab]
+    } else {
+        vec![n_vocab]
+    };
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(out_path)
+            .with_context(|| format!("cannot create `{}`", out_path.display()))?,
+    );
+    gorae_runtime::npy::write_f32(&mut f, &shape, &values)?;
+    f.flush()?;
+    Ok(())
+}

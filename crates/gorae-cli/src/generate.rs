@@ -1,0 +1,220 @@
+//! The generation loop shared by `run` and `chat`: feed the prompt, then sample, detokenize without
+//! splitting UTF-8 characters, watch for stop strings and end-of-turn tokens, and stream the text.
+
+use anyhow::{Result, bail};
+use gorae_runtime::{Engine, Sampler, SamplerConfig, StopMatcher, StopOutcome};
+use gorae_text::{StreamDecoder, Tokenizer};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    EndOfTurn,
+    StopString,
+    Length,
+    ContextFull,
+}
+
+pub struct Generation {
+    pub n_prompt: usize,
+    pub n_generated: usize,
+    pub reason: StopReason,
+    pub prompt_time: Duration,
+    pub gen_time: Duration,
+}
+
+pub struct GenParams<'a> {
+    pub n_predict: usize,
+    pub stops: &'a [String],
+    pub ignore_eos: bool,
+}
+
+pub fn sampler_config(args: &crate::SamplingArgs) -> Result<SamplerConfig> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let cfg = SamplerConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        presence_penalty: args.presence_penalty,
+        frequency_penalty: args.frequency_penalty,
+        seed,
+    };
+    if let Err(e) = cfg.validate() {
+        bail!("{e}");
+    }
+    Ok(cfg)
+}
+
+/// Generates after `prompt` (fed after whatever `engine` holds), calling `on_text` with each
+/// complete piece of text as it is decided.
+pub fn generate(
+    engine: &mut Engine<'_>,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    sampler: &mut Sampler,
+    params: &GenParams<'_>,
+    mut on_text: impl FnMut(&str) -> Result<()>,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        bail!("the prompt is empty after tokenization");
+    }
+    let held = engine.tokens.len();
+    if held + prompt.len() >= engine.n_ctx() {
+        bail!(
+            "the prompt ({} tokens, {} already in context) does not fit the context of {} tokens",
+            prompt.len(),
+            held,
+            engine.n_ctx()
+        );
+    }
+    let t0 = Instant::now();
+    let mut logits = engine.feed(prompt)?.to_vec();
+    let prompt_time = t0.elapsed();
+    let t1 = Instant::now();
+    let mut decoder = StreamDecoder::new(tok, true);
+    let mut stop = StopMatcher::new(params.stops.to_vec());
+    let mut n_generated = 0;
+    let reason = loop {
+        if n_generated >= params.n_predict {
+            break StopReason::Length;
+        }
+        let id = sampler.sample(&mut logits, &engine.tokens);
+        n_generated += 1;
+        if !params.ignore_eos && tok.stop_ids().contains(&id) {
+            break StopReason::EndOfTurn;
+        }
+        if let Some(piece) = decoder.push(id)? {
+            match stop.push(&piece) {
+                StopOutcome::Continue(s) => {
+                    on_text(&s)?;
+                }
+                StopOutcome::Stop(s) => {
+                    on_text(&s)?;
+                    break StopReason::StopString;
+                }
+            }
+        }
+        if engine.tokens.len() + 1 >= engine.n_ctx() {
+            break StopReason::ContextFull;
+        }
+        let next = engine.feed(&[id])?;
+        logits.copy_from_slice(next);
+    };
+    if reason != StopReason::StopString {
+        let mut rest = decoder.flush()?.unwrap_or_default();
+        rest.push_str(&stop.flush());
+        if !rest.is_empty() {
+            on_text(&rest)?;
+        }
+    }
+    Ok(Generation {
+        n_prompt: prompt.len(),
+        n_generated,
+        reason,
+        prompt_time,
+        gen_time: t1.elapsed(),
+    })
+}
+
+/// Splits streamed text into reasoning (inside `<think>…</think>`) and answer.
+pub struct ThinkSplitter {
+    in_think: bool,
+    pending: String,
+}
+
+pub enum Piece<'a> {
+    Reasoning(&'a str),
+    Answer(&'a str),
+}
+
+impl ThinkSplitter {
+    /// `starts_inside`: the prompt already opened `<think>` (R1-style templates).
+    pub fn new(starts_inside: bool) -> Self {
+        ThinkSplitter {
+            in_think: starts_inside,
+            pending: String::new(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str, mut out: impl FnMut(Piece<'_>) -> Result<()>) -> Result<()> {
+        self.pending.push_str(text);
+        loop {
+            let tag = if self.in_think { "</think>" } else { "<think>" };
+            if let Some(at) = self.pending.find(tag) {
+                let before: String = self.pending[..at].to_string();
+                self.emit(&before, &mut out)?;
+                self.pending.drain(..at + tag.len());
+                self.in_think = !self.in_think;
+                continue;
+            }
+            // Keep a possible partial tag at the end.
+            let mut hold = 0;
+            for (i, _) in tag.char_indices().skip(1) {
+                if self.pending.ends_with(&tag[..i]) {
+                    hold = i;
+                }
+            }
+            let cut = self.pending.len() - hold;
+            let ready: String = self.pending[..cut].to_string();
+            self.emit(&ready, &mut out)?;
+            self.pending.drain(..cut);
+            return Ok(());
+        }
+    }
+
+    pub fn finish(&mut self, mut out: impl FnMut(Piece<'_>) -> Result<()>) -> Result<()> {
+        let rest = std::mem::take(&mut self.pending);
+        self.emit(&rest, &mut out)
+    }
+
+    fn emit(&self, s: &str, out: &mut impl FnMut(Piece<'_>) -> Result<()>) -> Result<()> {
+        if s.is_empty() {
+            return Ok(());
+        }
+        if self.in_think {
+            out(Piece::Reasoning(s))
+        } else {
+            out(Piece::Answer(s))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn think_splitter_separates_reasoning() {
+        let mut parts = Vec::new();
+        let mut sp = ThinkSplitter::new(false);
+        for chunk in ["<thi", "nk>plan", " it</th", "ink>The answer", "."] {
+            sp.push(chunk, |p| {
+                parts.push(match p {
+                    Piece::Reasoning(s) => format!("R:{s}"),
+                    Piece::Answer(s) => format!("A:{s}"),
+                });
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(parts.concat(), "R:planR: itA:The answerA:.");
+        let mut sp = ThinkSplitter::new(true);
+        let mut got = String::new();
+        sp.push("hmm</think>ok", |p| {
+            got.push_str(match p {
+                Piece::Reasoning(_) => "R",
+                Piece::Answer(_) => "A",
+            });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, "RA");
+    }
+}

@@ -1,0 +1,170 @@
+//! The `gorae` binary as a user runs it.
+
+mod common;
+
+use std::process::Command;
+
+fn gorae() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gorae"))
+}
+
+#[test]
+fn chat_answer_names_paris_and_stops_at_end_of_turn() {
+    let out = gorae()
+        .args([
+            "run",
+            common::smollm2().to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "64",
+            "-p",
+        ])
+        .arg("What is the capital city of France? Answer in one sentence.")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    println!("answer: {stdout:?}");
+    assert!(stdout.contains("Paris"), "{stdout:?}");
+    assert!(stderr.contains("stop: EndOfTurn"), "{stderr}");
+}
+
+#[test]
+fn bad_paths_and_files_give_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    for (path, expect) in [
+        (dir.path().join("missing.gguf"), "cannot open model"),
+        (junk.clone(), "cannot load"),
+    ] {
+        let out = gorae()
+            .args(["run", path.to_str().unwrap(), "-p", "hi"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(expect),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn inspect_reports_the_model() {
+    let out = gorae()
+        .args(["inspect", common::smollm2().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "architecture:  llama",
+        "tensors:",
+        "Q4_1",
+        "Q8_0",
+        "chat template: present",
+        "n_layer 30",
+        "n_head_kv 3",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
+    }
+}
+
+#[test]
+fn tokenize_render_and_logits_commands() {
+    let model = common::smollm2();
+    let out = gorae()
+        .args(["tokenize", model.to_str().unwrap(), "--text", "Hello world"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!ids.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("in.jsonl");
+    std::fs::write(&jsonl, "\"Hello world\"\n\"안녕하세요\"\n").unwrap();
+    let out = gorae()
+        .args([
+            "tokenize",
+            model.to_str().unwrap(),
+            "--jsonl",
+            jsonl.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let lines: Vec<Vec<u32>> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0], ids);
+
+    let case = dir.path().join("case.json");
+    std::fs::write(&case, r#"{"messages":[{"role":"user","content":"Hi"}],"tools":null,"add_generation_prompt":true,"kwargs":{}}"#).unwrap();
+    let out = gorae()
+        .args([
+            "render",
+            model.to_str().unwrap(),
+            "--case",
+            case.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("<|im_start|>system\n") && text.ends_with("<|im_start|>assistant\n"),
+        "{text:?}"
+    );
+
+    // Batched and one-token-at-a-time logits agree.
+    let a = dir.path().join("a.npy");
+    let b = dir.path().join("b.npy");
+    for (out_path, extra) in [(&a, None), (&b, Some("--decode"))] {
+        let mut cmd = gorae();
+        cmd.args([
+            "logits",
+            model.to_str().unwrap(),
+            "--ids",
+            "1,9690,198,2683",
+            "--all-positions",
+            "--out",
+            out_path.to_str().unwrap(),
+        ]);
+        if let Some(e) = extra {
+            cmd.arg(e);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (sa, va) = gorae_runtime::npy::read_f32(&mut std::fs::File::open(&a).unwrap()).unwrap();
+    let (sb, vb) = gorae_runtime::npy::read_f32(&mut std::fs::File::open(&b).unwrap()).unwrap();
+    assert_eq!(sa, vec![4, 49152]);
+    assert_eq!(sa, sb);
+    let scale = va.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = va
+        .iter()
+        .zip(&vb)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff / scale <= 1e-4, "{}", diff / scale);
+}

@@ -1,0 +1,351 @@
+//! The dense Llama family: Llama 2/3, SmolLM2, Mistral, HyperCLOVA X SEED Text, R1-Distill-Llama,
+//! and through config flags Qwen2 (q/k/v biases, R1-Distill-Qwen) and Qwen3 (per-head q/k RMSNorm).
+//!
+//! Reference: transformers `models/llama/modeling_llama.py`, `qwen2`, `qwen3`; llama.cpp
+//! `src/models/llama.cpp`. Pre-norm residual blocks:
+//! `x += Wo·attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then `x += Wd·(silu(Wg·n(x)) ⊙ Wu·n(x))`.
+
+use crate::blocks::{attention::attend_one, ffn::swiglu, norm};
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::kv::KvCache;
+use crate::names::{TensorKey, TensorKind as K};
+use crate::rope;
+use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt};
+
+struct Layer {
+    attn_norm: Vec<f32>,      // [n_embd]
+    wq: QMatrix,              // [n_head * head_dim, n_embd]
+    wk: QMatrix,              // [n_head_kv * head_dim, n_embd]
+    wv: QMatrix,              // [n_head_kv * head_dim, n_embd]
+    wo: QMatrix,              // [n_embd, n_head * head_dim]
+    bq: Option<Vec<f32>>,     // [n_head * head_dim]
+    bk: Option<Vec<f32>>,     // [n_head_kv * head_dim]
+    bv: Option<Vec<f32>>,     // [n_head_kv * head_dim]
+    q_norm: Option<Vec<f32>>, // [head_dim]
+    k_norm: Option<Vec<f32>>, // [head_dim]
+    ffn_norm: Vec<f32>,       // [n_embd]
+    w_gate: QMatrix,          // [n_ff, n_embd]
+    w_up: QMatrix,            // [n_ff, n_embd]
+    w_down: QMatrix,          // [n_embd, n_ff]
+}
+
+pub struct LlamaModel {
+    pub cfg: LlamaConfig,
+    tok_embd: QMatrix,       // [n_vocab, n_embd]
+    output: Option<QMatrix>, // [n_vocab, n_embd]; None when tied to tok_embd
+    output_norm: Vec<f32>,   // [n_embd]
+    layers: Vec<Layer>,
+    inv_freq: Vec<f32>, // [n_rot / 2]
+    rope_mscale: f32,
+}
+
+/// Preallocated activations for batches of up to `n_batch` tokens (llama2.c's `RunState`).
+pub struct LlamaScratch {
+    n_batch: usize,
+    x: Vec<f32>,      // [n_batch, n_embd] residual stream
+    xn: Vec<f32>,     // [n_batch, n_embd] normalized
+    q: Vec<f32>,      // [n_batch, n_head * head_dim]
+    k: Vec<f32>,      // [n_batch, kv_dim]
+    v: Vec<f32>,      // [n_batch, kv_dim]
+    attn: Vec<f32>,   // [n_batch, n_head * head_dim]
+    proj: Vec<f32>,   // [n_batch, n_embd]
+    gate: Vec<f32>,   // [n_batch, n_ff]
+    up: Vec<f32>,     // [n_batch, n_ff]
+    cos: Vec<f32>,    // [n_batch, n_rot / 2]
+    sin: Vec<f32>,    // [n_batch, n_rot / 2]
+    scores: Vec<f32>, // [n_ctx]
+    logits: Vec<f32>, // [n_batch, n_vocab]
+    qbuf: Vec<u8>,    // activations quantized for the matmul kernels
+}
+
+/// Which positions of a batch need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+impl LlamaModel {
+    pub fn load(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<Self> {
+        cfg.validate()?;
+        let (n_embd, hd) = (cfg.n_embd, cfg.head_dim);
+        let q_dim = cfg.n_head * hd;
+        let kv_dim = cfg.n_head_kv * hd;
+        let tok_embd = QMatrix::load(src, TensorKey::global(K::TokenEmbd), cfg.n_vocab, n_embd)?;
+        let output = if cfg.tie_embeddings {
+            None
+        } else {
+            QMatrix::load_opt(src, TensorKey::global(K::Output), cfg.n_vocab, n_embd)?
+        };
+        let output_norm = load_vector(src, TensorKey::global(K::OutputNorm), n_embd)?;
+        let layers = (0..cfg.n_layer)
+            .map(|il| {
+                let key = |k| TensorKey::layer(k, il);
+                let bias = |k: K, n| -> Result<Option<Vec<f32>>> {
+                    if cfg.qkv_bias {
+                        load_vector(src, key(k).bias(), n).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
+                let qk_norm = |k: K| -> Result<Option<Vec<f32>>> {
+                    if cfg.qk_norm {
+                        load_vector(src, key(k), hd).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
+                Ok(Layer {
+                    attn_norm: load_vector(src, key(K::AttnNorm), n_embd)?,
+                    wq: QMatrix::load(src, key(K::AttnQ), q_dim, n_embd)?,
+                    wk: QMatrix::load(src, key(K::AttnK), kv_dim, n_embd)?,
+                    wv: QMatrix::load(src, key(K::AttnV), kv_dim, n_embd)?,
+                    wo: QMatrix::load(src, key(K::AttnOut), n_embd, q_dim)?,
+                    bq: bias(K::AttnQ, q_dim)?,
+                    bk: bias(K::AttnK, kv_dim)?,
+                    bv: bias(K::AttnV, kv_dim)?,
+                    q_norm: qk_norm(K::AttnQNorm)?,
+                    k_norm: qk_norm(K::AttnKNorm)?,
+                    ffn_norm: load_vector(src, key(K::FfnNorm), n_embd)?,
+                    w_gate: QMatrix::load(src, key(K::FfnGate), cfg.n_ff, n_embd)?,
+                    w_up: QMatrix::load(src, key(K::FfnUp), cfg.n_ff, n_embd)?,
+                    w_down: QMatrix::load(src, key(K::FfnDown), n_embd, cfg.n_ff)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let freq_factors =
+            load_vector_opt(src, TensorKey::global(K::RopeFreqs), cfg.rope.n_rot / 2)?;
+        let (inv_freq, rope_mscale) = cfg.rope.inv_freq(freq_factors.as_deref());
+        Ok(LlamaModel {
+            cfg,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+            inv_freq,
+            rope_mscale,
+        })
+    }
+
+    pub fn new_cache(&self, n_ctx: usize) -> KvCache {
+        KvCache::new(
+            self.cfg.n_layer,
+            n_ctx,
+            self.cfg.n_head_kv * self.cfg.head_dim,
+        )
+    }
+
+    pub fn new_scratch(&self, n_batch: usize, n_ctx: usize) -> LlamaScratch {
+        let c = &self.cfg;
+        let n_batch = n_batch.max(1);
+        let q_dim = c.n_head * c.head_dim;
+        let kv_dim = c.n_head_kv * c.head_dim;
+        let half = c.rope.n_rot / 2;
+        LlamaScratch {
+            n_batch,
+            x: vec![0.0; n_batch * c.n_embd],
+            xn: vec![0.0; n_batch * c.n_embd],
+            q: vec![0.0; n_batch * q_dim],
+            k: vec![0.0; n_batch * kv_dim],
+            v: vec![0.0; n_batch * kv_dim],
+            attn: vec![0.0; n_batch * q_dim],
+            proj: vec![0.0; n_batch * c.n_embd],
+            gate: vec![0.0; n_batch * c.n_ff],
+            up: vec![0.0; n_batch * c.n_ff],
+            cos: vec![0.0; n_batch * half],
+            sin: vec![0.0; n_batch * half],
+            scores: vec![0.0; n_ctx],
+            logits: vec![0.0; n_batch * c.n_vocab],
+            qbuf: Vec::new(),
+        }
+    }
+
+    /// Bytes of weights held (all matrices and vectors).
+    pub fn weight_bytes(&self) -> usize {
+        let v = |x: &Vec<f32>| x.len() * 4;
+        let o = |x: &Option<Vec<f32>>| x.as_ref().map_or(0, v);
+        self.tok_embd.n_bytes()
+            + self.output.as_ref().map_or(0, QMatrix::n_bytes)
+            + v(&self.output_norm)
+            + self
+                .layers
+                .iter()
+                .map(|l| {
+                    l.wq.n_bytes()
+                        + l.wk.n_bytes()
+                        + l.wv.n_bytes()
+                        + l.wo.n_bytes()
+                        + l.w_gate.n_bytes()
+                        + l.w_up.n_bytes()
+                        + l.w_down.n_bytes()
+                        + v(&l.attn_norm)
+                        + v(&l.ffn_norm)
+                        + o(&l.bq)
+                        + o(&l.bk)
+                        + o(&l.bv)
+                        + o(&l.q_norm)
+                        + o(&l.k_norm)
+                })
+                .sum::<usize>()
+    }
+
+    /// Runs `tokens` at positions `kv.len()..`, appends their keys/values to `kv`, and returns the
+    /// logits (`[n_vocab]` for `Logits::Last`, `[n_tokens, n_vocab]` for `Logits::All`).
+    pub fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        s: &'s mut LlamaScratch,
+        want: Logits,
+    ) -> Result<&'s [f32]> {
+        let c = &self.cfg;
+        let n = tokens.len();
+        if n == 0 || n > s.n_batch {
+            return Err(ModelError::BatchTooLarge {
+                n_tokens: n,
+                n_batch: s.n_batch,
+            });
+        }
+        let pos0 = kv.len();
+        if pos0 + n > kv.n_ctx || pos0 + n > s.scores.len() {
+            return Err(ModelError::ContextOverflow {
+                pos: pos0 + n,
+                n_ctx: kv.n_ctx.min(s.scores.len()),
+            });
+        }
+        let (n_embd, hd) = (c.n_embd, c.head_dim);
+        let q_dim = c.n_head * hd;
+        let kv_dim = c.n_head_kv * hd;
+        let half = c.rope.n_rot / 2;
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        // [n, n_embd] token embeddings
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= c.n_vocab {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    n_vocab: c.n_vocab,
+                });
+            }
+            self.tok_embd
+                .row(id as usize, &mut s.x[t * n_embd..(t + 1) * n_embd])?;
+        }
+        for t in 0..n {
+            rope::fill_cos_sin(
+                &self.inv_freq,
+                self.rope_mscale,
+                pos0 + t,
+                &mut s.cos[t * half..(t + 1) * half],
+                &mut s.sin[t * half..(t + 1) * half],
+            );
+        }
+
+        for (il, l) in self.layers.iter().enumerate() {
+            let x = &s.x[..n * n_embd];
+            norm::rms_norm(x, &l.attn_norm, c.rms_eps, &mut s.xn[..n * n_embd]);
+            let xn = &s.xn[..n * n_embd];
+            l.wq.matmul(xn, n, &mut s.q[..n * q_dim], &mut s.qbuf)?;
+            l.wk.matmul(xn, n, &mut s.k[..n * kv_dim], &mut s.qbuf)?;
+            l.wv.matmul(xn, n, &mut s.v[..n * kv_dim], &mut s.qbuf)?;
+            add_bias(&mut s.q[..n * q_dim], l.bq.as_deref());
+            add_bias(&mut s.k[..n * kv_dim], l.bk.as_deref());
+            add_bias(&mut s.v[..n * kv_dim], l.bv.as_deref());
+            if let Some(w) = &l.q_norm {
+                norm::rms_norm_inplace(&mut s.q[..n * q_dim], w, c.rms_eps);
+            }
+            if let Some(w) = &l.k_norm {
+                norm::rms_norm_inplace(&mut s.k[..n * kv_dim], w, c.rms_eps);
+            }
+            for t in 0..n {
+                let (cs, sn) = (
+                    &s.cos[t * half..(t + 1) * half],
+                    &s.sin[t * half..(t + 1) * half],
+                );
+                for head in s.q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
+                    rope::apply(head, cs, sn, c.rope.layout);
+                }
+                for head in s.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                    rope::apply(head, cs, sn, c.rope.layout);
+                }
+            }
+            kv.k_mut(il, pos0, pos0 + n)
+                .copy_from_slice(&s.k[..n * kv_dim]);
+            kv.v_mut(il, pos0, pos0 + n)
+                .copy_from_slice(&s.v[..n * kv_dim]);
+            for t in 0..n {
+                let n_kv = pos0 + t + 1;
+                attend_one(
+                    &s.q[t * q_dim..(t + 1) * q_dim],
+                    kv.k(il, 0, n_kv),
+                    kv.v(il, 0, n_kv),
+                    n_kv,
+                    c.n_head,
+                    c.n_head_kv,
+                    hd,
+                    scale,
+                    &mut s.scores,
+                    &mut s.attn[t * q_dim..(t + 1) * q_dim],
+                );
+            }
+            l.wo.matmul(
+                &s.attn[..n * q_dim],
+                n,
+                &mut s.proj[..n * n_embd],
+                &mut s.qbuf,
+            )?;
+            add_in_place(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
+
+            norm::rms_norm(
+                &s.x[..n * n_embd],
+                &l.ffn_norm,
+                c.rms_eps,
+                &mut s.xn[..n * n_embd],
+            );
+            let xn = &s.xn[..n * n_embd];
+            l.w_gate
+                .matmul(xn, n, &mut s.gate[..n * c.n_ff], &mut s.qbuf)?;
+            l.w_up.matmul(xn, n, &mut s.up[..n * c.n_ff], &mut s.qbuf)?;
+            swiglu(&mut s.gate[..n * c.n_ff], &s.up[..n * c.n_ff]);
+            l.w_down.matmul(
+                &s.gate[..n * c.n_ff],
+                n,
+                &mut s.proj[..n * n_embd],
+                &mut s.qbuf,
+            )?;
+            add_in_place(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
+        }
+        kv.set_len(pos0 + n);
+
+        let (first, rows) = match want {
+            Logits::Last => (n - 1, 1),
+            Logits::All => (0, n),
+        };
+        let x = &s.x[first * n_embd..(first + rows) * n_embd];
+        norm::rms_norm(x, &self.output_norm, c.rms_eps, &mut s.xn[..rows * n_embd]);
+        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+        let out = &mut s.logits[..rows * c.n_vocab];
+        head.matmul(&s.xn[..rows * n_embd], rows, out, &mut s.qbuf)?;
+        Ok(&s.logits[..rows * c.n_vocab])
+    }
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            add_in_place(row, b);
+        }
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+impl LlamaScratch {
+    pub fn n_batch(&self) -> usize {
+        self.n_batch
+    }
+}

@@ -1,0 +1,3 @@
+//! One file per model family, each built from `crate::blocks`.
+
+pub mod llama;

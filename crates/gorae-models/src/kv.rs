@@ -1,0 +1,77 @@
+//! The standard key/value cache: preallocated for `n_ctx` positions, written in place (no
+//! concatenation, llama2.c's `RunState`), truncatable so a caller can reuse a shared prefix.
+
+/// f32 keys and values, `[n_layer, n_ctx, kv_dim]` each, with `kv_dim = n_head_kv * head_dim`.
+pub struct KvCache {
+    pub n_layer: usize,
+    pub n_ctx: usize,
+    pub kv_dim: usize,
+    k: Vec<f32>, // [n_layer, n_ctx, kv_dim]
+    v: Vec<f32>, // [n_layer, n_ctx, kv_dim]
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> Self {
+        let n = n_layer * n_ctx * kv_dim;
+        KvCache {
+            n_layer,
+            n_ctx,
+            kv_dim,
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            len: 0,
+        }
+    }
+
+    /// Positions filled so far; the next token goes to position `len()`.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    pub(crate) fn set_len(&mut self, len: usize) {
+        self.len = len;
+    }
+
+    /// Bytes per cached position, all layers: what `inspect` reports.
+    pub fn bytes_per_token(&self) -> usize {
+        2 * self.n_layer * self.kv_dim * std::mem::size_of::<f32>()
+    }
+
+    fn range(&self, il: usize, from: usize, to: usize) -> std::ops::Range<usize> {
+        let base = il * self.n_ctx * self.kv_dim;
+        base + from * self.kv_dim..base + to * self.kv_dim
+    }
+
+    /// Keys of layer `il` for positions `from..to`, `[to - from, kv_dim]`.
+    pub fn k(&self, il: usize, from: usize, to: usize) -> &[f32] {
+        &self.k[self.range(il, from, to)]
+    }
+
+    pub fn v(&self, il: usize, from: usize, to: usize) -> &[f32] {
+        &self.v[self.range(il, from, to)]
+    }
+
+    pub fn k_mut(&mut self, il: usize, from: usize, to: usize) -> &mut [f32] {
+        let r = self.range(il, from, to);
+        &mut self.k[r]
+    }
+
+    pub fn v_mut(&mut self, il: usize, from: usize, to: usize) -> &mut [f32] {
+        let r = self.range(il, from, to);
+        &mut self.v[r]
+    }
+}

@@ -1,0 +1,158 @@
+//! The one table of tensor names, for GGUF (llama.cpp's vocabulary, `llama-arch.cpp`) and for
+//! Hugging Face checkpoints (the PyTorch `state_dict` paths of transformers' modeling files).
+//!
+//! Model code names a tensor only by `TensorKey`; nothing else formats a tensor name. A family whose
+//! HF names differ gets a `Family` argument here rather than strings in its own file.
+
+/// The role a tensor plays, named after GGUF's `LLM_TENSOR_*` roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TensorKind {
+    TokenEmbd,
+    OutputNorm,
+    Output,
+    RopeFreqs,
+    AttnNorm,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOut,
+    AttnQNorm,
+    AttnKNorm,
+    FfnNorm,
+    FfnGate,
+    FfnUp,
+    FfnDown,
+}
+
+/// Whether a key names a tensor's weight or its bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Part {
+    Weight,
+    Bias,
+}
+
+/// A tensor's identity independent of file format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TensorKey {
+    pub kind: TensorKind,
+    pub layer: Option<usize>,
+    pub part: Part,
+}
+
+impl TensorKey {
+    pub fn global(kind: TensorKind) -> Self {
+        TensorKey {
+            kind,
+            layer: None,
+            part: Part::Weight,
+        }
+    }
+
+    pub fn layer(kind: TensorKind, il: usize) -> Self {
+        TensorKey {
+            kind,
+            layer: Some(il),
+            part: Part::Weight,
+        }
+    }
+
+    pub fn bias(self) -> Self {
+        TensorKey {
+            part: Part::Bias,
+            ..self
+        }
+    }
+
+    /// GGUF role name without the `blk.N.` prefix and the `.weight` suffix.
+    fn gguf_role(self) -> &'static str {
+        match self.kind {
+            TensorKind::TokenEmbd => "token_embd",
+            TensorKind::OutputNorm => "output_norm",
+            TensorKind::Output => "output",
+            TensorKind::RopeFreqs => "rope_freqs",
+            TensorKind::AttnNorm => "attn_norm",
+            TensorKind::AttnQ => "attn_q",
+            TensorKind::AttnK => "attn_k",
+            TensorKind::AttnV => "attn_v",
+            TensorKind::AttnOut => "attn_output",
+            TensorKind::AttnQNorm => "attn_q_norm",
+            TensorKind::AttnKNorm => "attn_k_norm",
+            TensorKind::FfnNorm => "ffn_norm",
+            TensorKind::FfnGate => "ffn_gate",
+            TensorKind::FfnUp => "ffn_up",
+            TensorKind::FfnDown => "ffn_down",
+        }
+    }
+
+    /// HF module path without the `model.layers.N.` prefix and the `.weight` suffix; `None` where
+    /// HF checkpoints have no such tensor (llama.cpp's precomputed `rope_freqs`).
+    fn hf_role(self) -> Option<&'static str> {
+        Some(match self.kind {
+            TensorKind::TokenEmbd => "model.embed_tokens",
+            TensorKind::OutputNorm => "model.norm",
+            TensorKind::Output => "lm_head",
+            TensorKind::RopeFreqs => return None,
+            TensorKind::AttnNorm => "input_layernorm",
+            TensorKind::AttnQ => "self_attn.q_proj",
+            TensorKind::AttnK => "self_attn.k_proj",
+            TensorKind::AttnV => "self_attn.v_proj",
+            TensorKind::AttnOut => "self_attn.o_proj",
+            TensorKind::AttnQNorm => "self_attn.q_norm",
+            TensorKind::AttnKNorm => "self_attn.k_norm",
+            TensorKind::FfnNorm => "post_attention_layernorm",
+            TensorKind::FfnGate => "mlp.gate_proj",
+            TensorKind::FfnUp => "mlp.up_proj",
+            TensorKind::FfnDown => "mlp.down_proj",
+        })
+    }
+
+    fn suffix(self) -> &'static str {
+        match self.part {
+            Part::Weight => "weight",
+            Part::Bias => "bias",
+        }
+    }
+
+    /// The tensor's name in a GGUF file, e.g. `blk.3.attn_q.weight`.
+    pub fn gguf_name(self) -> String {
+        match self.layer {
+            Some(il) => format!("blk.{il}.{}.{}", self.gguf_role(), self.suffix()),
+            None => format!("{}.{}", self.gguf_role(), self.suffix()),
+        }
+    }
+
+    /// The tensor's name in a HF checkpoint, e.g. `model.layers.3.self_attn.q_proj.weight`.
+    pub fn hf_name(self) -> Option<String> {
+        let role = self.hf_role()?;
+        Some(match self.layer {
+            Some(il) => format!("model.layers.{il}.{role}.{}", self.suffix()),
+            None => format!("{role}.{}", self.suffix()),
+        })
+    }
+}
+
+impl std::fmt::Display for TensorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.gguf_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_both_vocabularies() {
+        let k = TensorKey::layer(TensorKind::AttnQ, 3);
+        assert_eq!(k.gguf_name(), "blk.3.attn_q.weight");
+        assert_eq!(
+            k.hf_name().as_deref(),
+            Some("model.layers.3.self_attn.q_proj.weight")
+        );
+        assert_eq!(k.bias().gguf_name(), "blk.3.attn_q.bias");
+        let e = TensorKey::global(TensorKind::TokenEmbd);
+        assert_eq!(e.gguf_name(), "token_embd.weight");
+        assert_eq!(e.hf_name().as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(TensorKey::global(TensorKind::RopeFreqs).hf_name(), None);
+    }
+}

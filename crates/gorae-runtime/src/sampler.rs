@@ -1,0 +1,372 @@
+//! Token sampling with llama.cpp's default chain order: penalties → top-k → top-p → min-p →
+//! temperature → draw. Temperature ≤ 0 is greedy (penalties still apply, as in llama.cpp).
+//! A seeded ChaCha RNG makes runs reproducible across machines; buffers are reused, so sampling a
+//! token allocates nothing once warmed up.
+
+use rand::Rng;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplerConfig {
+    pub temperature: f32,
+    /// 0 disables.
+    pub top_k: usize,
+    /// 1.0 disables.
+    pub top_p: f32,
+    /// 0.0 disables.
+    pub min_p: f32,
+    /// 1.0 disables. Divides positive logits / multiplies negative ones of recent tokens.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalties look at (0 disables all penalties).
+    pub repeat_last_n: usize,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    /// llama.cpp's `common_params_sampling` defaults.
+    fn default() -> Self {
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 0xdead_beef,
+        }
+    }
+}
+
+impl SamplerConfig {
+    pub fn greedy() -> Self {
+        SamplerConfig {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// Rejects values that would make sampling meaningless (NaN, negative, out of range).
+    pub fn validate(&self) -> Result<(), String> {
+        let finite = |name: &str, v: f32| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a finite number"))
+            }
+        };
+        finite("temperature", self.temperature)?;
+        finite("top_p", self.top_p)?;
+        finite("min_p", self.min_p)?;
+        finite("repeat_penalty", self.repeat_penalty)?;
+        finite("presence_penalty", self.presence_penalty)?;
+        finite("frequency_penalty", self.frequency_penalty)?;
+        if self.temperature < 0.0 {
+            return Err("temperature must be >= 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.top_p) || self.top_p == 0.0 {
+            return Err("top_p must be in (0, 1]".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err("min_p must be in [0, 1]".into());
+        }
+        if self.repeat_penalty <= 0.0 {
+            return Err("repeat_penalty must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+pub struct Sampler {
+    cfg: SamplerConfig,
+    rng: StdRng,
+    cand: Vec<(f32, u32)>,
+    counts: Vec<u32>,
+}
+
+impl Sampler {
+    pub fn new(cfg: SamplerConfig) -> Self {
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        Sampler {
+            cfg,
+            rng,
+            cand: Vec::new(),
+            counts: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SamplerConfig {
+        &self.cfg
+    }
+
+    /// Picks the next token from `logits` (`[n_vocab]`, modified in place by the penalties) given
+    /// the tokens so far (`history`, prompt included).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.apply_penalties(logits, history);
+        if self.cfg.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        self.cand.clear();
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (l, i as u32))
+                .filter(|c| !c.0.is_nan()),
+        );
+        if self.cand.is_empty() {
+            return 0;
+        }
+        let by_logit_desc =
+            |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let k = self.cfg.top_k;
+        if k > 0 && k < self.cand.len() {
+            self.cand.select_nth_unstable_by(k - 1, by_logit_desc);
+            self.cand.truncate(k);
+        }
+        self.cand.sort_unstable_by(by_logit_desc);
+
+        // Softmax at temperature 1 for top-p / min-p (llama.cpp filters before temperature).
+        let max = self.cand[0].0;
+        let mut probs_sum = 0.0f64;
+        for c in self.cand.iter() {
+            probs_sum += ((c.0 - max) as f64).exp();
+        }
+        if self.cfg.top_p < 1.0 {
+            let mut cum = 0.0f64;
+            let mut keep = self.cand.len();
+            for (i, c) in self.cand.iter().enumerate() {
+                cum += ((c.0 - max) as f64).exp() / probs_sum;
+                if cum >= self.cfg.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            self.cand.truncate(keep.max(1));
+        }
+        if self.cfg.min_p > 0.0 {
+            // p_i / p_max = exp(l_i - l_max) ≥ min_p
+            let threshold = max + self.cfg.min_p.ln();
+            let keep = self.cand.iter().take_while(|c| c.0 >= threshold).count();
+            self.cand.truncate(keep.max(1));
+        }
+        let t = self.cfg.temperature;
+        let top = self.cand[0].0;
+        let mut total = 0.0f64;
+        for c in self.cand.iter_mut() {
+            c.0 = (((c.0 - top) / t) as f64).exp() as f32;
+            total += c.0 as f64;
+        }
+        let mut r = self.rng.random::<f64>() * total;
+        for c in self.cand.iter() {
+            r -= c.0 as f64;
+            if r <= 0.0 {
+                return c.1;
+            }
+        }
+        self.cand[self.cand.len() - 1].1
+    }
+
+    fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
+        let c = &self.cfg;
+        let active =
+            c.repeat_penalty != 1.0 || c.presence_penalty != 0.0 || c.frequency_penalty != 0.0;
+        if !active || c.repeat_last_n == 0 {
+            return;
+        }
+        if self.counts.len() < logits.len() {
+            self.counts.resize(logits.len(), 0);
+        }
+        let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
+        for &id in recent {
+            if let Some(n) = self.counts.get_mut(id as usize) {
+                *n += 1;
+            }
+        }
+        for &id in recent {
+            let i = id as usize;
+            let Some(&n) = self.counts.get(i) else {
+                continue;
+            };
+            if n == 0 {
+                continue; // already applied for an earlier occurrence
+            }
+            if let Some(l) = logits.get_mut(i) {
+                if *l > 0.0 {
+                    *l /= c.repeat_penalty;
+                } else {
+                    *l *= c.repeat_penalty;
+                }
+                *l -= n as f32 * c.frequency_penalty + c.presence_penalty;
+            }
+            self.counts[i] = 0;
+        }
+    }
+}
+
+/// Index of the largest logit; the first one on ties (as llama.cpp's greedy sampler).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![1.0, 3.0, 2.0, 0.5, 2.9, -1.0]
+    }
+
+    #[test]
+    fn greedy_takes_the_max() {
+        let mut s = Sampler::new(SamplerConfig::greedy());
+        assert_eq!(s.sample(&mut logits(), &[]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_different_seed_differs() {
+        let cfg = SamplerConfig {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
+        let run = |seed| {
+            let mut s = Sampler::new(SamplerConfig {
+                seed,
+                ..cfg.clone()
+            });
+            (0..64)
+                .map(|_| s.sample(&mut logits(), &[]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_k_limits_choices() {
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut logits(), &[]), 1);
+        }
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 5.0,
+            top_k: 2,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        });
+        for _ in 0..200 {
+            let t = s.sample(&mut logits(), &[]);
+            assert!(t == 1 || t == 4, "{t}");
+        }
+    }
+
+    #[test]
+    fn top_p_and_min_p_cut_the_tail() {
+        // p(1) ≈ 0.41, p(4) ≈ 0.37: top_p 0.5 keeps exactly those two.
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            min_p: 0.0,
+            ..Default::default()
+        });
+        for _ in 0..200 {
+            let t = s.sample(&mut logits(), &[]);
+            assert!(t == 1 || t == 4, "{t}");
+        }
+        // min_p 0.5: keep tokens with p ≥ 0.5 p_max: logits ≥ 3 - ln 2 ≈ 2.31 → ids 1, 4.
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            ..Default::default()
+        });
+        for _ in 0..200 {
+            let t = s.sample(&mut logits(), &[]);
+            assert!(t == 1 || t == 4, "{t}");
+        }
+    }
+
+    #[test]
+    fn penalties_change_the_greedy_choice() {
+        let mut s = Sampler::new(SamplerConfig {
+            repeat_penalty: 1.1,
+            ..SamplerConfig::greedy()
+        });
+        // 3.0 / 1.1 = 2.727 < 2.9
+        assert_eq!(s.sample(&mut logits(), &[1]), 4);
+        let mut s = Sampler::new(SamplerConfig {
+            presence_penalty: 0.5,
+            ..SamplerConfig::greedy()
+        });
+        assert_eq!(s.sample(&mut logits(), &[1]), 4);
+        let mut s = Sampler::new(SamplerConfig {
+            frequency_penalty: 0.05,
+            ..SamplerConfig::greedy()
+        });
+        assert_eq!(s.sample(&mut logits(), &[1]), 1); // 3.0 - 0.05 = 2.95 > 2.9
+        let mut s = Sampler::new(SamplerConfig {
+            frequency_penalty: 0.05,
+            ..SamplerConfig::greedy()
+        });
+        assert_eq!(s.sample(&mut logits(), &[1, 1, 1]), 4); // 3.0 - 0.15 < 2.9
+        // Negative logits get multiplied (pushed further down).
+        let mut l = logits();
+        let mut s = Sampler::new(SamplerConfig {
+            repeat_penalty: 2.0,
+            ..SamplerConfig::greedy()
+        });
+        s.sample(&mut l, &[5]);
+        assert_eq!(l[5], -2.0);
+    }
+
+    #[test]
+    fn validate_rejects_nonsense() {
+        assert!(
+            SamplerConfig {
+                temperature: f32::NAN,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplerConfig {
+                top_p: 0.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplerConfig {
+                min_p: 2.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(SamplerConfig::default().validate().is_ok());
+    }
+}
