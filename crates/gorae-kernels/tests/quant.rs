@@ -137,6 +137,14 @@ fn unaligned_inputs_give_identical_results() {
             let mut d = vec![0.0f32; n];
             dequantize_row(ty, wu, &mut d).unwrap();
             assert_eq!(d, base_deq, "{ty} offset {offset}");
+            // Quantizing into an unaligned destination writes the same bytes.
+            let mut qbuf = vec![0u8; offset + w.len()];
+            quantize_row(ty, &base_deq, &mut qbuf[offset..]).unwrap();
+            assert_eq!(
+                &qbuf[offset..],
+                &quantize(ty, &base_deq)[..],
+                "{ty} offset {offset}"
+            );
             assert_eq!(
                 vec_dot(ty, n, wu, xu).to_bits(),
                 base_dot.to_bits(),

@@ -43,27 +43,44 @@ pub use q6_k::BlockQ6K;
 pub use q8::{BlockQ8_0, BlockQ8_1, BlockQ8K};
 
 /// The scalar reference kernels on typed block slices, one set per type, named after the ggml
-/// function they follow. SIMD variants are checked against these.
+/// function they follow. SIMD variants are checked against these: `isum*` give the exact integer
+/// part of one block's dot product (what a SIMD kernel must reproduce bit for bit), `vec_dot_*`
+/// the documented float combination on top.
+///
+/// These do no length checking: when the slices disagree, the shorter one governs (every loop
+/// is a `zip`), so nothing panics, but the answer is for fewer elements. The checked entry
+/// points are [`dequantize_row`](super::dequantize_row), [`quantize_row`](super::quantize_row)
+/// and [`try_vec_dot`](super::try_vec_dot).
 pub mod reference {
     pub use super::float::{
         bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, vec_dot_bf16_f32, vec_dot_f16_f32,
         vec_dot_f32_f32,
     };
-    pub use super::q2_k::{dequantize_row_q2_k, quantize_row_q2_k, vec_dot_q2_k_q8_k};
-    pub use super::q3_k::{dequantize_row_q3_k, quantize_row_q3_k, vec_dot_q3_k_q8_k};
+    pub use super::q2_k::{
+        dequantize_row_q2_k, isums_q2_k_q8_k, quantize_row_q2_k, vec_dot_q2_k_q8_k,
+    };
+    pub use super::q3_k::{
+        dequantize_row_q3_k, isum_q3_k_q8_k, quantize_row_q3_k, vec_dot_q3_k_q8_k,
+    };
     pub use super::q4::{
-        dequantize_row_q4_0, dequantize_row_q4_1, quantize_row_q4_0, quantize_row_q4_1,
-        vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1,
+        dequantize_row_q4_0, dequantize_row_q4_1, isum_q4_0_q8_0, isum_q4_1_q8_1,
+        quantize_row_q4_0, quantize_row_q4_1, vec_dot_q4_0_q8_0, vec_dot_q4_1_q8_1,
     };
-    pub use super::q4_k::{dequantize_row_q4_k, quantize_row_q4_k, vec_dot_q4_k_q8_k};
+    pub use super::q4_k::{
+        dequantize_row_q4_k, isums_q4_k_q8_k, quantize_row_q4_k, vec_dot_q4_k_q8_k,
+    };
     pub use super::q5::{
-        dequantize_row_q5_0, dequantize_row_q5_1, quantize_row_q5_0, quantize_row_q5_1,
-        vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
+        dequantize_row_q5_0, dequantize_row_q5_1, isum_q5_0_q8_0, isum_q5_1_q8_1,
+        quantize_row_q5_0, quantize_row_q5_1, vec_dot_q5_0_q8_0, vec_dot_q5_1_q8_1,
     };
-    pub use super::q5_k::{dequantize_row_q5_k, quantize_row_q5_k, vec_dot_q5_k_q8_k};
-    pub use super::q6_k::{dequantize_row_q6_k, quantize_row_q6_k, vec_dot_q6_k_q8_k};
+    pub use super::q5_k::{
+        dequantize_row_q5_k, isums_q5_k_q8_k, quantize_row_q5_k, vec_dot_q5_k_q8_k,
+    };
+    pub use super::q6_k::{
+        dequantize_row_q6_k, isum_q6_k_q8_k, quantize_row_q6_k, vec_dot_q6_k_q8_k,
+    };
     pub use super::q8::{
-        dequantize_row_q8_0, dequantize_row_q8_1, dequantize_row_q8_k, quantize_row_q8_0,
+        dequantize_row_q8_0, dequantize_row_q8_1, dequantize_row_q8_k, dot_i8, quantize_row_q8_0,
         quantize_row_q8_1, quantize_row_q8_k, vec_dot_q8_0_q8_0, vec_dot_q8_1_q8_1,
         vec_dot_q8_k_q8_k,
     };

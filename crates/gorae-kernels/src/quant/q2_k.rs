@@ -144,7 +144,7 @@ pub fn quantize_row_q2_k(src: &[f32], blocks: &mut [BlockQ2K]) {
 /// Integer parts of one Q2_K x Q8_K super-block:
 /// `(sum_s sc[s] * sum_{e in s} q[e] * q8[e], sum_s bsums[s] * m[s])`.
 #[inline(always)]
-pub(crate) fn isums_q2_k_q8_k(w: &BlockQ2K, x: &BlockQ8K) -> (i32, i32) {
+pub fn isums_q2_k_q8_k(w: &BlockQ2K, x: &BlockQ8K) -> (i32, i32) {
     let a = unpack_2bit(&w.qs);
     let mut isum = 0i32;
     let mut summs = 0i32;

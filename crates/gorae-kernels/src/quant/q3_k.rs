@@ -148,7 +148,7 @@ pub fn quantize_row_q3_k(src: &[f32], blocks: &mut [BlockQ3K]) {
 
 /// Integer part of one Q3_K x Q8_K super-block: `sum_s sc[s] * sum_{e in s} q[e] * q8[e]`.
 #[inline(always)]
-pub(crate) fn isum_q3_k_q8_k(w: &BlockQ3K, x: &BlockQ8K) -> i32 {
+pub fn isum_q3_k_q8_k(w: &BlockQ3K, x: &BlockQ8K) -> i32 {
     let a = unpack_q3_k(w);
     let sc = unpack_scales_q3(&w.scales);
     let mut isum = 0i32;

@@ -134,7 +134,7 @@ pub fn quantize_row_q4_1(src: &[f32], blocks: &mut [BlockQ4_1]) {
 
 /// Integer part of one Q4_0 x Q8_0 block: `sum (q - 8) * q8`, exact in i32.
 #[inline(always)]
-pub(crate) fn isum_q4_0_q8_0(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
+pub fn isum_q4_0_q8_0(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
     let (xlo, xhi) = x.qs.split_at(QK4 / 2);
     let mut sumi = 0i32;
     for ((q, a), b) in w.qs.iter().zip(xlo).zip(xhi) {
@@ -155,7 +155,7 @@ pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
 
 /// Integer part of one Q4_1 x Q8_1 block: `sum q * q8` (the min is applied through Q8_1's `s`).
 #[inline(always)]
-pub(crate) fn isum_q4_1_q8_1(w: &BlockQ4_1, x: &BlockQ8_1) -> i32 {
+pub fn isum_q4_1_q8_1(w: &BlockQ4_1, x: &BlockQ8_1) -> i32 {
     let (xlo, xhi) = x.qs.split_at(QK4 / 2);
     let mut sumi = 0i32;
     for ((q, a), b) in w.qs.iter().zip(xlo).zip(xhi) {

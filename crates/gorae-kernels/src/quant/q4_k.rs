@@ -182,7 +182,7 @@ pub fn quantize_row_q4_k(src: &[f32], blocks: &mut [BlockQ4K]) {
 /// Integer parts of one Q4_K x Q8_K super-block: `(sum_s sc[s] * sum_{e in s} q[e] * q8[e],
 /// sum_k bsums[k] * m[k / 2])`, both exact in i32.
 #[inline(always)]
-pub(crate) fn isums_q4_k_q8_k(w: &BlockQ4K, x: &BlockQ8K) -> (i32, i32) {
+pub fn isums_q4_k_q8_k(w: &BlockQ4K, x: &BlockQ8K) -> (i32, i32) {
     // Unpack to one i8 per element so each sub-block is a plain i8 x i8 dot product.
     let mut a = [0i8; QK_K];
     for (q, a) in w.qs.chunks_exact(32).zip(a.chunks_exact_mut(64)) {

@@ -133,7 +133,7 @@ pub fn quantize_row_q5_1(src: &[f32], blocks: &mut [BlockQ5_1]) {
 
 /// Integer part of one Q5_0 x Q8_0 block: `sum (q - 16) * q8`.
 #[inline(always)]
-pub(crate) fn isum_q5_0_q8_0(w: &BlockQ5_0, x: &BlockQ8_0) -> i32 {
+pub fn isum_q5_0_q8_0(w: &BlockQ5_0, x: &BlockQ8_0) -> i32 {
     let mut sumi = 0i32;
     for (q, a) in unpack5(w.qh, &w.qs).iter().zip(&x.qs) {
         sumi += (*q as i32 - 16) * *a as i32;
@@ -152,7 +152,7 @@ pub fn vec_dot_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
 
 /// Integer part of one Q5_1 x Q8_1 block: `sum q * q8`.
 #[inline(always)]
-pub(crate) fn isum_q5_1_q8_1(w: &BlockQ5_1, x: &BlockQ8_1) -> i32 {
+pub fn isum_q5_1_q8_1(w: &BlockQ5_1, x: &BlockQ8_1) -> i32 {
     let mut sumi = 0i32;
     for (q, a) in unpack5(w.qh, &w.qs).iter().zip(&x.qs) {
         sumi += *q as i32 * *a as i32;

@@ -95,7 +95,7 @@ pub fn quantize_row_q5_k(src: &[f32], blocks: &mut [BlockQ5K]) {
 /// Integer parts of one Q5_K x Q8_K super-block, as for Q4_K:
 /// `(sum_s sc[s] * sum q * q8, sum_k bsums[k] * m[k / 2])`.
 #[inline(always)]
-pub(crate) fn isums_q5_k_q8_k(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
+pub fn isums_q5_k_q8_k(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
     let a = unpack_q5_k(w);
     let (sc, m) = unpack_scales_k4(&w.scales);
     let mut isum = 0i32;

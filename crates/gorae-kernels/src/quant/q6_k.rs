@@ -126,7 +126,7 @@ pub fn quantize_row_q6_k(src: &[f32], blocks: &mut [BlockQ6K]) {
 
 /// Integer part of one Q6_K x Q8_K super-block: `sum_s scales[s] * sum_{e in s} q[e] * q8[e]`.
 #[inline(always)]
-pub(crate) fn isum_q6_k_q8_k(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
+pub fn isum_q6_k_q8_k(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
     let a = unpack_q6_k(w);
     let mut isum = 0i32;
     for (s, (a, q8)) in a.chunks_exact(16).zip(x.qs.chunks_exact(16)).enumerate() {

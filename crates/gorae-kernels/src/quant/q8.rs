@@ -170,7 +170,7 @@ pub fn quantize_row_q8_k(src: &[f32], blocks: &mut [BlockQ8K]) {
 /// Exact `sum a * b` over two i8 slices of equal length (products fit i16, sums of up to 2^16
 /// of them fit i32).
 #[inline(always)]
-pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     let mut s = 0i32;
     for (x, y) in a.iter().zip(b) {
         s += *x as i32 * *y as i32;
