@@ -19,12 +19,24 @@ use std::ops::Range;
 
 /// A weight matrix `[n_rows, n_cols]` in its stored type; each row is `n_cols / block_size`
 /// blocks, rows back to back.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct WeightRef<'a> {
     pub ty: GgmlType,
     pub data: &'a [u8],
     pub n_rows: usize,
     pub n_cols: usize,
+}
+
+/// Shape and size only: a derived `Debug` would print every byte of a possibly huge tensor.
+impl std::fmt::Debug for WeightRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightRef")
+            .field("ty", &self.ty)
+            .field("n_rows", &self.n_rows)
+            .field("n_cols", &self.n_cols)
+            .field("data_len", &self.data.len())
+            .finish()
+    }
 }
 
 impl WeightRef<'_> {
