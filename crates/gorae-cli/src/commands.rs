@@ -62,8 +62,8 @@ pub fn run(
     system: Option<&str>,
     sampling: &SamplingArgs,
 ) -> Result<()> {
-    let loaded = load::load_model(model_path)?;
-    let tok = &loaded.tokenizer;
+    let loaded = load::load_model(model_path, true)?;
+    let tok = loaded.tokenizer()?;
     let use_chat = chat || (!raw && tok.chat_template().is_some());
     let (ids, starts_in_think) = if use_chat {
         let mut messages = Vec::new();
@@ -119,8 +119,8 @@ pub fn chat(
     n_predict: usize,
     sampling: &SamplingArgs,
 ) -> Result<()> {
-    let loaded = load::load_model(model_path)?;
-    let tok = &loaded.tokenizer;
+    let loaded = load::load_model(model_path, true)?;
+    let tok = loaded.tokenizer()?;
     let tmpl = template(tok)?;
     let mut engine = Engine::new(&loaded.model, n_ctx(&loaded.model, sampling), N_BATCH);
     let mut sampler = Sampler::new(generate::sampler_config(sampling)?);
@@ -258,15 +258,16 @@ pub fn inspect(model_path: &Path, list_tensors: bool) -> Result<()> {
         ModelPath::Dir(d) => {
             println!("directory:     {}", d.display());
             if d.join("config.json").exists() {
-                let loaded = load::load_model(&d)?;
+                let loaded = load::load_model(&d, false)?;
                 print_model_info(&loaded.model);
+                let template = loaded
+                    .tokenizer()
+                    .ok()
+                    .and_then(|t| t.chat_template())
+                    .is_some();
                 println!(
                     "chat template: {}",
-                    if loaded.tokenizer.chat_template().is_some() {
-                        "present"
-                    } else {
-                        "absent"
-                    }
+                    if template { "present" } else { "absent" }
                 );
             } else {
                 let tok = load::tokenizer(&ModelPath::Dir(d.clone()), None)?;
@@ -394,9 +395,9 @@ pub fn logits(
     all_positions: bool,
     decode: bool,
 ) -> Result<()> {
-    let loaded = load::load_model(model_path)?;
+    let loaded = load::load_model(model_path, prompt.is_some())?;
     let ids = match (prompt, ids) {
-        (Some(p), _) => loaded.tokenizer.encode(p, true)?,
+        (Some(p), _) => loaded.tokenizer()?.encode(p, true)?,
         (None, Some(ids)) => ids.to_vec(),
         (None, None) => bail!("give --prompt or --ids"),
     };

@@ -88,10 +88,21 @@ fn bar(total: u64) -> ProgressBar {
 
 pub struct Loaded {
     pub model: Model,
-    pub tokenizer: Tokenizer,
+    /// Absent only when the caller said it needs none and the directory has no tokenizer files.
+    tokenizer: Option<Tokenizer>,
 }
 
-pub fn load_model(path: &Path) -> Result<Loaded> {
+impl Loaded {
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer
+            .as_ref()
+            .context("the model directory has no tokenizer.json")
+    }
+}
+
+/// Loads a model; `need_tokenizer: false` lets a HF directory without tokenizer files load (for
+/// `logits --ids`).
+pub fn load_model(path: &Path, need_tokenizer: bool) -> Result<Loaded> {
     match ModelPath::resolve(path)? {
         ModelPath::Gguf(p) => {
             let file = open_gguf(&p)?;
@@ -104,7 +115,7 @@ pub fn load_model(path: &Path) -> Result<Loaded> {
             let model = Model::from_gguf_source(&file, &progress)
                 .with_context(|| format!("cannot load the model in `{}`", p.display()))?;
             progress.bar.finish_and_clear();
-            let tokenizer = tokenizer(&ModelPath::Gguf(p.clone()), Some(&file))?;
+            let tokenizer = Some(tokenizer(&ModelPath::Gguf(p.clone()), Some(&file))?);
             Ok(Loaded { model, tokenizer })
         }
         ModelPath::Dir(d) => {
@@ -126,7 +137,11 @@ pub fn load_model(path: &Path) -> Result<Loaded> {
             let model = Model::from_hf_source(&configs.config, &progress)
                 .with_context(|| format!("cannot load the model in `{}`", d.display()))?;
             progress.bar.finish_and_clear();
-            let tokenizer = tokenizer(&ModelPath::Dir(d.clone()), None)?;
+            let tokenizer = if need_tokenizer || d.join("tokenizer.json").exists() {
+                Some(tokenizer(&ModelPath::Dir(d.clone()), None)?)
+            } else {
+                None
+            };
             Ok(Loaded { model, tokenizer })
         }
     }
