@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::{Rest, Value as JValue, ValueKind};
+use minijinja::value::{Kwargs, Rest, Value as JValue, ValueKind};
 use minijinja::{Environment, Error as JError, ErrorKind, State};
 use serde_json::{Map, Value};
 
@@ -385,29 +385,22 @@ fn python_formatter(
 /// `json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
 /// Accepts those arguments positionally or by keyword; other keywords are ignored (Python's
 /// `json.dumps` accepts many we do not need, and a template using one should still render).
-fn tojson_filter(value: JValue, args: Rest<JValue>) -> Result<JValue, JError> {
+fn tojson_filter(value: JValue, args: Rest<JValue>, kwargs: Kwargs) -> Result<JValue, JError> {
     let mut opts = crate::pyjson::DumpOptions::default();
     let positional_names = ["ensure_ascii", "indent", "separators", "sort_keys"];
-    let mut named: Vec<(String, JValue)> = Vec::new();
-    let mut n_positional = 0;
-    for arg in args.iter() {
-        if arg.is_kwargs() {
-            for key in arg.try_iter()? {
-                let v = arg.get_item(&key)?;
-                if let Some(k) = key.as_str() {
-                    named.push((k.to_string(), v));
-                }
-            }
-        } else {
-            let Some(name) = positional_names.get(n_positional) else {
-                return Err(JError::new(
-                    ErrorKind::TooManyArguments,
-                    "tojson takes at most 4 positional arguments",
-                ));
-            };
-            named.push(((*name).to_string(), arg.clone()));
-            n_positional += 1;
-        }
+    if args.len() > positional_names.len() {
+        return Err(JError::new(
+            ErrorKind::TooManyArguments,
+            "tojson takes at most 4 positional arguments",
+        ));
+    }
+    let mut named: Vec<(String, JValue)> = positional_names
+        .iter()
+        .zip(args.iter())
+        .map(|(name, v)| ((*name).to_string(), v.clone()))
+        .collect();
+    for key in kwargs.args() {
+        named.push((key.to_string(), kwargs.get::<JValue>(key)?));
     }
     for (name, v) in named {
         match name.as_str() {
@@ -431,18 +424,16 @@ fn tojson_filter(value: JValue, args: Rest<JValue>) -> Result<JValue, JError> {
                     }
                 }
             }
-            "separators" => {
-                if !v.is_none() && !v.is_undefined() {
-                    let item = v.get_item_by_index(0)?;
-                    let key = v.get_item_by_index(1)?;
-                    match (item.as_str(), key.as_str()) {
-                        (Some(i), Some(k)) => opts.separators = Some((i.into(), k.into())),
-                        _ => {
-                            return Err(JError::new(
-                                ErrorKind::InvalidOperation,
-                                "tojson: separators must be a pair of strings",
-                            ));
-                        }
+            "separators" if !v.is_none() && !v.is_undefined() => {
+                let item = v.get_item_by_index(0)?;
+                let key = v.get_item_by_index(1)?;
+                match (item.as_str(), key.as_str()) {
+                    (Some(i), Some(k)) => opts.separators = Some((i.into(), k.into())),
+                    _ => {
+                        return Err(JError::new(
+                            ErrorKind::InvalidOperation,
+                            "tojson: separators must be a pair of strings",
+                        ));
                     }
                 }
             }

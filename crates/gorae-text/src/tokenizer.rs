@@ -144,10 +144,10 @@ fn config_chat_template(config: &Map<String, Value>) -> Result<Option<String>, T
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Array(list)) => {
             for entry in list {
-                if entry.get("name").and_then(Value::as_str) == Some("default") {
-                    if let Some(t) = entry.get("template").and_then(Value::as_str) {
-                        return Ok(Some(t.to_string()));
-                    }
+                if entry.get("name").and_then(Value::as_str) == Some("default")
+                    && let Some(t) = entry.get("template").and_then(Value::as_str)
+                {
+                    return Ok(Some(t.to_string()));
                 }
             }
             Ok(None)

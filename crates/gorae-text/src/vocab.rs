@@ -122,21 +122,21 @@ impl GgufVocab {
                 "{n} tokens do not fit 32-bit ids"
             )));
         }
-        if let Some(scores) = &self.scores {
-            if scores.len() != n {
-                return Err(TextError::InvalidVocab(format!(
-                    "tokenizer.ggml.scores has {} entries but tokenizer.ggml.tokens has {n}",
-                    scores.len()
-                )));
-            }
+        if let Some(scores) = &self.scores
+            && scores.len() != n
+        {
+            return Err(TextError::InvalidVocab(format!(
+                "tokenizer.ggml.scores has {} entries but tokenizer.ggml.tokens has {n}",
+                scores.len()
+            )));
         }
-        if let Some(types) = &self.token_types {
-            if types.len() != n {
-                return Err(TextError::InvalidVocab(format!(
-                    "tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {n}",
-                    types.len()
-                )));
-            }
+        if let Some(types) = &self.token_types
+            && types.len() != n
+        {
+            return Err(TextError::InvalidVocab(format!(
+                "tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {n}",
+                types.len()
+            )));
         }
         let ids = [
             ("bos", self.bos_id),
@@ -147,12 +147,12 @@ impl GgufVocab {
             ("padding", self.pad_id),
         ];
         for (what, id) in ids {
-            if let Some(id) = id {
-                if id as usize >= n {
-                    return Err(TextError::InvalidVocab(format!(
-                        "tokenizer.ggml.{what}_token_id = {id} is out of range (vocabulary has {n} tokens)"
-                    )));
-                }
+            if let Some(id) = id
+                && id as usize >= n
+            {
+                return Err(TextError::InvalidVocab(format!(
+                    "tokenizer.ggml.{what}_token_id = {id} is out of range (vocabulary has {n} tokens)"
+                )));
             }
         }
         let mut index: HashMap<&str, u32> = HashMap::with_capacity(n);
@@ -326,10 +326,11 @@ impl GgufVocab {
             let mut local = Vec::new();
             for (i, _) in piece.char_indices().skip(1) {
                 let (l, r) = (&piece[..i], &piece[i..]);
-                if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
-                    if mergeable(li as usize) && mergeable(ri as usize) {
-                        local.push((li, ri, score(id)));
-                    }
+                if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r))
+                    && mergeable(li as usize)
+                    && mergeable(ri as usize)
+                {
+                    local.push((li, ri, score(id)));
                 }
             }
             local.sort_by_key(|&(l, r, _)| (l, r));
@@ -422,10 +423,8 @@ fn get_id(file: &GgufFile, key: &str) -> Result<Option<u32>, TextError> {
     match file.get(key) {
         None => Ok(None),
         Some(v) => {
-            if let Some(i) = v.as_i64() {
-                if i < 0 {
-                    return Ok(None);
-                }
+            if v.as_i64().is_some_and(|i| i < 0) {
+                return Ok(None);
             }
             match v.as_u64() {
                 Some(u) => u32::try_from(u)
