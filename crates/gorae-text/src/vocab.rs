@@ -195,7 +195,8 @@ impl GgufVocab {
         let mut added = Vec::new();
         for (id, tok) in self.tokens.iter().enumerate() {
             match self.token_type(id) {
-                token_type::CONTROL => {
+                // UNKNOWN (`<unk>`) is a special added token in HF's SentencePiece conversions.
+                token_type::CONTROL | token_type::UNKNOWN => {
                     added.push(AddedToken::from(tok.clone(), true).normalized(false))
                 }
                 token_type::USER_DEFINED => {
