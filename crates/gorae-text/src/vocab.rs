@@ -157,9 +157,6 @@ impl GgufVocab {
         }
         let mut index: HashMap<&str, u32> = HashMap::with_capacity(n);
         for (id, tok) in self.tokens.iter().enumerate() {
-            if tok.is_empty() {
-                return Err(TextError::InvalidVocab(format!("token {id} is empty")));
-            }
             if self.token_type(id) == token_type::BYTE && parse_byte_token(tok).is_none() {
                 return Err(TextError::InvalidVocab(format!(
                     "token {id} has type BYTE but is '{tok}', not <0xHH>"
@@ -178,6 +175,19 @@ impl GgufVocab {
 
     /// Validates and builds the HF tokenizer plus the settings `Tokenizer::assemble` needs.
     pub(crate) fn build(&self) -> Result<(tokenizers::Tokenizer, Settings), TextError> {
+        // llama.cpp loads files with empty token strings by renaming them `[EMPTY_<id>]` (some
+        // converters wrote such placeholders); do the same rather than refuse the model. An
+        // empty string cannot be a BPE vocabulary entry.
+        if self.tokens.iter().any(String::is_empty) {
+            let mut fixed = self.clone();
+            for (id, tok) in fixed.tokens.iter_mut().enumerate() {
+                if tok.is_empty() {
+                    tracing::warn!("GGUF vocabulary: token {id} is empty, renamed [EMPTY_{id}]");
+                    *tok = format!("[EMPTY_{id}]");
+                }
+            }
+            return fixed.build();
+        }
         let index = self.validate()?;
         let mut vocab = Vocab::default();
         for (id, tok) in self.tokens.iter().enumerate() {

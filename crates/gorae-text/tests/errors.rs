@@ -203,9 +203,11 @@ fn malformed_vocabularies() {
     v.token_types = Some(vec![1, 1, 1, token_type::BYTE]);
     expect_vocab_error(&v, "<0xZZ>");
 
+    // An empty token string is renamed as llama.cpp does, not rejected.
     let mut v = good.clone();
-    v.tokens[2] = String::new();
-    expect_vocab_error(&v, "empty");
+    v.tokens[3] = String::new();
+    let tok = Tokenizer::from_gguf_vocab(&v).expect("empty token renamed");
+    assert_eq!(tok.id_to_token(3).as_deref(), Some("[EMPTY_3]"));
 
     let mut v = good.clone();
     v.pre = Some("klingon".into());
