@@ -170,6 +170,13 @@ fn seeds() -> Vec<Vec<u8>> {
 #[test]
 fn mutated_gguf_files_never_panic() {
     let seeds = seeds();
+    // Seeds a cargo-fuzz corpus: GORAE_FUZZ_SEED_DIR=fuzz/corpus/gguf cargo test --test fuzz_gguf
+    if let Some(dir) = std::env::var_os("GORAE_FUZZ_SEED_DIR") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(std::path::Path::new(&dir).join(format!("seed{i}.gguf")), s).unwrap();
+        }
+    }
     for s in &seeds {
         GgufFile::from_bytes(s.clone()).unwrap();
         fuzz_gguf(s);

@@ -175,6 +175,17 @@ fn json_mutant(m: &mut Mutator, seed: &[u8]) -> Vec<u8> {
 #[test]
 fn mutated_safetensors_files_never_panic() {
     let seeds = seeds();
+    // Seeds a cargo-fuzz corpus: GORAE_FUZZ_SEED_DIR=fuzz/corpus/safetensors cargo test --test fuzz_safetensors
+    if let Some(dir) = std::env::var_os("GORAE_FUZZ_SEED_DIR") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(
+                std::path::Path::new(&dir).join(format!("seed{i}.safetensors")),
+                s,
+            )
+            .unwrap();
+        }
+    }
     for s in &seeds {
         SafetensorsModel::from_bytes(s.clone()).unwrap();
         fuzz_safetensors(s);
