@@ -8,14 +8,50 @@ use crate::FormatError;
 
 pub(crate) enum Backing {
     Mmap(memmap2::Mmap),
-    Bytes(Vec<u8>),
+    Bytes(AlignedBytes),
+}
+
+/// In-memory file bytes whose start is 64-byte aligned, so that tensor data parsed from memory
+/// has the same alignment guarantee as data in a (page-aligned) mapping: kernels that cast a
+/// block slice need not care where the file came from.
+pub(crate) struct AlignedBytes {
+    chunks: Vec<Chunk>,
+    len: usize,
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Chunk([u8; 64]);
+
+impl AlignedBytes {
+    pub(crate) fn new(bytes: &[u8]) -> AlignedBytes {
+        let mut chunks = vec![Chunk([0; 64]); bytes.len().div_ceil(64)];
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut chunks);
+        if let Some(dst) = dst.get_mut(..bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+        AlignedBytes {
+            chunks,
+            len: bytes.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        let all: &[u8] = bytemuck::cast_slice(&self.chunks);
+        all.get(..self.len).unwrap_or(all)
+    }
 }
 
 impl Backing {
+    /// An in-memory image, copied once into an aligned buffer.
+    pub(crate) fn from_vec(bytes: Vec<u8>) -> Backing {
+        Backing::Bytes(AlignedBytes::new(&bytes))
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Backing::Mmap(m) => m,
-            Backing::Bytes(b) => b,
+            Backing::Bytes(b) => b.as_slice(),
         }
     }
 
@@ -33,7 +69,7 @@ impl Backing {
         })?;
         let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
         if len == 0 {
-            return Ok(Backing::Bytes(Vec::new()));
+            return Ok(Backing::from_vec(Vec::new()));
         }
         // SAFETY: the map is read-only and private to this process, so it can only be invalidated
         // by another process truncating or rewriting the file while it is mapped (a later access

@@ -206,7 +206,7 @@ impl SafetensorsModel {
 
     /// Parses one in-memory safetensors file (tests, fuzzing).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<SafetensorsModel, FormatError> {
-        Self::from_shards(vec![Self::parse_shard(Backing::Bytes(bytes))?])
+        Self::from_shards(vec![Self::parse_shard(Backing::from_vec(bytes))?])
     }
 
     /// The named tensor, or `None` when no shard has it.

@@ -240,3 +240,19 @@ fn write_file_then_open_through_mmap() {
         Err(FormatError::MissingFile { .. })
     ));
 }
+
+#[test]
+fn from_bytes_views_are_aligned_and_types_are_shareable() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<GgufFile>();
+    shareable::<gorae_formats::safetensors::SafetensorsModel>();
+    // An odd-offset source buffer still yields aligned views.
+    let bytes = write_to_vec(&seed_writer(Some(64)));
+    let mut shifted = vec![0u8; 1];
+    shifted.extend_from_slice(&bytes);
+    let f = GgufFile::from_bytes(shifted[1..].to_vec()).unwrap();
+    assert_eq!(f.as_bytes(), bytes.as_slice());
+    for v in f.tensor_views() {
+        assert_eq!(v.data.as_ptr() as usize % 64, 0, "{}", v.name);
+    }
+}

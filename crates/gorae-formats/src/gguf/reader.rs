@@ -95,8 +95,9 @@ pub struct TensorView<'a> {
     pub ty: GgmlType,
     /// Row-major, outermost first: the **reverse** of GGUF's `ne[]` (see [`TensorInfo::shape`]).
     pub shape: &'a [usize],
-    /// The tensor's bytes in ggml block layout, borrowed from the mapping. Aligned to the file's
-    /// alignment relative to the file start (so at least 8 bytes in memory for a mapped file).
+    /// The tensor's bytes in ggml block layout, borrowed from the mapping (or buffer). Its address
+    /// is a multiple of `min(alignment, 64)`: offsets are aligned within the file and the file
+    /// image starts page-aligned (mapped) or 64-byte aligned (`from_bytes`).
     pub data: &'a [u8],
 }
 
@@ -139,9 +140,10 @@ impl GgufFile {
         Self::parse(Backing::map(path)?)
     }
 
-    /// Parses an in-memory GGUF image (tests, fuzzing, files fetched into memory).
+    /// Parses an in-memory GGUF image (tests, fuzzing, files fetched into memory). The bytes are
+    /// copied once into a 64-byte-aligned buffer so tensor views are aligned as from a mapping.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, FormatError> {
-        Self::parse(Backing::Bytes(bytes))
+        Self::parse(Backing::from_vec(bytes))
     }
 
     /// GGUF format version (2 or 3).
