@@ -17,7 +17,7 @@ use gorae_kernels::quant::{dequantize_row, quantize_row};
 /// The GGUF architecture name llama.cpp uses for a HF architecture of this family.
 pub fn gguf_arch(hf_arch: &str) -> Result<&'static str> {
     Ok(match hf_arch {
-        "LlamaForCausalLM" | "MistralForCausalLM" | "HyperCLOVAXForCausalLM" => "llama",
+        "LlamaForCausalLM" | "MistralForCausalLM" => "llama",
         "Qwen2ForCausalLM" => "qwen2",
         "Qwen3ForCausalLM" => "qwen3",
         other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),

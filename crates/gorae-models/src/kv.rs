@@ -75,3 +75,62 @@ impl KvCache {
         &mut self.v[r]
     }
 }
+
+/// MLA's compressed cache: per token per layer only the normalized latent `c_kv`
+/// (`kv_lora_rank`) and the shared rope key `k_pe` (`qk_rope_head_dim`), `[n_layer, n_ctx, width]`.
+/// Keys and values for every head are recomputed from it (absorbed into the query and output).
+pub struct LatentKvCache {
+    pub n_layer: usize,
+    pub n_ctx: usize,
+    /// `kv_lora_rank + qk_rope_head_dim`
+    pub width: usize,
+    data: Vec<f32>, // [n_layer, n_ctx, width]
+    len: usize,
+}
+
+impl LatentKvCache {
+    pub fn new(n_layer: usize, n_ctx: usize, width: usize) -> Self {
+        LatentKvCache {
+            n_layer,
+            n_ctx,
+            width,
+            data: vec![0.0; n_layer * n_ctx * width],
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    pub(crate) fn set_len(&mut self, len: usize) {
+        self.len = len;
+    }
+
+    pub fn bytes_per_token(&self) -> usize {
+        self.n_layer * self.width * std::mem::size_of::<f32>()
+    }
+
+    fn range(&self, il: usize, from: usize, to: usize) -> std::ops::Range<usize> {
+        let base = il * self.n_ctx * self.width;
+        base + from * self.width..base + to * self.width
+    }
+
+    /// Rows `from..to` of layer `il`, `[to - from, width]`.
+    pub fn rows(&self, il: usize, from: usize, to: usize) -> &[f32] {
+        &self.data[self.range(il, from, to)]
+    }
+
+    pub fn rows_mut(&mut self, il: usize, from: usize, to: usize) -> &mut [f32] {
+        let r = self.range(il, from, to);
+        &mut self.data[r]
+    }
+}

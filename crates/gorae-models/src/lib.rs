@@ -9,6 +9,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod families;
+pub mod fp8;
 pub mod kv;
 pub mod names;
 pub mod registry;
@@ -16,5 +17,6 @@ pub mod rope;
 pub mod weights;
 
 pub use error::{ModelError, Result};
+pub use families::deepseek::MlaMode;
 pub use families::llama::Logits;
 pub use registry::{Family, Model, ModelInfo, State};

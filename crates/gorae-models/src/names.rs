@@ -22,6 +22,24 @@ pub enum TensorKind {
     FfnGate,
     FfnUp,
     FfnDown,
+    // MLA (DeepSeek)
+    AttnQA,
+    AttnQANorm,
+    AttnQB,
+    AttnKvAMqa,
+    AttnKvANorm,
+    AttnKvB,
+    AttnKB,
+    AttnVB,
+    // MoE (DeepSeekMoE)
+    FfnGateInp,
+    ExpProbsB,
+    FfnGateExps,
+    FfnUpExps,
+    FfnDownExps,
+    FfnGateShexp,
+    FfnUpShexp,
+    FfnDownShexp,
 }
 
 /// Whether a key names a tensor's weight or its bias.
@@ -37,6 +55,9 @@ pub struct TensorKey {
     pub kind: TensorKind,
     pub layer: Option<usize>,
     pub part: Part,
+    /// One routed expert of a `*_exps` tensor: HF stores experts apart, GGUF stacks them into one
+    /// `[n_expert, rows, cols]` tensor (the source slices it).
+    pub expert: Option<usize>,
 }
 
 impl TensorKey {
@@ -45,6 +66,7 @@ impl TensorKey {
             kind,
             layer: None,
             part: Part::Weight,
+            expert: None,
         }
     }
 
@@ -53,6 +75,16 @@ impl TensorKey {
             kind,
             layer: Some(il),
             part: Part::Weight,
+            expert: None,
+        }
+    }
+
+    pub fn expert(kind: TensorKind, il: usize, e: usize) -> Self {
+        TensorKey {
+            kind,
+            layer: Some(il),
+            part: Part::Weight,
+            expert: Some(e),
         }
     }
 
@@ -81,6 +113,22 @@ impl TensorKey {
             TensorKind::FfnGate => "ffn_gate",
             TensorKind::FfnUp => "ffn_up",
             TensorKind::FfnDown => "ffn_down",
+            TensorKind::AttnQA => "attn_q_a",
+            TensorKind::AttnQANorm => "attn_q_a_norm",
+            TensorKind::AttnQB => "attn_q_b",
+            TensorKind::AttnKvAMqa => "attn_kv_a_mqa",
+            TensorKind::AttnKvANorm => "attn_kv_a_norm",
+            TensorKind::AttnKvB => "attn_kv_b",
+            TensorKind::AttnKB => "attn_k_b",
+            TensorKind::AttnVB => "attn_v_b",
+            TensorKind::FfnGateInp => "ffn_gate_inp",
+            TensorKind::ExpProbsB => "exp_probs_b",
+            TensorKind::FfnGateExps => "ffn_gate_exps",
+            TensorKind::FfnUpExps => "ffn_up_exps",
+            TensorKind::FfnDownExps => "ffn_down_exps",
+            TensorKind::FfnGateShexp => "ffn_gate_shexp",
+            TensorKind::FfnUpShexp => "ffn_up_shexp",
+            TensorKind::FfnDownShexp => "ffn_down_shexp",
         }
     }
 
@@ -103,6 +151,22 @@ impl TensorKey {
             TensorKind::FfnGate => "mlp.gate_proj",
             TensorKind::FfnUp => "mlp.up_proj",
             TensorKind::FfnDown => "mlp.down_proj",
+            TensorKind::AttnQA => "self_attn.q_a_proj",
+            TensorKind::AttnQANorm => "self_attn.q_a_layernorm",
+            TensorKind::AttnQB => "self_attn.q_b_proj",
+            TensorKind::AttnKvAMqa => "self_attn.kv_a_proj_with_mqa",
+            TensorKind::AttnKvANorm => "self_attn.kv_a_layernorm",
+            TensorKind::AttnKvB => "self_attn.kv_b_proj",
+            // llama.cpp derives these from kv_b_proj; HF checkpoints never have them.
+            TensorKind::AttnKB | TensorKind::AttnVB => return None,
+            TensorKind::FfnGateInp => "mlp.gate",
+            TensorKind::ExpProbsB => "mlp.gate.e_score_correction_bias",
+            TensorKind::FfnGateExps => "gate_proj",
+            TensorKind::FfnUpExps => "up_proj",
+            TensorKind::FfnDownExps => "down_proj",
+            TensorKind::FfnGateShexp => "mlp.shared_experts.gate_proj",
+            TensorKind::FfnUpShexp => "mlp.shared_experts.up_proj",
+            TensorKind::FfnDownShexp => "mlp.shared_experts.down_proj",
         })
     }
 
@@ -124,6 +188,17 @@ impl TensorKey {
     /// The tensor's name in a HF checkpoint, e.g. `model.layers.3.self_attn.q_proj.weight`.
     pub fn hf_name(self) -> Option<String> {
         let role = self.hf_role()?;
+        if self.kind == TensorKind::ExpProbsB {
+            // A bare parameter of the router module: no `.weight`/`.bias` suffix.
+            return Some(format!("model.layers.{}.{role}", self.layer?));
+        }
+        if let Some(e) = self.expert {
+            return Some(format!(
+                "model.layers.{}.mlp.experts.{e}.{role}.{}",
+                self.layer?,
+                self.suffix()
+            ));
+        }
         Some(match self.layer {
             Some(il) => format!("model.layers.{il}.{role}.{}", self.suffix()),
             None => format!("{role}.{}", self.suffix()),
@@ -133,7 +208,11 @@ impl TensorKey {
 
 impl std::fmt::Display for TensorKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.gguf_name())
+        f.write_str(&self.gguf_name())?;
+        if let Some(e) = self.expert {
+            write!(f, " (expert {e})")?;
+        }
+        Ok(())
     }
 }
 
@@ -154,5 +233,17 @@ mod tests {
         assert_eq!(e.gguf_name(), "token_embd.weight");
         assert_eq!(e.hf_name().as_deref(), Some("model.embed_tokens.weight"));
         assert_eq!(TensorKey::global(TensorKind::RopeFreqs).hf_name(), None);
+        let x = TensorKey::expert(TensorKind::FfnUpExps, 2, 5);
+        assert_eq!(x.gguf_name(), "blk.2.ffn_up_exps.weight");
+        assert_eq!(
+            x.hf_name().as_deref(),
+            Some("model.layers.2.mlp.experts.5.up_proj.weight")
+        );
+        let b = TensorKey::layer(TensorKind::ExpProbsB, 1).bias();
+        assert_eq!(b.gguf_name(), "blk.1.exp_probs_b.bias");
+        assert_eq!(
+            b.hf_name().as_deref(),
+            Some("model.layers.1.mlp.gate.e_score_correction_bias")
+        );
     }
 }

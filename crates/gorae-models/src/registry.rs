@@ -3,8 +3,10 @@
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::families::deepseek::{DeepseekModel, DeepseekScratch, MlaMode};
+use crate::families::deepseek_config::DeepseekConfig;
 use crate::families::llama::{LlamaModel, LlamaScratch, Logits};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, LatentKvCache};
 use crate::weights::WeightSource;
 use gorae_formats::gguf::GgufFile;
 use gorae_formats::safetensors::SafetensorsModel;
@@ -14,6 +16,7 @@ use serde_json::Value;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Llama,
+    Deepseek,
 }
 
 impl Family {
@@ -21,6 +24,7 @@ impl Family {
     pub fn from_gguf_arch(arch: &str) -> Option<Family> {
         match arch {
             "llama" | "qwen2" | "qwen3" | "mistral" => Some(Family::Llama),
+            "deepseek2" => Some(Family::Deepseek),
             _ => None,
         }
     }
@@ -28,11 +32,10 @@ impl Family {
     /// From HF `config.json` `architectures[0]`.
     pub fn from_hf_arch(arch: &str) -> Option<Family> {
         match arch {
-            "LlamaForCausalLM"
-            | "MistralForCausalLM"
-            | "Qwen2ForCausalLM"
-            | "Qwen3ForCausalLM"
-            | "HyperCLOVAXForCausalLM" => Some(Family::Llama),
+            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM" => {
+                Some(Family::Llama)
+            }
+            "DeepseekV2ForCausalLM" | "DeepseekV3ForCausalLM" => Some(Family::Deepseek),
             _ => None,
         }
     }
@@ -41,16 +44,23 @@ impl Family {
 /// A loaded model of any family.
 pub enum Model {
     Llama(LlamaModel),
+    Deepseek(DeepseekModel),
 }
 
 /// Per-sequence state: the KV cache and the preallocated activations.
 pub struct State {
-    pub kv: KvCache,
+    cache: Cache,
     scratch: Scratch,
+}
+
+enum Cache {
+    Standard(KvCache),
+    Latent(LatentKvCache),
 }
 
 enum Scratch {
     Llama(LlamaScratch),
+    Deepseek(DeepseekScratch),
 }
 
 /// Hyperparameters every caller may want, whatever the family.
@@ -62,13 +72,14 @@ pub struct ModelInfo {
     pub n_embd: usize,
     pub n_layer: usize,
     pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
-    pub n_ff: usize,
     pub n_ctx_train: usize,
     pub rope_theta: f32,
     pub tie_embeddings: bool,
     pub weight_bytes: usize,
+    /// Bytes the KV cache holds per token, all layers (f32 elements).
+    pub kv_bytes_per_token: usize,
+    /// Family-specific hyperparameters, one `name value` pair each, for display.
+    pub details: Vec<(&'static str, String)>,
 }
 
 impl Model {
@@ -86,6 +97,10 @@ impl Model {
                 let cfg = LlamaConfig::from_gguf(file, arch)?;
                 Ok(Model::Llama(LlamaModel::load(cfg, src)?))
             }
+            Some(Family::Deepseek) => {
+                let cfg = DeepseekConfig::from_gguf(file, arch)?;
+                Ok(Model::Deepseek(DeepseekModel::load(cfg, src)?))
+            }
             None => Err(ModelError::UnsupportedArchitecture(arch.to_string())),
         }
     }
@@ -102,6 +117,10 @@ impl Model {
                 let cfg = LlamaConfig::from_hf(config, arch)?;
                 Ok(Model::Llama(LlamaModel::load(cfg, src)?))
             }
+            Some(Family::Deepseek) => {
+                let cfg = DeepseekConfig::from_hf(config, arch)?;
+                Ok(Model::Deepseek(DeepseekModel::load(cfg, src)?))
+            }
             None => Err(ModelError::UnsupportedArchitecture(arch.to_string())),
         }
     }
@@ -117,13 +136,52 @@ impl Model {
                     n_embd: c.n_embd,
                     n_layer: c.n_layer,
                     n_head: c.n_head,
-                    n_head_kv: c.n_head_kv,
-                    head_dim: c.head_dim,
-                    n_ff: c.n_ff,
                     n_ctx_train: c.n_ctx_train,
                     rope_theta: c.rope.theta,
                     tie_embeddings: c.tie_embeddings,
                     weight_bytes: m.weight_bytes(),
+                    kv_bytes_per_token: 2 * c.n_layer * c.n_head_kv * c.head_dim * 4,
+                    details: vec![
+                        ("n_head_kv", c.n_head_kv.to_string()),
+                        ("head_dim", c.head_dim.to_string()),
+                        ("n_ff", c.n_ff.to_string()),
+                        ("n_rot", c.rope.n_rot.to_string()),
+                    ],
+                }
+            }
+            Model::Deepseek(m) => {
+                let c = &m.cfg;
+                let q_lora = c.q_lora_rank.map_or("none".to_string(), |r| r.to_string());
+                ModelInfo {
+                    family: Family::Deepseek,
+                    architecture: c.arch.clone(),
+                    n_vocab: c.n_vocab,
+                    n_embd: c.n_embd,
+                    n_layer: c.n_layer,
+                    n_head: c.n_head,
+                    n_ctx_train: c.n_ctx_train,
+                    rope_theta: c.rope_theta,
+                    tie_embeddings: false,
+                    weight_bytes: m.weight_bytes(),
+                    kv_bytes_per_token: c.n_layer * c.kv_cache_width() * 4,
+                    details: vec![
+                        ("q_lora_rank", q_lora),
+                        ("kv_lora_rank", c.kv_lora_rank.to_string()),
+                        ("qk_nope_head_dim", c.qk_nope_head_dim.to_string()),
+                        ("qk_rope_head_dim", c.qk_rope_head_dim.to_string()),
+                        ("v_head_dim", c.v_head_dim.to_string()),
+                        ("n_ff", c.n_ff.to_string()),
+                        ("n_ff_exp", c.moe.n_ff_exp.to_string()),
+                        ("n_expert", c.moe.n_expert.to_string()),
+                        ("n_expert_used", c.moe.n_expert_used.to_string()),
+                        ("n_expert_shared", c.moe.n_expert_shared.to_string()),
+                        ("n_layer_dense_lead", c.moe.n_layer_dense_lead.to_string()),
+                        (
+                            "routing",
+                            format!("{:?}/{:?}", c.moe.topk_method, c.moe.scoring),
+                        ),
+                        ("n_nextn_layer", c.n_nextn_layer.to_string()),
+                    ],
                 }
             }
         }
@@ -132,6 +190,14 @@ impl Model {
     pub fn n_vocab(&self) -> usize {
         match self {
             Model::Llama(m) => m.cfg.n_vocab,
+            Model::Deepseek(m) => m.cfg.n_vocab,
+        }
+    }
+
+    /// Chooses DeepSeek's attention path (ignored by other families).
+    pub fn set_mla_mode(&mut self, mode: MlaMode) {
+        if let Model::Deepseek(m) = self {
+            m.mla_mode = mode;
         }
     }
 
@@ -139,21 +205,34 @@ impl Model {
     pub fn new_state(&self, n_ctx: usize, n_batch: usize) -> State {
         match self {
             Model::Llama(m) => State {
-                kv: m.new_cache(n_ctx),
+                cache: Cache::Standard(m.new_cache(n_ctx)),
                 scratch: Scratch::Llama(m.new_scratch(n_batch, n_ctx)),
+            },
+            Model::Deepseek(m) => State {
+                cache: Cache::Latent(m.new_cache(n_ctx)),
+                scratch: Scratch::Deepseek(m.new_scratch(n_batch, n_ctx)),
             },
         }
     }
 
-    /// Runs `tokens` after what `state` holds; see `LlamaModel::forward`.
+    /// Runs `tokens` after what `state` holds and returns their logits (`[n_vocab]` for
+    /// `Logits::Last`, `[n_tokens, n_vocab]` for `Logits::All`).
     pub fn forward<'s>(
         &self,
         tokens: &[u32],
         state: &'s mut State,
         want: Logits,
     ) -> Result<&'s [f32]> {
-        match (self, &mut state.scratch) {
-            (Model::Llama(m), Scratch::Llama(s)) => m.forward(tokens, &mut state.kv, s, want),
+        match (self, &mut state.cache, &mut state.scratch) {
+            (Model::Llama(m), Cache::Standard(kv), Scratch::Llama(s)) => {
+                m.forward(tokens, kv, s, want)
+            }
+            (Model::Deepseek(m), Cache::Latent(kv), Scratch::Deepseek(s)) => {
+                m.forward(tokens, kv, s, want)
+            }
+            _ => Err(ModelError::MissingConfig(
+                "a state made by this model".into(),
+            )),
         }
     }
 }
@@ -162,20 +241,43 @@ impl State {
     pub fn n_batch(&self) -> usize {
         match &self.scratch {
             Scratch::Llama(s) => s.n_batch(),
+            Scratch::Deepseek(s) => s.n_batch(),
         }
     }
 
     /// Positions held.
     pub fn len(&self) -> usize {
-        self.kv.len()
+        match &self.cache {
+            Cache::Standard(kv) => kv.len(),
+            Cache::Latent(kv) => kv.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kv.is_empty()
+        self.len() == 0
     }
 
     pub fn n_ctx(&self) -> usize {
-        self.kv.n_ctx
+        match &self.cache {
+            Cache::Standard(kv) => kv.n_ctx,
+            Cache::Latent(kv) => kv.n_ctx,
+        }
+    }
+
+    /// Forgets every position from `len` on (reuse of a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        match &mut self.cache {
+            Cache::Standard(kv) => kv.truncate(len),
+            Cache::Latent(kv) => kv.truncate(len),
+        }
+    }
+
+    /// Bytes the cache holds per token, all layers.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        match &self.cache {
+            Cache::Standard(kv) => kv.bytes_per_token(),
+            Cache::Latent(kv) => kv.bytes_per_token(),
+        }
     }
 }
 

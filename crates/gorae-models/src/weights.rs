@@ -7,9 +7,10 @@
 //! same `TensorKey`.
 
 use crate::error::{ModelError, Result};
+use crate::fp8;
 use crate::names::TensorKey;
 use gorae_formats::gguf::GgufFile;
-use gorae_formats::safetensors::SafetensorsModel;
+use gorae_formats::safetensors::{SafetensorsModel, StDtype};
 use gorae_kernels::GgmlType;
 use gorae_kernels::matmul::{WeightRef, matmul};
 use gorae_kernels::quant::dequantize_row;
@@ -29,10 +30,34 @@ pub trait WeightSource {
 
 impl WeightSource for GgufFile {
     fn raw(&self, key: TensorKey) -> Result<Option<RawTensor<'_>>> {
-        Ok(self.tensor(&key.gguf_name()).map(|t| RawTensor {
+        let Some(t) = self.tensor(&key.gguf_name()) else {
+            return Ok(None);
+        };
+        let Some(e) = key.expert else {
+            return Ok(Some(RawTensor {
+                ty: t.ty,
+                shape: t.shape.to_vec(),
+                data: Cow::Borrowed(t.data),
+            }));
+        };
+        // Experts are stacked: [n_expert, rows, cols]; hand out expert `e`'s [rows, cols].
+        let bad = || ModelError::ShapeMismatch {
+            key,
+            expected: vec![e + 1, 0, 0],
+            got: t.shape.to_vec(),
+        };
+        let [n_expert, rows, cols] = *t.shape else {
+            return Err(bad());
+        };
+        if e >= n_expert {
+            return Err(bad());
+        }
+        let per = t.data.len() / n_expert;
+        let data = t.data.get(e * per..(e + 1) * per).ok_or_else(bad)?;
+        Ok(Some(RawTensor {
             ty: t.ty,
-            shape: t.shape.to_vec(),
-            data: Cow::Borrowed(t.data),
+            shape: vec![rows, cols],
+            data: Cow::Borrowed(data),
         }))
     }
 }
@@ -45,6 +70,9 @@ impl WeightSource for SafetensorsModel {
         let Some(t) = self.tensor(&name) else {
             return Ok(None);
         };
+        if t.dtype == StDtype::F8_E4M3 {
+            return fp8_block_tensor(self, key, &name, t.shape, t.data).map(Some);
+        }
         let ty = t
             .dtype
             .as_ggml()
@@ -59,6 +87,53 @@ impl WeightSource for SafetensorsModel {
         }))
     }
 }
+
+/// Dequantizes a DeepSeek block-FP8 weight with its `<name>_scale_inv` sibling into f32.
+fn fp8_block_tensor<'a>(
+    st: &SafetensorsModel,
+    key: TensorKey,
+    name: &str,
+    shape: &[usize],
+    codes: &[u8],
+) -> Result<RawTensor<'a>> {
+    let fail = |reason: &str| ModelError::UnsupportedType {
+        key,
+        ty: format!("F8_E4M3 ({reason})"),
+    };
+    let [rows, cols] = *shape else {
+        return Err(fail("only 2-D weights are block-quantized"));
+    };
+    let scale = st
+        .tensor(&format!("{name}_scale_inv"))
+        .ok_or_else(|| fail("no _scale_inv tensor"))?;
+    if scale.dtype != StDtype::F32 {
+        return Err(fail("_scale_inv is not F32"));
+    }
+    let scales: Vec<f32> = scale
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let (br, bc) = (rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK));
+    if scale.shape != [br, bc] {
+        return Err(ModelError::ShapeMismatch {
+            key,
+            expected: vec![br, bc],
+            got: scale.shape.to_vec(),
+        });
+    }
+    let values = fp8::dequantize_blocks(codes, rows, cols, &scales, FP8_BLOCK)
+        .ok_or_else(|| fail("size mismatch"))?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(RawTensor {
+        ty: GgmlType::F32,
+        shape: shape.to_vec(),
+        data: Cow::Owned(bytes),
+    })
+}
+
+/// DeepSeek-V3's `weight_block_size`.
+const FP8_BLOCK: usize = 128;
 
 fn check_shape(key: TensorKey, got: &[usize], expected: &[usize]) -> Result<()> {
     if got != expected {
@@ -129,6 +204,17 @@ impl QMatrix {
             n_cols,
             data: t.data.into_owned(),
         })
+    }
+
+    /// A matrix made at load (a transform of other weights); `data` must hold exactly
+    /// `n_rows` rows of `ty.bytes_for(n_cols)` bytes (the callers build it so).
+    pub(crate) fn from_bytes(ty: GgmlType, n_rows: usize, n_cols: usize, data: Vec<u8>) -> Self {
+        QMatrix {
+            ty,
+            n_rows,
+            n_cols,
+            data,
+        }
     }
 
     pub fn as_ref(&self) -> WeightRef<'_> {

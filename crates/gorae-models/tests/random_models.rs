@@ -108,6 +108,7 @@ fn shape_of(cfg: &LlamaConfig, key: TensorKey) -> Vec<usize> {
         (K::FfnGate | K::FfnUp, _) => vec![f, e],
         (K::FfnDown, _) => vec![e, f],
         (K::RopeFreqs, _) => vec![cfg.rope.n_rot / 2],
+        (other, _) => panic!("{other:?} is not a tensor of the Llama family"),
     };
     m
 }

@@ -41,7 +41,7 @@ impl<'m> Engine<'m> {
 
     /// Forgets everything after the first `len` tokens (reuse of a shared prefix).
     pub fn truncate(&mut self, len: usize) {
-        self.state.kv.truncate(len);
+        self.state.truncate(len);
         self.tokens.truncate(len);
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod attention;
 pub mod ffn;
+pub mod moe;
 pub mod norm;

@@ -1,0 +1,829 @@
+//! The DeepSeek-V2/V3 family (V2, V2-Lite, V2.5, V3, R1, V3.1, Kimi-K2, Moonlight): multi-head
+//! latent attention and DeepSeekMoE (deepseek-spec §3–§5; transformers `modeling_deepseek_v3.py`;
+//! llama.cpp `src/models/deepseek2.cpp`).
+//!
+//! Attention has two paths over the same weights. *Naive*: decompress per-head keys and values
+//! from the latent with `kv_b` (ordinary multi-head attention; used for a prefill that starts at
+//! position 0, where it costs fewer FLOPs). *Absorbed*: fold `W_UK` into the query and `W_UV` after
+//! the attention, so attention is MQA over the cached latent itself. Either way the cache holds only
+//! `kv_lora_rank + qk_rope_head_dim` values per token per layer.
+
+use crate::Logits;
+use crate::blocks::moe::{RouteScratch, route};
+use crate::blocks::{ffn::swiglu, norm};
+use crate::error::{ModelError, Result};
+use crate::families::deepseek_config::DeepseekConfig;
+use crate::kv::LatentKvCache;
+use crate::names::{TensorKey, TensorKind as K};
+use crate::rope::{self, RopeLayout};
+use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt};
+use gorae_kernels::GgmlType;
+use gorae_kernels::quant::{dequantize_row, quantize_row};
+
+/// Which attention path to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlaMode {
+    /// Naive for a batch that starts at position 0 and has more than one token; absorbed otherwise.
+    Auto,
+    /// Naive whenever the batch starts at position 0 (the only place it is defined here).
+    Naive,
+    Absorbed,
+}
+
+struct Mla {
+    wq: Option<QMatrix>,        // [n_head * qk_head_dim, n_embd] (no q LoRA)
+    wq_a: Option<QMatrix>,      // [q_lora_rank, n_embd]
+    q_a_norm: Option<Vec<f32>>, // [q_lora_rank]
+    wq_b: Option<QMatrix>,      // [n_head * qk_head_dim, q_lora_rank]
+    wkv_a: QMatrix,             // [kv_lora_rank + qk_rope_head_dim, n_embd]
+    kv_a_norm: Vec<f32>,        // [kv_lora_rank]
+    wkv_b: QMatrix,             // [n_head * (qk_nope + v_head_dim), kv_lora_rank] (naive path)
+    wk_b: Vec<QMatrix>,         // per head [kv_lora_rank, qk_nope] (absorbed: q_nope -> latent)
+    wv_b: Vec<QMatrix>,         // per head [v_head_dim, kv_lora_rank] (absorbed: latent -> v)
+    wo: QMatrix,                // [n_embd, n_head * v_head_dim]
+}
+
+struct Mlp {
+    gate: QMatrix, // [n_ff, n_embd]
+    up: QMatrix,   // [n_ff, n_embd]
+    down: QMatrix, // [n_embd, n_ff]
+}
+
+struct Moe {
+    router: Vec<f32>,       // [n_expert, n_embd], f32: routing is decided in f32
+    bias: Option<Vec<f32>>, // [n_expert] e_score_correction_bias
+    experts: Vec<Mlp>,      // n_expert × [n_ff_exp, n_embd] …
+    shared: Option<Mlp>,    // [n_ff_exp * n_expert_shared, n_embd] …
+}
+
+enum Ffn {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+struct Layer {
+    attn_norm: Vec<f32>, // [n_embd]
+    mla: Mla,
+    ffn_norm: Vec<f32>, // [n_embd]
+    ffn: Ffn,
+}
+
+pub struct DeepseekModel {
+    pub cfg: DeepseekConfig,
+    pub mla_mode: MlaMode,
+    /// transformers' V2 router never renormalizes; V3's follows `norm_topk_prob`.
+    renormalize: bool,
+    tok_embd: QMatrix,     // [n_vocab, n_embd]
+    output_norm: Vec<f32>, // [n_embd]
+    output: QMatrix,       // [n_vocab, n_embd]
+    layers: Vec<Layer>,
+    inv_freq: Vec<f32>, // [qk_rope / 2]
+    rope_mscale: f32,
+    kq_scale: f32,
+}
+
+/// Preallocated activations for batches of up to `n_batch` tokens.
+pub struct DeepseekScratch {
+    n_batch: usize,
+    x: Vec<f32>,                    // [n_batch, n_embd]
+    xn: Vec<f32>,                   // [n_batch, n_embd]
+    cq: Vec<f32>,                   // [n_batch, q_lora_rank]
+    q: Vec<f32>,                    // [n_batch, n_head * qk_head_dim]
+    kva: Vec<f32>,                  // [n_batch, kv_lora_rank + qk_rope]
+    head_in: Vec<f32>,              // [n_batch, max(qk_nope, kv_lora)] one head's inputs, gathered
+    head_out: Vec<f32>,             // [n_batch, max(kv_lora, v_head)]
+    q_abs: Vec<f32>,                // [n_batch, n_head, kv_lora_rank]
+    o_lat: Vec<f32>,                // [n_batch, n_head, kv_lora_rank]
+    kv_full: Vec<f32>,              // [n_batch, n_head * (qk_nope + v_head)] (naive path)
+    attn: Vec<f32>,                 // [n_batch, n_head * v_head]
+    proj: Vec<f32>,                 // [n_batch, n_embd]
+    gate: Vec<f32>,                 // [n_batch, max(n_ff, n_ff_exp * n_shared)]
+    up: Vec<f32>,                   // same
+    moe_out: Vec<f32>,              // [n_batch, n_embd]
+    gathered: Vec<f32>,             // [n_batch, n_embd] tokens routed to one expert
+    router_logits: Vec<f32>,        // [n_expert]
+    route_ids: Vec<u32>,            // [n_batch, n_expert_used]
+    route_w: Vec<f32>,              // [n_batch, n_expert_used]
+    expert_tokens: Vec<(u32, f32)>, // [n_batch * n_expert_used] grouped by expert
+    expert_count: Vec<usize>,       // [n_expert + 1]
+    route_scratch: RouteScratch,
+    cos: Vec<f32>, // [n_batch, qk_rope / 2]
+    sin: Vec<f32>,
+    scores: Vec<f32>, // [n_ctx]
+    logits: Vec<f32>, // [n_batch, n_vocab]
+    qbuf: Vec<u8>,
+}
+
+/// A derived matrix in a type the kernels can multiply: F32 stays F32; a quantized source becomes
+/// Q8_0 when its rows split into Q8_0 blocks, else F16.
+fn derived_matrix(values: &[f32], rows: usize, cols: usize, source: GgmlType) -> Result<QMatrix> {
+    let ty = match source {
+        GgmlType::F32 => GgmlType::F32,
+        GgmlType::F16 | GgmlType::BF16 => source,
+        _ if cols.is_multiple_of(GgmlType::Q8_0.block_size()) => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    };
+    let n_bytes =
+        ty.bytes_for((rows * cols) as u64)
+            .ok_or_else(|| crate::error::bad_config("kv_b", "size overflow"))? as usize;
+    let mut bytes = vec![0u8; n_bytes];
+    quantize_row(ty, values, &mut bytes)?;
+    Ok(QMatrix::from_bytes(ty, rows, cols, bytes))
+}
+
+fn load_mlp(
+    src: &dyn WeightSource,
+    keys: [TensorKey; 3],
+    n_ff: usize,
+    n_embd: usize,
+) -> Result<Mlp> {
+    Ok(Mlp {
+        gate: QMatrix::load(src, keys[0], n_ff, n_embd)?,
+        up: QMatrix::load(src, keys[1], n_ff, n_embd)?,
+        down: QMatrix::load(src, keys[2], n_embd, n_ff)?,
+    })
+}
+
+impl DeepseekModel {
+    pub fn load(cfg: DeepseekConfig, src: &dyn WeightSource) -> Result<Self> {
+        cfg.validate()?;
+        let (n_embd, n_head) = (cfg.n_embd, cfg.n_head);
+        let (nope, rope_d, dv, lora) = (
+            cfg.qk_nope_head_dim,
+            cfg.qk_rope_head_dim,
+            cfg.v_head_dim,
+            cfg.kv_lora_rank,
+        );
+        let qk = nope + rope_d;
+        let layers = (0..cfg.n_layer)
+            .map(|il| -> Result<Layer> {
+                let key = |k| TensorKey::layer(k, il);
+                let (wq, wq_a, q_a_norm, wq_b) = match cfg.q_lora_rank {
+                    None => (
+                        Some(QMatrix::load(src, key(K::AttnQ), n_head * qk, n_embd)?),
+                        None,
+                        None,
+                        None,
+                    ),
+                    Some(r) => (
+                        None,
+                        Some(QMatrix::load(src, key(K::AttnQA), r, n_embd)?),
+                        Some(load_vector(src, key(K::AttnQANorm), r)?),
+                        Some(QMatrix::load(src, key(K::AttnQB), n_head * qk, r)?),
+                    ),
+                };
+                let (wkv_b, wk_b, wv_b) = Self::load_kv_b(&cfg, src, il)?;
+                let mla = Mla {
+                    wq,
+                    wq_a,
+                    q_a_norm,
+                    wq_b,
+                    wkv_a: QMatrix::load(src, key(K::AttnKvAMqa), lora + rope_d, n_embd)?,
+                    kv_a_norm: load_vector(src, key(K::AttnKvANorm), lora)?,
+                    wkv_b,
+                    wk_b,
+                    wv_b,
+                    wo: QMatrix::load(src, key(K::AttnOut), n_embd, n_head * dv)?,
+                };
+                let ffn = if cfg.is_moe_layer(il) {
+                    let m = &cfg.moe;
+                    let mut router = vec![0.0f32; m.n_expert * n_embd];
+                    let r = src
+                        .raw(key(K::FfnGateInp))?
+                        .ok_or(ModelError::MissingTensor(key(K::FfnGateInp)))?;
+                    if r.shape != [m.n_expert, n_embd] {
+                        return Err(ModelError::ShapeMismatch {
+                            key: key(K::FfnGateInp),
+                            expected: vec![m.n_expert, n_embd],
+                            got: r.shape,
+                        });
+                    }
+                    dequantize_row(r.ty, &r.data, &mut router)?;
+                    let experts = (0..m.n_expert)
+                        .map(|e| {
+                            let ek = |k| TensorKey::expert(k, il, e);
+                            load_mlp(
+                                src,
+                                [ek(K::FfnGateExps), ek(K::FfnUpExps), ek(K::FfnDownExps)],
+                                m.n_ff_exp,
+                                n_embd,
+                            )
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let shared = if m.n_expert_shared > 0 {
+                        let w = m.n_ff_exp * m.n_expert_shared;
+                        Some(load_mlp(
+                            src,
+                            [
+                                key(K::FfnGateShexp),
+                                key(K::FfnUpShexp),
+                                key(K::FfnDownShexp),
+                            ],
+                            w,
+                            n_embd,
+                        )?)
+                    } else {
+                        None
+                    };
+                    Ffn::Moe(Moe {
+                        router,
+                        bias: load_vector_opt(src, key(K::ExpProbsB).bias(), m.n_expert)?,
+                        experts,
+                        shared,
+                    })
+                } else {
+                    Ffn::Dense(load_mlp(
+                        src,
+                        [key(K::FfnGate), key(K::FfnUp), key(K::FfnDown)],
+                        cfg.n_ff,
+                        n_embd,
+                    )?)
+                };
+                Ok(Layer {
+                    attn_norm: load_vector(src, key(K::AttnNorm), n_embd)?,
+                    mla,
+                    ffn_norm: load_vector(src, key(K::FfnNorm), n_embd)?,
+                    ffn,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let inv_freq = cfg.rope_inv_freq();
+        let renormalize = cfg.arch != "DeepseekV2ForCausalLM" && cfg.moe.norm_topk_prob;
+        Ok(DeepseekModel {
+            tok_embd: QMatrix::load(src, TensorKey::global(K::TokenEmbd), cfg.n_vocab, n_embd)?,
+            output_norm: load_vector(src, TensorKey::global(K::OutputNorm), n_embd)?,
+            output: QMatrix::load(src, TensorKey::global(K::Output), cfg.n_vocab, n_embd)?,
+            layers,
+            inv_freq,
+            rope_mscale: cfg.rope_cos_sin_multiplier(),
+            kq_scale: cfg.softmax_scale(),
+            renormalize,
+            mla_mode: MlaMode::Auto,
+            cfg,
+        })
+    }
+
+    /// `kv_b` for the naive path and its per-head halves for the absorbed path, from whichever the
+    /// file has: HF's `kv_b_proj`, llama.cpp's legacy `attn_kv_b`, or its split `attn_k_b`
+    /// (`[n_head, kv_lora, qk_nope]`) / `attn_v_b` (`[n_head, v_head, kv_lora]`).
+    fn load_kv_b(
+        cfg: &DeepseekConfig,
+        src: &dyn WeightSource,
+        il: usize,
+    ) -> Result<(QMatrix, Vec<QMatrix>, Vec<QMatrix>)> {
+        let (h, nope, dv, lora) = (
+            cfg.n_head,
+            cfg.qk_nope_head_dim,
+            cfg.v_head_dim,
+            cfg.kv_lora_rank,
+        );
+        let per = nope + dv;
+        // W_UK [h][nope][lora] and W_UV [h][dv][lora] in f32, whichever layout the file holds.
+        let (w_uk, w_uv, ty) = if let Some(t) = src.raw(TensorKey::layer(K::AttnKvB, il))? {
+            let key = TensorKey::layer(K::AttnKvB, il);
+            if t.shape != [h * per, lora] {
+                return Err(ModelError::ShapeMismatch {
+                    key,
+                    expected: vec![h * per, lora],
+                    got: t.shape,
+                });
+            }
+            let mut all = vec![0.0f32; h * per * lora];
+            dequantize_row(t.ty, &t.data, &mut all)?;
+            let mut uk = vec![0.0f32; h * nope * lora];
+            let mut uv = vec![0.0f32; h * dv * lora];
+            for hh in 0..h {
+                let rows = &all[hh * per * lora..(hh + 1) * per * lora];
+                uk[hh * nope * lora..(hh + 1) * nope * lora].copy_from_slice(&rows[..nope * lora]);
+                uv[hh * dv * lora..(hh + 1) * dv * lora].copy_from_slice(&rows[nope * lora..]);
+            }
+            (uk, uv, t.ty)
+        } else {
+            let kk = TensorKey::layer(K::AttnKB, il);
+            let vk = TensorKey::layer(K::AttnVB, il);
+            let k = src
+                .raw(kk)?
+                .ok_or(ModelError::MissingTensor(TensorKey::layer(K::AttnKvB, il)))?;
+            let v = src.raw(vk)?.ok_or(ModelError::MissingTensor(vk))?;
+            if k.shape != [h, lora, nope] {
+                return Err(ModelError::ShapeMismatch {
+                    key: kk,
+                    expected: vec![h, lora, nope],
+                    got: k.shape,
+                });
+            }
+            if v.shape != [h, dv, lora] {
+                return Err(ModelError::ShapeMismatch {
+                    key: vk,
+                    expected: vec![h, dv, lora],
+                    got: v.shape,
+                });
+            }
+            let mut kb = vec![0.0f32; h * lora * nope];
+            dequantize_row(k.ty, &k.data, &mut kb)?;
+            let mut uv = vec![0.0f32; h * dv * lora];
+            dequantize_row(v.ty, &v.data, &mut uv)?;
+            let mut uk = vec![0.0f32; h * nope * lora];
+            for hh in 0..h {
+                for c in 0..lora {
+                    for d in 0..nope {
+                        uk[(hh * nope + d) * lora + c] = kb[(hh * lora + c) * nope + d];
+                    }
+                }
+            }
+            (uk, uv, k.ty)
+        };
+        // Naive kv_b: per head the nope rows then the v rows.
+        let mut kv_b = vec![0.0f32; h * per * lora];
+        for hh in 0..h {
+            let dst = &mut kv_b[hh * per * lora..(hh + 1) * per * lora];
+            dst[..nope * lora].copy_from_slice(&w_uk[hh * nope * lora..(hh + 1) * nope * lora]);
+            dst[nope * lora..].copy_from_slice(&w_uv[hh * dv * lora..(hh + 1) * dv * lora]);
+        }
+        let wkv_b = derived_matrix(&kv_b, h * per, lora, ty)?;
+        let mut wk_b = Vec::with_capacity(h);
+        let mut wv_b = Vec::with_capacity(h);
+        let mut t = vec![0.0f32; lora * nope];
+        for hh in 0..h {
+            // [lora, nope] = W_UK[h]ᵀ: q_abs = W_UKᵀ · q_nope as a row-major matrix-vector product.
+            for d in 0..nope {
+                for c in 0..lora {
+                    t[c * nope + d] = w_uk[(hh * nope + d) * lora + c];
+                }
+            }
+            wk_b.push(derived_matrix(&t, lora, nope, ty)?);
+            wv_b.push(derived_matrix(
+                &w_uv[hh * dv * lora..(hh + 1) * dv * lora],
+                dv,
+                lora,
+                ty,
+            )?);
+        }
+        Ok((wkv_b, wk_b, wv_b))
+    }
+
+    pub fn new_cache(&self, n_ctx: usize) -> LatentKvCache {
+        LatentKvCache::new(self.cfg.n_layer, n_ctx, self.cfg.kv_cache_width())
+    }
+
+    pub fn new_scratch(&self, n_batch: usize, n_ctx: usize) -> DeepseekScratch {
+        let c = &self.cfg;
+        let m = &c.moe;
+        let nb = n_batch.max(1);
+        let qk = c.qk_head_dim();
+        let ff = c.n_ff.max(m.n_ff_exp * m.n_expert_shared.max(1));
+        DeepseekScratch {
+            n_batch: nb,
+            x: vec![0.0; nb * c.n_embd],
+            xn: vec![0.0; nb * c.n_embd],
+            cq: vec![0.0; nb * c.q_lora_rank.unwrap_or(0)],
+            q: vec![0.0; nb * c.n_head * qk],
+            kva: vec![0.0; nb * c.kv_cache_width()],
+            head_in: vec![0.0; nb * c.qk_nope_head_dim.max(c.kv_lora_rank)],
+            head_out: vec![0.0; nb * c.kv_lora_rank.max(c.v_head_dim)],
+            q_abs: vec![0.0; nb * c.n_head * c.kv_lora_rank],
+            o_lat: vec![0.0; nb * c.n_head * c.kv_lora_rank],
+            kv_full: vec![0.0; nb * c.n_head * (c.qk_nope_head_dim + c.v_head_dim)],
+            attn: vec![0.0; nb * c.n_head * c.v_head_dim],
+            proj: vec![0.0; nb * c.n_embd],
+            gate: vec![0.0; nb * ff],
+            up: vec![0.0; nb * ff],
+            moe_out: vec![0.0; nb * c.n_embd],
+            gathered: vec![0.0; nb * c.n_embd],
+            router_logits: vec![0.0; m.n_expert],
+            route_ids: vec![0; nb * m.n_expert_used],
+            route_w: vec![0.0; nb * m.n_expert_used],
+            expert_tokens: vec![(0, 0.0); nb * m.n_expert_used],
+            expert_count: vec![0; m.n_expert + 1],
+            route_scratch: RouteScratch::new(m),
+            cos: vec![0.0; nb * c.qk_rope_head_dim / 2],
+            sin: vec![0.0; nb * c.qk_rope_head_dim / 2],
+            scores: vec![0.0; n_ctx],
+            logits: vec![0.0; nb * c.n_vocab],
+            qbuf: Vec::new(),
+        }
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        let m = |q: &QMatrix| q.n_bytes();
+        let mlp = |p: &Mlp| m(&p.gate) + m(&p.up) + m(&p.down);
+        let mut total = m(&self.tok_embd) + m(&self.output) + self.output_norm.len() * 4;
+        for l in &self.layers {
+            let a = &l.mla;
+            total += [&a.wq, &a.wq_a, &a.wq_b]
+                .iter()
+                .filter_map(|q| q.as_ref())
+                .map(m)
+                .sum::<usize>();
+            total += m(&a.wkv_a) + m(&a.wkv_b) + m(&a.wo);
+            total += a.wk_b.iter().chain(&a.wv_b).map(m).sum::<usize>();
+            total += match &l.ffn {
+                Ffn::Dense(p) => mlp(p),
+                Ffn::Moe(e) => {
+                    e.router.len() * 4
+                        + e.experts.iter().map(mlp).sum::<usize>()
+                        + e.shared.as_ref().map_or(0, mlp)
+                }
+            };
+        }
+        total
+    }
+
+    /// Runs `tokens` at positions `kv.len()..`, appending their latents to `kv`.
+    pub fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        kv: &mut LatentKvCache,
+        s: &'s mut DeepseekScratch,
+        want: Logits,
+    ) -> Result<&'s [f32]> {
+        let c = &self.cfg;
+        let n = tokens.len();
+        if n == 0 || n > s.n_batch {
+            return Err(ModelError::BatchTooLarge {
+                n_tokens: n,
+                n_batch: s.n_batch,
+            });
+        }
+        let pos0 = kv.len();
+        if pos0 + n > kv.n_ctx || pos0 + n > s.scores.len() {
+            return Err(ModelError::ContextOverflow {
+                pos: pos0 + n,
+                n_ctx: kv.n_ctx.min(s.scores.len()),
+            });
+        }
+        let e = c.n_embd;
+        let half = c.qk_rope_head_dim / 2;
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= c.n_vocab {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    n_vocab: c.n_vocab,
+                });
+            }
+            self.tok_embd
+                .row(id as usize, &mut s.x[t * e..(t + 1) * e])?;
+        }
+        for t in 0..n {
+            rope::fill_cos_sin(
+                &self.inv_freq,
+                self.rope_mscale,
+                pos0 + t,
+                &mut s.cos[t * half..(t + 1) * half],
+                &mut s.sin[t * half..(t + 1) * half],
+            );
+        }
+        let naive = match self.mla_mode {
+            MlaMode::Auto => pos0 == 0 && n > 1,
+            MlaMode::Naive => pos0 == 0,
+            MlaMode::Absorbed => false,
+        };
+        for (il, l) in self.layers.iter().enumerate() {
+            norm::rms_norm(&s.x[..n * e], &l.attn_norm, c.rms_eps, &mut s.xn[..n * e]);
+            self.attention(il, &l.mla, n, pos0, naive, kv, s)?;
+            for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
+                *a += b;
+            }
+            norm::rms_norm(&s.x[..n * e], &l.ffn_norm, c.rms_eps, &mut s.xn[..n * e]);
+            match &l.ffn {
+                Ffn::Dense(p) => {
+                    mlp_forward(
+                        p,
+                        n,
+                        &s.xn[..n * e],
+                        &mut s.gate,
+                        &mut s.up,
+                        &mut s.proj[..n * e],
+                        &mut s.qbuf,
+                    )?;
+                }
+                Ffn::Moe(m) => self.moe(m, n, s)?,
+            }
+            for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
+                *a += b;
+            }
+        }
+        kv.set_len(pos0 + n);
+        let (first, rows) = match want {
+            Logits::Last => (n - 1, 1),
+            Logits::All => (0, n),
+        };
+        norm::rms_norm(
+            &s.x[first * e..(first + rows) * e],
+            &self.output_norm,
+            c.rms_eps,
+            &mut s.xn[..rows * e],
+        );
+        self.output.matmul(
+            &s.xn[..rows * e],
+            rows,
+            &mut s.logits[..rows * c.n_vocab],
+            &mut s.qbuf,
+        )?;
+        Ok(&s.logits[..rows * c.n_vocab])
+    }
+
+    /// MLA for `n` tokens at `pos0..`: reads `s.xn`, writes the projected output to `s.proj`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        il: usize,
+        a: &Mla,
+        n: usize,
+        pos0: usize,
+        naive: bool,
+        kv: &mut LatentKvCache,
+        s: &mut DeepseekScratch,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let (h, nope, rd, dv, lora) = (
+            c.n_head,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            c.kv_lora_rank,
+        );
+        let qk = nope + rd;
+        let width = lora + rd;
+        let half = rd / 2;
+        let e = c.n_embd;
+        let xn = &s.xn[..n * e];
+        // [n, n_head * qk] queries
+        match (&a.wq, &a.wq_a, &a.q_a_norm, &a.wq_b) {
+            (Some(wq), ..) => wq.matmul(xn, n, &mut s.q[..n * h * qk], &mut s.qbuf)?,
+            (None, Some(wa), Some(na), Some(wb)) => {
+                let r = wa.n_rows;
+                wa.matmul(xn, n, &mut s.cq[..n * r], &mut s.qbuf)?;
+                norm::rms_norm_inplace(&mut s.cq[..n * r], na, c.rms_eps);
+                wb.matmul(&s.cq[..n * r], n, &mut s.q[..n * h * qk], &mut s.qbuf)?;
+            }
+            _ => return Err(ModelError::MissingTensor(TensorKey::layer(K::AttnQ, il))),
+        }
+        // [n, lora + rope]: latent (normalized) and the shared rope key, straight into the cache.
+        a.wkv_a
+            .matmul(xn, n, &mut s.kva[..n * width], &mut s.qbuf)?;
+        for t in 0..n {
+            let (cs, sn) = (
+                &s.cos[t * half..(t + 1) * half],
+                &s.sin[t * half..(t + 1) * half],
+            );
+            let row = &mut s.kva[t * width..(t + 1) * width];
+            norm::rms_norm_inplace(&mut row[..lora], &a.kv_a_norm, c.rms_eps);
+            rope::apply(&mut row[lora..], cs, sn, RopeLayout::Normal);
+            for hh in 0..h {
+                let qh = &mut s.q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
+                rope::apply(&mut qh[nope..], cs, sn, RopeLayout::Normal);
+            }
+        }
+        kv.rows_mut(il, pos0, pos0 + n)
+            .copy_from_slice(&s.kva[..n * width]);
+        let scale = self.kq_scale;
+
+        if naive {
+            // Decompress this batch's keys/values: [n, n_head * (nope + dv)].
+            let per = nope + dv;
+            for t in 0..n {
+                s.head_in[t * lora..(t + 1) * lora]
+                    .copy_from_slice(&s.kva[t * width..t * width + lora]);
+            }
+            a.wkv_b.matmul(
+                &s.head_in[..n * lora],
+                n,
+                &mut s.kv_full[..n * h * per],
+                &mut s.qbuf,
+            )?;
+            for t in 0..n {
+                for hh in 0..h {
+                    let qh = &s.q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
+                    let scores = &mut s.scores[..t + 1];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, sc) in scores.iter_mut().enumerate() {
+                        let kh = &s.kv_full[(j * h + hh) * per..(j * h + hh) * per + nope];
+                        let kpe = &s.kva[j * width + lora..(j + 1) * width];
+                        let dot: f32 = qh[..nope].iter().zip(kh).map(|(x, y)| x * y).sum::<f32>()
+                            + qh[nope..].iter().zip(kpe).map(|(x, y)| x * y).sum::<f32>();
+                        *sc = dot * scale;
+                        max = max.max(*sc);
+                    }
+                    softmax_in_place(scores, max);
+                    let out = &mut s.attn[(t * h + hh) * dv..(t * h + hh + 1) * dv];
+                    out.fill(0.0);
+                    for (j, p) in scores.iter().enumerate() {
+                        let vh = &s.kv_full[(j * h + hh) * per + nope..(j * h + hh + 1) * per];
+                        for (o, v) in out.iter_mut().zip(vh) {
+                            *o += p * v;
+                        }
+                    }
+                }
+            }
+        } else {
+            // Absorb W_UK into the queries: q_abs[t, h] = W_UK[h]ᵀ q_nope[t, h]  ([n, h, lora]).
+            for hh in 0..h {
+                for t in 0..n {
+                    let src = &s.q[(t * h + hh) * qk..(t * h + hh) * qk + nope];
+                    s.head_in[t * nope..(t + 1) * nope].copy_from_slice(src);
+                }
+                a.wk_b[hh].matmul(
+                    &s.head_in[..n * nope],
+                    n,
+                    &mut s.head_out[..n * lora],
+                    &mut s.qbuf,
+                )?;
+                for t in 0..n {
+                    s.q_abs[(t * h + hh) * lora..(t * h + hh + 1) * lora]
+                        .copy_from_slice(&s.head_out[t * lora..(t + 1) * lora]);
+                }
+            }
+            // MQA over the latent cache: keys [c_kv; k_pe], values c_kv.
+            for t in 0..n {
+                let n_kv = pos0 + t + 1;
+                let cache = kv.rows(il, 0, n_kv);
+                for hh in 0..h {
+                    let qa = &s.q_abs[(t * h + hh) * lora..(t * h + hh + 1) * lora];
+                    let qpe = &s.q[(t * h + hh) * qk + nope..(t * h + hh + 1) * qk];
+                    let scores = &mut s.scores[..n_kv];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, sc) in scores.iter_mut().enumerate() {
+                        let row = &cache[j * width..(j + 1) * width];
+                        let dot: f32 = qa.iter().zip(&row[..lora]).map(|(x, y)| x * y).sum::<f32>()
+                            + qpe
+                                .iter()
+                                .zip(&row[lora..])
+                                .map(|(x, y)| x * y)
+                                .sum::<f32>();
+                        *sc = dot * scale;
+                        max = max.max(*sc);
+                    }
+                    softmax_in_place(scores, max);
+                    let out = &mut s.o_lat[(t * h + hh) * lora..(t * h + hh + 1) * lora];
+                    out.fill(0.0);
+                    for (j, p) in scores.iter().enumerate() {
+                        for (o, v) in out.iter_mut().zip(&cache[j * width..j * width + lora]) {
+                            *o += p * v;
+                        }
+                    }
+                }
+            }
+            // Un-absorb W_UV: o[t, h] = W_UV[h] o_lat[t, h]  ([n, h, dv]).
+            for hh in 0..h {
+                for t in 0..n {
+                    let src = &s.o_lat[(t * h + hh) * lora..(t * h + hh + 1) * lora];
+                    s.head_in[t * lora..(t + 1) * lora].copy_from_slice(src);
+                }
+                a.wv_b[hh].matmul(
+                    &s.head_in[..n * lora],
+                    n,
+                    &mut s.head_out[..n * dv],
+                    &mut s.qbuf,
+                )?;
+                for t in 0..n {
+                    s.attn[(t * h + hh) * dv..(t * h + hh + 1) * dv]
+                        .copy_from_slice(&s.head_out[t * dv..(t + 1) * dv]);
+                }
+            }
+        }
+        a.wo.matmul(&s.attn[..n * h * dv], n, &mut s.proj[..n * e], &mut s.qbuf)?;
+        Ok(())
+    }
+
+    /// Routed experts (each run once over the tokens routed to it) plus shared experts; reads
+    /// `s.xn`, writes `s.proj`.
+    fn moe(&self, m: &Moe, n: usize, s: &mut DeepseekScratch) -> Result<()> {
+        let c = &self.cfg;
+        let mc = &c.moe;
+        let (e, k, ff) = (c.n_embd, mc.n_expert_used, mc.n_ff_exp);
+        // Route every token (router in f32).
+        for t in 0..n {
+            let x = &s.xn[t * e..(t + 1) * e];
+            for (ex, l) in s.router_logits.iter_mut().enumerate() {
+                *l = m.router[ex * e..(ex + 1) * e]
+                    .iter()
+                    .zip(x)
+                    .map(|(w, v)| w * v)
+                    .sum();
+            }
+            route(
+                mc,
+                self.renormalize,
+                &s.router_logits,
+                m.bias.as_deref(),
+                &mut s.route_scratch,
+                &mut s.route_ids[t * k..(t + 1) * k],
+                &mut s.route_w[t * k..(t + 1) * k],
+            );
+        }
+        // Group (token, weight) by expert: counting sort into expert_tokens.
+        s.expert_count.fill(0);
+        for &id in &s.route_ids[..n * k] {
+            s.expert_count[id as usize + 1] += 1;
+        }
+        for ex in 0..mc.n_expert {
+            s.expert_count[ex + 1] += s.expert_count[ex];
+        }
+        // expert_count[ex] is now the start of expert ex; advance it while filling, then shift back.
+        for t in 0..n {
+            for j in 0..k {
+                let ex = s.route_ids[t * k + j] as usize;
+                let at = s.expert_count[ex];
+                s.expert_tokens[at] = (t as u32, s.route_w[t * k + j]);
+                s.expert_count[ex] += 1;
+            }
+        }
+        for ex in (1..=mc.n_expert).rev() {
+            s.expert_count[ex] = s.expert_count[ex - 1];
+        }
+        s.expert_count[0] = 0;
+        s.moe_out[..n * e].fill(0.0);
+        for (ex, p) in m.experts.iter().enumerate() {
+            let (from, to) = (s.expert_count[ex], s.expert_count[ex + 1]);
+            let cnt = to - from;
+            if cnt == 0 {
+                continue;
+            }
+            for (i, &(t, _)) in s.expert_tokens[from..to].iter().enumerate() {
+                let t = t as usize;
+                s.gathered[i * e..(i + 1) * e].copy_from_slice(&s.xn[t * e..(t + 1) * e]);
+            }
+            p.gate.matmul(
+                &s.gathered[..cnt * e],
+                cnt,
+                &mut s.gate[..cnt * ff],
+                &mut s.qbuf,
+            )?;
+            p.up.matmul(
+                &s.gathered[..cnt * e],
+                cnt,
+                &mut s.up[..cnt * ff],
+                &mut s.qbuf,
+            )?;
+            swiglu(&mut s.gate[..cnt * ff], &s.up[..cnt * ff]);
+            p.down.matmul(
+                &s.gate[..cnt * ff],
+                cnt,
+                &mut s.proj[..cnt * e],
+                &mut s.qbuf,
+            )?;
+            for (i, &(t, w)) in s.expert_tokens[from..to].iter().enumerate() {
+                let t = t as usize;
+                for (o, v) in s.moe_out[t * e..(t + 1) * e]
+                    .iter_mut()
+                    .zip(&s.proj[i * e..(i + 1) * e])
+                {
+                    *o += w * v;
+                }
+            }
+        }
+        match &m.shared {
+            Some(p) => {
+                mlp_forward(
+                    p,
+                    n,
+                    &s.xn[..n * e],
+                    &mut s.gate,
+                    &mut s.up,
+                    &mut s.proj[..n * e],
+                    &mut s.qbuf,
+                )?;
+                for (o, v) in s.proj[..n * e].iter_mut().zip(&s.moe_out[..n * e]) {
+                    *o += v;
+                }
+            }
+            None => s.proj[..n * e].copy_from_slice(&s.moe_out[..n * e]),
+        }
+        Ok(())
+    }
+}
+
+fn softmax_in_place(scores: &mut [f32], max: f32) {
+    let mut sum = 0.0f32;
+    for sc in scores.iter_mut() {
+        *sc = (*sc - max).exp();
+        sum += *sc;
+    }
+    let inv = 1.0 / sum;
+    scores.iter_mut().for_each(|sc| *sc *= inv);
+}
+
+/// `out = down(silu(gate(x)) ⊙ up(x))` for `n` rows.
+fn mlp_forward(
+    p: &Mlp,
+    n: usize,
+    x: &[f32],
+    gate: &mut [f32],
+    up: &mut [f32],
+    out: &mut [f32],
+    qbuf: &mut Vec<u8>,
+) -> Result<()> {
+    let ff = p.gate.n_rows;
+    p.gate.matmul(x, n, &mut gate[..n * ff], qbuf)?;
+    p.up.matmul(x, n, &mut up[..n * ff], qbuf)?;
+    swiglu(&mut gate[..n * ff], &up[..n * ff]);
+    p.down.matmul(&gate[..n * ff], n, out, qbuf)?;
+    Ok(())
+}
+
+impl DeepseekScratch {
+    pub fn n_batch(&self) -> usize {
+        self.n_batch
+    }
+}
