@@ -289,29 +289,25 @@ pub fn inspect(model_path: &Path, list_tensors: bool) -> Result<()> {
 fn print_model_info(m: &Model) {
     let i = m.info();
     println!("family:        {:?} ({})", i.family, i.architecture);
+    let details: String = i.details.iter().map(|(k, v)| format!(" {k} {v}")).collect();
+    let tied = if i.tie_embeddings {
+        " (tied embeddings)"
+    } else {
+        ""
+    };
     println!(
-        "hparams:       n_vocab {} n_embd {} n_layer {} n_head {} n_head_kv {} head_dim {} n_ff {} n_ctx_train {} rope_theta {}{}",
-        i.n_vocab,
-        i.n_embd,
-        i.n_layer,
-        i.n_head,
-        i.n_head_kv,
-        i.head_dim,
-        i.n_ff,
-        i.n_ctx_train,
-        i.rope_theta,
-        if i.tie_embeddings {
-            " (tied embeddings)"
-        } else {
-            ""
-        }
+        "hparams:       n_vocab {} n_embd {} n_layer {} n_head {}{details} n_ctx_train {} rope_theta {}{tied}",
+        i.n_vocab, i.n_embd, i.n_layer, i.n_head, i.n_ctx_train, i.rope_theta,
     );
-    let kv_bytes = 2 * i.n_layer * i.n_head_kv * i.head_dim * 4;
     println!(
-        "weights:       {:.1} MiB in memory",
-        i.weight_bytes as f64 / (1 << 20) as f64
+        "weights:       {:.1} MiB in memory, {:.1} MiB read per decoded token",
+        i.weight_bytes as f64 / (1 << 20) as f64,
+        i.active_weight_bytes as f64 / (1 << 20) as f64
     );
-    println!("kv cache:      {kv_bytes} bytes per token (f32)");
+    println!(
+        "kv cache:      {} bytes per token (f32)",
+        i.kv_bytes_per_token
+    );
 }
 
 fn short_value(v: &gorae_formats::gguf::MetaValue) -> String {

@@ -168,3 +168,32 @@ fn tokenize_render_and_logits_commands() {
         .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff / scale <= 1e-4, "{}", diff / scale);
 }
+
+#[test]
+fn inspect_deepseek_reports_the_latent_cache_size() {
+    let dir = common::models_dir().join("fixtures/tiny-deepseek-v3-nomtp");
+    assert!(
+        dir.exists(),
+        "{} is missing: run `python3 scripts/fetch_models.py`",
+        dir.display()
+    );
+    let out = gorae()
+        .args(["inspect", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // n_layer × (kv_lora_rank + qk_rope_head_dim) × 4 bytes = 4 × (64 + 16) × 4
+    assert!(
+        stdout.contains("kv cache:      1280 bytes per token"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("kv_lora_rank 64") && stdout.contains("NoauxTc/Sigmoid"),
+        "{stdout}"
+    );
+}

@@ -40,6 +40,13 @@ pub enum TensorKind {
     FfnGateShexp,
     FfnUpShexp,
     FfnDownShexp,
+    // Multi-token prediction (DeepSeek-V3 MTP, GLM NextN): the extra block after the trunk.
+    NextnEhProj,
+    NextnEnorm,
+    NextnHnorm,
+    NextnEmbedTokens,
+    NextnSharedHeadHead,
+    NextnSharedHeadNorm,
 }
 
 /// Whether a key names a tensor's weight or its bias.
@@ -129,6 +136,12 @@ impl TensorKey {
             TensorKind::FfnGateShexp => "ffn_gate_shexp",
             TensorKind::FfnUpShexp => "ffn_up_shexp",
             TensorKind::FfnDownShexp => "ffn_down_shexp",
+            TensorKind::NextnEhProj => "nextn.eh_proj",
+            TensorKind::NextnEnorm => "nextn.enorm",
+            TensorKind::NextnHnorm => "nextn.hnorm",
+            TensorKind::NextnEmbedTokens => "nextn.embed_tokens",
+            TensorKind::NextnSharedHeadHead => "nextn.shared_head_head",
+            TensorKind::NextnSharedHeadNorm => "nextn.shared_head_norm",
         }
     }
 
@@ -167,6 +180,12 @@ impl TensorKey {
             TensorKind::FfnGateShexp => "mlp.shared_experts.gate_proj",
             TensorKind::FfnUpShexp => "mlp.shared_experts.up_proj",
             TensorKind::FfnDownShexp => "mlp.shared_experts.down_proj",
+            TensorKind::NextnEhProj => "eh_proj",
+            TensorKind::NextnEnorm => "enorm",
+            TensorKind::NextnHnorm => "hnorm",
+            TensorKind::NextnEmbedTokens => "embed_tokens",
+            TensorKind::NextnSharedHeadHead => "shared_head.head",
+            TensorKind::NextnSharedHeadNorm => "shared_head.norm",
         })
     }
 
@@ -244,6 +263,19 @@ mod tests {
         assert_eq!(
             b.hf_name().as_deref(),
             Some("model.layers.1.mlp.gate.e_score_correction_bias")
+        );
+        // MTP block: llama.cpp's `blk.N.nextn.*` names (gguf-py `MODEL_TENSOR.NEXTN_*`).
+        let n = TensorKey::layer(TensorKind::NextnSharedHeadHead, 61);
+        assert_eq!(n.gguf_name(), "blk.61.nextn.shared_head_head.weight");
+        assert_eq!(
+            n.hf_name().as_deref(),
+            Some("model.layers.61.shared_head.head.weight")
+        );
+        let e = TensorKey::layer(TensorKind::NextnEmbedTokens, 61);
+        assert_eq!(e.gguf_name(), "blk.61.nextn.embed_tokens.weight");
+        assert_eq!(
+            e.hf_name().as_deref(),
+            Some("model.layers.61.embed_tokens.weight")
         );
     }
 }

@@ -76,6 +76,8 @@ pub struct ModelInfo {
     pub rope_theta: f32,
     pub tie_embeddings: bool,
     pub weight_bytes: usize,
+    /// Bytes of weights one decoded token reads (the decode roofline's denominator).
+    pub active_weight_bytes: usize,
     /// Bytes the KV cache holds per token, all layers (f32 elements).
     pub kv_bytes_per_token: usize,
     /// Family-specific hyperparameters, one `name value` pair each, for display.
@@ -140,6 +142,7 @@ impl Model {
                     rope_theta: c.rope.theta,
                     tie_embeddings: c.tie_embeddings,
                     weight_bytes: m.weight_bytes(),
+                    active_weight_bytes: m.active_weight_bytes(),
                     kv_bytes_per_token: 2 * c.n_layer * c.n_head_kv * c.head_dim * 4,
                     details: vec![
                         ("n_head_kv", c.n_head_kv.to_string()),
@@ -163,6 +166,7 @@ impl Model {
                     rope_theta: c.rope_theta,
                     tie_embeddings: false,
                     weight_bytes: m.weight_bytes(),
+                    active_weight_bytes: m.active_weight_bytes(),
                     kv_bytes_per_token: c.n_layer * c.kv_cache_width() * 4,
                     details: vec![
                         ("q_lora_rank", q_lora),

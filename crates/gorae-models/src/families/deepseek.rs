@@ -429,6 +429,27 @@ impl DeepseekModel {
         total
     }
 
+    /// Bytes of weights one decoded token reads: all but the embedding table and, in MoE
+    /// layers, only `n_expert_used` of the `n_expert` routed experts.
+    pub fn active_weight_bytes(&self) -> usize {
+        let mlp = |p: &Mlp| p.gate.n_bytes() + p.up.n_bytes() + p.down.n_bytes();
+        let m = &self.cfg.moe;
+        let unused: usize = self
+            .layers
+            .iter()
+            .map(|l| match &l.ffn {
+                Ffn::Moe(e) => {
+                    let all: usize = e.experts.iter().map(mlp).sum();
+                    all - all * m.n_expert_used / m.n_expert.max(1)
+                }
+                Ffn::Dense(_) => 0,
+            })
+            .sum();
+        // The absorbed decode path reads wk_b/wv_b, not wkv_b.
+        let naive_only: usize = self.layers.iter().map(|l| l.mla.wkv_b.n_bytes()).sum();
+        self.weight_bytes() - self.tok_embd.n_bytes() - unused - naive_only
+    }
+
     /// Runs `tokens` at positions `kv.len()..`, appending their latents to `kv`.
     pub fn forward<'s>(
         &self,

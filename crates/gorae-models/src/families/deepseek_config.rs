@@ -422,11 +422,17 @@ impl DeepseekConfig {
                 .and_then(|t| t.shape.first().copied())
                 .unwrap_or(0),
         };
+        // llama.cpp counts the MTP (NextN) blocks in block_count (GLM-4.5/4.7 converters, and
+        // gorae's): the trunk is the first block_count - nextn_predict_layers blocks.
+        let n_nextn_layer = get_usize("nextn_predict_layers")?.unwrap_or(0);
+        let n_layer = need("block_count")?
+            .checked_sub(n_nextn_layer)
+            .ok_or_else(|| bad_config(&key("nextn_predict_layers"), "exceeds block_count"))?;
         let cfg = DeepseekConfig {
             arch: arch.to_string(),
             n_vocab,
             n_embd: need("embedding_length")?,
-            n_layer: need("block_count")?,
+            n_layer,
             n_head,
             q_lora_rank: get_usize("attention.q_lora_rank")?,
             kv_lora_rank,
@@ -455,7 +461,7 @@ impl DeepseekConfig {
             n_ctx_train: need("context_length")?,
             rope_theta: get_f32("rope.freq_base")?.unwrap_or(10000.0),
             yarn,
-            n_nextn_layer: get_usize("nextn_predict_layers")?.unwrap_or(0),
+            n_nextn_layer,
         };
         cfg.validate()?;
         Ok(cfg)

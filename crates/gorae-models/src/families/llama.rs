@@ -190,6 +190,17 @@ impl LlamaModel {
                 .sum::<usize>()
     }
 
+    /// Bytes of weights one decoded token reads: everything but the embedding table, which is
+    /// read one row at a time unless it doubles as the LM head.
+    pub fn active_weight_bytes(&self) -> usize {
+        let embd = if self.output.is_some() {
+            self.tok_embd.n_bytes()
+        } else {
+            0
+        };
+        self.weight_bytes() - embd
+    }
+
     /// Runs `tokens` at positions `kv.len()..`, appends their keys/values to `kv`, and returns the
     /// logits (`[n_vocab]` for `Logits::Last`, `[n_tokens, n_vocab]` for `Logits::All`).
     pub fn forward<'s>(
