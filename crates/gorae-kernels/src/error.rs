@@ -31,6 +31,10 @@ pub enum KernelError {
         got: usize,
     },
 
+    /// A kernel variant was asked for on a CPU that cannot run it.
+    #[error("instruction set {isa} is not available on this CPU")]
+    IsaUnavailable { isa: crate::Isa },
+
     /// A size computation overflowed `usize` (a shape no machine can hold).
     #[error("{what}: size overflows usize")]
     SizeOverflow { what: &'static str },

@@ -8,12 +8,15 @@
 //!   scalar reference kernels SIMD variants are checked against.
 //! - [`matmul`]: the matrix product of the forward pass, built on `vec_dot`.
 
+mod arch;
 pub mod error;
+pub mod isa;
 pub mod matmul;
 pub mod quant;
 pub mod types;
 
 pub use error::KernelError;
-pub use matmul::{WeightRef, dequantize_matrix, matmul};
+pub use isa::{Isa, available_isas, detected_isa};
+pub use matmul::{WeightRef, dequantize_matrix, matmul, matmul_with};
 pub use quant::{dequantize_row, quantize_row, try_vec_dot, vec_dot, vec_dot_type};
 pub use types::GgmlType;

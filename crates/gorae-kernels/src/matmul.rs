@@ -9,7 +9,14 @@
 //! `n_tokens == 1`, where each range is a contiguous piece of `y`) or split tokens.
 //!
 //! Shapes: `w` is `[n_rows, n_cols]`, `x` is `[n_tokens, n_cols]`, `y` is `[n_tokens, n_rows]`.
+//!
+//! **Variants.** [`matmul`], [`matmul_rows`] and [`quantize_activations`] run on the ISA chosen
+//! once per process ([`detected_isa`]: the best this CPU has, or `GORAE_ISA`); the `_with`
+//! forms take an explicit [`Isa`] so tests and benches can run every variant side by side.
+//! The SIMD kernels live in `arch/`; types without one there use the scalar reference below.
 
+use crate::arch::{self, Rows};
+use crate::isa::{Isa, detected_isa};
 use crate::quant::{self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use crate::quant::{reference as r, row_bytes, vec_dot_type};
@@ -92,6 +99,19 @@ pub fn matmul(
     y: &mut [f32],
     scratch: &mut Vec<u8>,
 ) -> Result<(), KernelError> {
+    matmul_with(detected_isa(), w, x, n_tokens, y, scratch)
+}
+
+/// [`matmul`] on an explicit ISA (an error if this CPU cannot run it).
+pub fn matmul_with(
+    isa: Isa,
+    w: &WeightRef,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut Vec<u8>,
+) -> Result<(), KernelError> {
+    check_isa(isa)?;
     w.row_bytes()?;
     check_len(
         "matmul x",
@@ -105,8 +125,18 @@ pub fn matmul(
         mul(n_tokens, w.n_rows, "matmul y")?,
         y.len(),
     )?;
-    let xq = quantize_activations(w.ty, x, n_tokens, w.n_cols, scratch)?;
-    matmul_rows(w, xq, n_tokens, 0..w.n_rows, y)
+    let xq = quantize_activations_with(isa, w.ty, x, n_tokens, w.n_cols, scratch)?;
+    matmul_rows_with(isa, w, xq, n_tokens, 0..w.n_rows, y)
+}
+
+/// `Ok` when this CPU can run `isa`'s kernels: the `_with` entry points call this first, which
+/// is what makes their `unsafe` kernel calls sound.
+fn check_isa(isa: Isa) -> Result<(), KernelError> {
+    if isa.is_available() {
+        Ok(())
+    } else {
+        Err(KernelError::IsaUnavailable { isa })
+    }
 }
 
 /// Quantizes `x: [n_tokens, n_cols]` to `vec_dot_type(w_ty)`, one token row after another, into
@@ -119,6 +149,19 @@ pub fn quantize_activations<'s>(
     n_cols: usize,
     scratch: &'s mut Vec<u8>,
 ) -> Result<&'s [u8], KernelError> {
+    quantize_activations_with(detected_isa(), w_ty, x, n_tokens, n_cols, scratch)
+}
+
+/// [`quantize_activations`] on an explicit ISA; every variant writes the same bytes.
+pub fn quantize_activations_with<'s>(
+    isa: Isa,
+    w_ty: GgmlType,
+    x: &'s [f32],
+    n_tokens: usize,
+    n_cols: usize,
+    scratch: &'s mut Vec<u8>,
+) -> Result<&'s [u8], KernelError> {
+    check_isa(isa)?;
     check_len(
         "activations",
         "f32",
@@ -136,8 +179,14 @@ pub fn quantize_activations<'s>(
     }
     let xq = &mut scratch[..need];
     if row > 0 {
+        let simd = arch::quant_fn(isa, xq_ty);
         for (xt, qt) in x.chunks_exact(n_cols).zip(xq.chunks_exact_mut(row)) {
-            quant::quantize_row(xq_ty, xt, qt)?;
+            match simd {
+                // SAFETY: `check_isa` above confirmed the CPU runs `isa`'s kernels; `qt` is
+                // exactly the row's bytes of `xq_ty` for `xt` (row_bytes checked n_cols).
+                Some(f) => unsafe { f(xt, qt) },
+                None => quant::quantize_row(xq_ty, xt, qt)?,
+            }
         }
     }
     Ok(&scratch[..need])
@@ -154,6 +203,19 @@ pub fn matmul_rows(
     rows: Range<usize>,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    matmul_rows_with(detected_isa(), w, xq, n_tokens, rows, y)
+}
+
+/// [`matmul_rows`] on an explicit ISA (an error if this CPU cannot run it).
+pub fn matmul_rows_with(
+    isa: Isa,
+    w: &WeightRef,
+    xq: &[u8],
+    n_tokens: usize,
+    rows: Range<usize>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_isa(isa)?;
     let w_row = w.row_bytes()?;
     let x_row = row_bytes(vec_dot_type(w.ty), w.n_cols, "activation n_cols")?;
     if rows.start > rows.end || rows.end > w.n_rows {
@@ -184,6 +246,21 @@ pub fn matmul_rows(
         return Ok(());
     }
     let wd = &w.data[rows.start * w_row..rows.end * w_row];
+    if let Some(f) = arch::rows_fn(isa, w.ty) {
+        let rows = Rows {
+            wd,
+            w_row,
+            xq,
+            x_row,
+            n_tokens,
+            n_rows: rows.len(),
+            y,
+        };
+        // SAFETY: `check_isa` confirmed the CPU runs `isa`'s kernels; the lengths are the ones
+        // `Rows` documents (checked above), and `w_row`/`x_row` are both `n_cols > 0` elements.
+        unsafe { f(rows) };
+        return Ok(());
+    }
     let job = Job {
         n_tokens,
         n_rows: rows.len(),

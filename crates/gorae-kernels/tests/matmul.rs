@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use gorae_kernels::matmul::{
-    WeightRef, dequantize_matrix, matmul, matmul_rows, quantize_activations,
+    WeightRef, dequantize_matrix, matmul, matmul_rows, matmul_with, quantize_activations,
 };
-use gorae_kernels::{GgmlType, KernelError, vec_dot, vec_dot_type};
+use gorae_kernels::{GgmlType, Isa, KernelError, vec_dot, vec_dot_type};
 use rand::Rng;
 
 struct Case {
@@ -74,6 +74,10 @@ fn matmul_matches_naive_on_random_shapes() {
             let w = c.weight();
             let mut y = vec![f32::NAN; n_tokens * n_rows];
             matmul(&w, &c.x, n_tokens, &mut y, &mut scratch).unwrap();
+            // The scalar variant is the one defined as `vec_dot` per element; SIMD variants
+            // may reassociate float sums (tests/isa.rs holds them to the scalar one).
+            let mut y_scalar = vec![f32::NAN; n_tokens * n_rows];
+            matmul_with(Isa::Scalar, &w, &c.x, n_tokens, &mut y_scalar, &mut scratch).unwrap();
 
             let mut wd = vec![0.0f32; n_rows * n_cols];
             dequantize_matrix(&w, &mut wd).unwrap();
@@ -87,7 +91,7 @@ fn matmul_matches_naive_on_random_shapes() {
                     let wdr = &wd[r * n_cols..(r + 1) * n_cols];
                     // Same kernel as a single vec_dot: must be identical, bit for bit.
                     assert_eq!(
-                        got.to_bits(),
+                        y_scalar[t * n_rows + r].to_bits(),
                         vec_dot(ty, n_cols, wr, &xq).to_bits(),
                         "{ty} t{t} r{r}"
                     );

@@ -1,0 +1,676 @@
+//! x86-64 kernels: one body, compiled twice.
+//!
+//! `avx2` (AVX2 + FMA + F16C) and `avx512` (the same plus AVX-512 F/BW/VL/VNNI) share every
+//! kernel below through [`x86_kernels!`]; they differ in the one primitive everything integer
+//! is built on, `dpbusd(acc, u8 x32, i8 x32)` (acc += four-way u8·i8 dot products per i32 lane):
+//!
+//! - AVX2: `vpmaddubsw` (u8·i8 pairs to i16, saturating) then `vpmaddwd` with ones (to i32);
+//! - AVX-512: one `vpdpbusd` (VNNI, on ymm through AVX-512VL), which never saturates.
+//!
+//! They agree exactly because no pair sum here can saturate an i16: weights enter as unsigned
+//! values of at most 128 (|w| of an i8, or 4/5/6-bit quants) and activations are in -127..=127
+//! (every gorae quantizer clamps there), so a pair is at most 2 * 128 * 127 = 32512 < 32767.
+//! Signed weights use the `vpsignb` trick: `|w| · sign(x, w) = w · x`.
+//!
+//! Vectors are 256 bits in both variants: decode streams weights from DRAM at a few bytes per
+//! cycle per core, which ymm code already outruns; VNNI's gain is fewer uops per block.
+//!
+//! `rows_fn` is `Some` for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, F32, F16 and BF16; the rest
+//! (Q2_K, Q3_K, Q5_K, Q8_1, Q8_K) run the scalar reference.
+
+macro_rules! x86_kernels {
+    ($feat:literal, $dpbusd:item) => {
+        use crate::GgmlType;
+        use crate::arch::{QuantFn, Rows, RowsFn, row_loop, view_mut};
+        use crate::quant::unpack_scales_k4;
+        use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K};
+        use crate::quant::{BlockQ8_0, BlockQ8_1, BlockQ8K, F16Le, QK_K};
+        use core::arch::x86_64::*;
+
+        pub(crate) fn rows_fn(ty: GgmlType) -> Option<RowsFn> {
+            Some(match ty {
+                GgmlType::Q4_0 => rows_q4_0,
+                GgmlType::Q4_1 => rows_q4_1,
+                GgmlType::Q5_0 => rows_q5_0,
+                GgmlType::Q5_1 => rows_q5_1,
+                GgmlType::Q8_0 => rows_q8_0,
+                GgmlType::Q4_K => rows_q4_k,
+                GgmlType::Q6_K => rows_q6_k,
+                GgmlType::F32 => rows_f32,
+                GgmlType::F16 => rows_f16,
+                GgmlType::BF16 => rows_bf16,
+                _ => return None,
+            })
+        }
+
+        pub(crate) fn quant_fn(xq_ty: GgmlType) -> Option<QuantFn> {
+            Some(match xq_ty {
+                GgmlType::Q8_0 => quantize_row_q8_0,
+                GgmlType::Q8_1 => quantize_row_q8_1,
+                GgmlType::Q8_K => quantize_row_q8_k,
+                _ => return None,
+            })
+        }
+
+        // ---- shared helpers ---------------------------------------------------------------
+
+        $dpbusd
+
+        /// Exact f16 -> f32 of one scale (F16C).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn f16s(h: F16Le) -> f32 {
+            let v = _mm_cvtsi32_si128(u16::from_le_bytes(h.0) as i32);
+            _mm_cvtss_f32(_mm_cvtph_ps(v))
+        }
+
+        /// Sum of the 8 lanes (the order is a fixed tree; see the module docs of `arch` for
+        /// why quantized types may reassociate).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn hsum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn load16(b: &[u8; 16]) -> __m128i {
+            // SAFETY: `b` is 16 readable bytes; loadu has no alignment requirement.
+            unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn load32<T: bytemuck::Pod>(b: &[T; 32]) -> __m256i {
+            const { assert!(size_of::<T>() == 1) };
+            // SAFETY: `b` is 32 readable bytes (T is one byte); loadu is unaligned.
+            unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+        }
+
+        /// 32 bytes starting at `s[at]`, bounds-checked.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn load32_at<T: bytemuck::Pod>(s: &[T], at: usize) -> __m256i {
+            let b: &[T; 32] = match s[at..at + 32].try_into() {
+                Ok(b) => b,
+                Err(_) => unreachable!("a 32-element slice converts to [T; 32]"),
+            };
+            load32(b)
+        }
+
+        /// The 32 nibbles of a Q4/Q5 `qs[16]` in element order: element j (low nibble of
+        /// qs[j]) in byte j, element j + 16 (high nibble) in byte j + 16.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn nibbles(qs: &[u8; 16]) -> __m256i {
+            let q = load16(qs);
+            let m = _mm_set1_epi8(0x0f);
+            let lo = _mm_and_si128(q, m);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
+            _mm256_set_m128i(hi, lo)
+        }
+
+        /// Q5's fifth bits as 0 or 16 per byte: byte j gets bit j of the little-endian `qh`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn fifth_bits(qh: [u8; 4]) -> __m256i {
+            let v = _mm256_set1_epi32(i32::from_le_bytes(qh));
+            // Byte j <- byte j / 8 of qh (each 128-bit lane holds all 4 bytes of the copy).
+            let sel = _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            );
+            let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(v, sel), bit), bit);
+            _mm256_and_si256(set, _mm256_set1_epi8(16))
+        }
+
+        /// Exact `w · x` per 4-byte group as 8 i32, for signed i8 `w` (|w| <= 128) and `x` in
+        /// -127..=127: `|w| · sign(x, w)`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn dot_s8(w: __m256i, x: __m256i) -> __m256i {
+            dpbusd(
+                _mm256_setzero_si256(),
+                _mm256_sign_epi8(w, w),
+                _mm256_sign_epi8(x, w),
+            )
+        }
+
+        // ---- activation quantizers (bit-exact with quant::reference) -----------------------
+
+        const SIGN: i32 = i32::MIN;
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn abs_ps(v: __m256) -> __m256 {
+            _mm256_andnot_ps(_mm256_castsi256_ps(_mm256_set1_epi32(SIGN)), v)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn hmax(v: __m256) -> f32 {
+            let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)))
+        }
+
+        /// C `roundf` (half away from zero) as i32, for |t| < 2^23: truncate, then step one
+        /// away from zero when the dropped fraction (exact in f32) is at least one half.
+        /// `vcvtps2dq` alone would round half to even and disagree with the reference.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn round_away(t: __m256) -> __m256i {
+            let tr = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
+            let frac = abs_ps(_mm256_sub_ps(t, tr));
+            let big = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+            let sign = _mm256_and_ps(t, _mm256_castsi256_ps(_mm256_set1_epi32(SIGN)));
+            let one = _mm256_or_ps(sign, _mm256_set1_ps(1.0));
+            _mm256_cvtps_epi32(_mm256_add_ps(tr, _mm256_and_ps(big, one)))
+        }
+
+        /// Four vectors of 8 i32 (each in -128..=127) to 32 i8 in order.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pack_i8(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+            // packs works within 128-bit lanes: the result is lane-interleaved as
+            // a0 b0 c0 d0 | a1 b1 c1 d1 in dwords; one permute restores a b c d order.
+            let ab = _mm256_packs_epi32(a, b);
+            let cd = _mm256_packs_epi32(c, d);
+            let v = _mm256_packs_epi16(ab, cd);
+            _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn store32(dst: &mut [i8; 32], v: __m256i) {
+            // SAFETY: `dst` is 32 writable bytes; storeu is unaligned.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn load8f(x: &[f32]) -> __m256 {
+            let b: &[f32; 8] = match x[..8].try_into() {
+                Ok(b) => b,
+                Err(_) => unreachable!("an 8-element slice converts to [f32; 8]"),
+            };
+            // SAFETY: `b` is 8 readable f32; loadu is unaligned.
+            unsafe { _mm256_loadu_ps(b.as_ptr()) }
+        }
+
+        /// One Q8_0/Q8_1 block: the f32 scale, the quants stored, and the i32 lanes of the
+        /// quants (for Q8_1's sum). Same arithmetic as the reference `quantize_block_q8`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn quantize_block_q8(x: &[f32], qs: &mut [i8; 32]) -> (f32, __m256i) {
+            let v = [load8f(x), load8f(&x[8..]), load8f(&x[16..]), load8f(&x[24..])];
+            let m = _mm256_max_ps(
+                _mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])),
+                _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3])),
+            );
+            let d = hmax(m) / 127.0;
+            let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let q = v.map(|v| round_away(_mm256_mul_ps(v, id)));
+            store32(qs, pack_i8(q[0], q[1], q[2], q[3]));
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            (d, s)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn hsum_i32(v: __m256i) -> i32 {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            _mm_cvtsi128_si32(s)
+        }
+
+        /// SAFETY contract (all quantizers): the CPU supports this module's features.
+        /// Lengths: `dst` holds exactly the blocks for `src` (checked by the caller; a
+        /// mismatch only shortens the work).
+        #[target_feature(enable = $feat)]
+        unsafe fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
+            let blocks: &mut [BlockQ8_0] = view_mut(dst);
+            for (x, b) in src.chunks_exact(32).zip(blocks) {
+                let (d, _) = quantize_block_q8(x, &mut b.qs);
+                b.d = F16Le::from_f32(d);
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn quantize_row_q8_1(src: &[f32], dst: &mut [u8]) {
+            let blocks: &mut [BlockQ8_1] = view_mut(dst);
+            for (x, b) in src.chunks_exact(32).zip(blocks) {
+                let (d, s) = quantize_block_q8(x, &mut b.qs);
+                b.d = F16Le::from_f32(d);
+                b.s = F16Le::from_f32(hsum_i32(s) as f32 * d);
+            }
+        }
+
+        /// Q8_K as the reference: `max` is the first element of largest magnitude (found by a
+        /// vector max of |x| and then a scan for its first occurrence), quants round half to
+        /// even (`vcvtps2dq` under the default MXCSR, as `nearest_int`) and clamp at 127.
+        #[target_feature(enable = $feat)]
+        unsafe fn quantize_row_q8_k(src: &[f32], dst: &mut [u8]) {
+            let blocks: &mut [BlockQ8K] = view_mut(dst);
+            for (x, b) in src.chunks_exact(QK_K).zip(blocks) {
+                let mut m = _mm256_setzero_ps();
+                for c in x.chunks_exact(8) {
+                    m = _mm256_max_ps(m, abs_ps(load8f(c)));
+                }
+                let amax = hmax(m);
+                let max = match x.iter().find(|v| v.abs() == amax) {
+                    Some(&v) if amax > 0.0 => v,
+                    _ => {
+                        *b = bytemuck::Zeroable::zeroed();
+                        continue;
+                    }
+                };
+                let iscale = -127.0 / max;
+                let vs = _mm256_set1_ps(iscale);
+                let lim = _mm256_set1_epi32(127);
+                for (xs, (qs, bsum)) in x
+                    .chunks_exact(32)
+                    .zip(b.qs.chunks_exact_mut(32).zip(b.bsums.chunks_exact_mut(2)))
+                {
+                    let q: [__m256i; 4] = core::array::from_fn(|i| {
+                        let t = _mm256_mul_ps(load8f(&xs[8 * i..]), vs);
+                        _mm256_min_epi32(_mm256_cvtps_epi32(t), lim)
+                    });
+                    let qs: &mut [i8; 32] = match qs.try_into() {
+                        Ok(q) => q,
+                        Err(_) => unreachable!("chunks of 32"),
+                    };
+                    store32(qs, pack_i8(q[0], q[1], q[2], q[3]));
+                    bsum[0] = (hsum_i32(_mm256_add_epi32(q[0], q[1])) as i16).to_le_bytes();
+                    bsum[1] = (hsum_i32(_mm256_add_epi32(q[2], q[3])) as i16).to_le_bytes();
+                }
+                b.d = (1.0 / iscale).to_le_bytes();
+            }
+        }
+
+        // ---- 32-element block types ---------------------------------------------------------
+        //
+        // Per block and row: the exact i32 partial sums (8 lanes) -> f32, times the block's
+        // combined scale, fused into that row's 8-lane accumulator.
+
+        #[target_feature(enable = $feat)]
+        fn dotn_q4_0<const R: usize>(w: [&[BlockQ4_0]; R], x: &[BlockQ8_0]) -> [f32; R] {
+            let w = w.map(|w| &w[..x.len()]);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let eight = _mm256_set1_epi8(8);
+            for (i, bx) in x.iter().enumerate() {
+                let xv = load32(&bx.qs);
+                let dx = f16s(bx.d);
+                for r in 0..R {
+                    let bw = &w[r][i];
+                    // q - 8 in -8..=7, then a signed product.
+                    let wv = _mm256_sub_epi8(nibbles(&bw.qs), eight);
+                    let p = _mm256_cvtepi32_ps(dot_s8(wv, xv));
+                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]))
+        }
+
+        #[target_feature(enable = $feat)]
+        fn dotn_q4_1<const R: usize>(w: [&[BlockQ4_1]; R], x: &[BlockQ8_1]) -> [f32; R] {
+            let w = w.map(|w| &w[..x.len()]);
+            let mut acc = [_mm256_setzero_ps(); R];
+            // m_w * s_x per block: one scalar FMA chain per row, beside the vector one.
+            let mut macc = [0.0f32; R];
+            for (i, bx) in x.iter().enumerate() {
+                let xv = load32(&bx.qs);
+                let (dx, sx) = (f16s(bx.d), f16s(bx.s));
+                for r in 0..R {
+                    let bw = &w[r][i];
+                    // Unsigned nibbles times signed activations: `vpmaddubsw` / `vpdpbusd` as is.
+                    let p = dpbusd(_mm256_setzero_si256(), nibbles(&bw.qs), xv);
+                    let p = _mm256_cvtepi32_ps(p);
+                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                    macc[r] += f16s(bw.m) * sx;
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]) + macc[r])
+        }
+
+        #[target_feature(enable = $feat)]
+        fn dotn_q5_0<const R: usize>(w: [&[BlockQ5_0]; R], x: &[BlockQ8_0]) -> [f32; R] {
+            let w = w.map(|w| &w[..x.len()]);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let sixteen = _mm256_set1_epi8(16);
+            for (i, bx) in x.iter().enumerate() {
+                let xv = load32(&bx.qs);
+                let dx = f16s(bx.d);
+                for r in 0..R {
+                    let bw = &w[r][i];
+                    let q = _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh));
+                    // q - 16 in -16..=15, signed product.
+                    let p = _mm256_cvtepi32_ps(dot_s8(_mm256_sub_epi8(q, sixteen), xv));
+                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]))
+        }
+
+        #[target_feature(enable = $feat)]
+        fn dotn_q5_1<const R: usize>(w: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; R] {
+            let w = w.map(|w| &w[..x.len()]);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut macc = [0.0f32; R];
+            for (i, bx) in x.iter().enumerate() {
+                let xv = load32(&bx.qs);
+                let (dx, sx) = (f16s(bx.d), f16s(bx.s));
+                for r in 0..R {
+                    let bw = &w[r][i];
+                    let q = _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh));
+                    let p = _mm256_cvtepi32_ps(dpbusd(_mm256_setzero_si256(), q, xv));
+                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                    macc[r] += f16s(bw.m) * sx;
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]) + macc[r])
+        }
+
+        #[target_feature(enable = $feat)]
+        fn dotn_q8_0<const R: usize>(w: [&[BlockQ8_0]; R], x: &[BlockQ8_0]) -> [f32; R] {
+            let w = w.map(|w| &w[..x.len()]);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (i, bx) in x.iter().enumerate() {
+                let xv = load32(&bx.qs);
+                let dx = f16s(bx.d);
+                for r in 0..R {
+                    let bw = &w[r][i];
+                    let p = _mm256_cvtepi32_ps(dot_s8(load32(&bw.qs), xv));
+                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]))
+        }
+
+        // ---- K-quants ---------------------------------------------------------------------
+
+        /// Q4_K (layout in `quant/q4_k.rs`): chunk c of `qs` holds sub-block 2c in its low
+        /// nibbles and 2c + 1 in its high ones. Per chunk and half, `vpmaddubsw` of the nibbles
+        /// with the activations (pairs <= 2 * 15 * 127) then `vpmaddwd` with the 6-bit scale
+        /// gives `sc[s] * sum q * q8` exactly in i32 (per block at most 256 * 15 * 127 * 63).
+        /// The mins: `vpmaddwd` of Q8_K's 16 bsums with m[k / 2].
+        #[target_feature(enable = $feat)]
+        fn dotn_q4_k<const R: usize>(w: [&[BlockQ4K]; R], x: &[BlockQ8K]) -> [f32; R] {
+            let w = w.map(|w| &w[..x.len()]);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut accm = [_mm256_setzero_ps(); R];
+            let m4 = _mm256_set1_epi8(0x0f);
+            for (i, bx) in x.iter().enumerate() {
+                let dx = bx.d();
+                let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                for r in 0..R {
+                    let bw = &w[r][i];
+                    let (sc, m) = unpack_scales_k4(&bw.scales);
+                    let mut isum = _mm256_setzero_si256();
+                    for c in 0..4 {
+                        let q = load32_at(&bw.qs, 32 * c);
+                        let lo = _mm256_and_si256(q, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                        let plo = _mm256_maddubs_epi16(lo, load32_at(&bx.qs, 64 * c));
+                        let phi = _mm256_maddubs_epi16(hi, load32_at(&bx.qs, 64 * c + 32));
+                        let slo = _mm256_set1_epi16(sc[2 * c] as i16);
+                        let shi = _mm256_set1_epi16(sc[2 * c + 1] as i16);
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, slo));
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, shi));
+                    }
+                    // [m0 m0 m1 m1 .. m7 m7] as i16, against bsums[0..16].
+                    // SAFETY: `m` is 8 readable bytes; loadl reads exactly 8.
+                    let mv = unsafe { _mm_loadl_epi64(m.as_ptr().cast()) };
+                    let mv = _mm_cvtepu8_epi16(mv);
+                    let mins = _mm256_set_m128i(
+                        _mm_unpackhi_epi16(mv, mv),
+                        _mm_unpacklo_epi16(mv, mv),
+                    );
+                    let summs = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mins));
+                    let isum = _mm256_cvtepi32_ps(isum);
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                    accm[r] = _mm256_fmadd_ps(summs, _mm256_set1_ps(f16s(bw.dmin) * dx), accm[r]);
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]) - hsum(accm[r]))
+        }
+
+        /// Q6_K (layout in `quant/q6_k.rs`): the unsigned 6-bit values v = q + 32 are rebuilt
+        /// 32 at a time from `ql` nibbles and `qh` bit pairs, multiplied with the activations
+        /// by `vpmaddubsw` (pairs <= 2 * 63 * 127), then by the signed i8 sub-block scales by
+        /// `vpmaddwd`; the `- 32` comes back exactly as `32 * sum_s sc[s] * bsums[s]`.
+        #[target_feature(enable = $feat)]
+        fn dotn_q6_k<const R: usize>(w: [&[BlockQ6K]; R], x: &[BlockQ8K]) -> [f32; R] {
+            let w = w.map(|w| &w[..x.len()]);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m2 = _mm256_set1_epi8(0x03);
+            // Shuffle masks picking i16 scale 2k (low lane) and 2k + 1 (high lane) from a
+            // vector whose two lanes both hold 8 scales.
+            let pair: [__m256i; 4] = core::array::from_fn(|k| {
+                let lo = (4 * k as i16) | ((4 * k as i16 + 1) << 8);
+                let hi = (4 * k as i16 + 2) | ((4 * k as i16 + 3) << 8);
+                _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+            });
+            for (i, bx) in x.iter().enumerate() {
+                let dx = bx.d();
+                let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                for r in 0..R {
+                    let bw = &w[r][i];
+                    let sc16 = _mm256_cvtepi8_epi16(load16(bytemuck::cast_ref(&bw.scales)));
+                    let mut isum = _mm256_setzero_si256();
+                    for n in 0..2 {
+                        let qh = load32_at(&bw.qh, 32 * n);
+                        let ql0 = load32_at(&bw.ql, 64 * n);
+                        let ql1 = load32_at(&bw.ql, 64 * n + 32);
+                        let h = |s: i32| -> __m256i {
+                            // 16-bit shifts are fine: the masks keep each byte's own bits.
+                            let b = match s {
+                                0 => qh,
+                                2 => _mm256_srli_epi16::<2>(qh),
+                                4 => _mm256_srli_epi16::<4>(qh),
+                                _ => _mm256_srli_epi16::<6>(qh),
+                            };
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(b, m2))
+                        };
+                        let v = [
+                            _mm256_or_si256(_mm256_and_si256(ql0, m4), h(0)),
+                            _mm256_or_si256(_mm256_and_si256(ql1, m4), h(2)),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                                h(4),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                                h(6),
+                            ),
+                        ];
+                        let scs = if n == 0 {
+                            _mm256_permute2x128_si256::<0x00>(sc16, sc16)
+                        } else {
+                            _mm256_permute2x128_si256::<0x11>(sc16, sc16)
+                        };
+                        for (k, v) in v.into_iter().enumerate() {
+                            let xv = load32_at(&bx.qs, 128 * n + 32 * k);
+                            let p = _mm256_maddubs_epi16(v, xv);
+                            let s = _mm256_shuffle_epi8(scs, pair[k]);
+                            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
+                        }
+                    }
+                    let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16));
+                    let isum = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, corr));
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]))
+        }
+
+        // ---- float types (bit-exact: the reference's 16 lanes, mul then add, no FMA) -------
+
+        /// Shared float row dot: `widen` turns 16 weights starting at element `e` into two
+        /// 8-lane vectors (lanes 0..8 and 8..16 of the reference); the tail (< 16 elements)
+        /// goes to lanes 0.. in scalar, then lanes are summed 0..16 in order.
+        macro_rules! float_dotn {
+            ($name:ident, $wsize:literal, $widen:ident, $scalar:path) => {
+                #[target_feature(enable = $feat)]
+                fn $name<const R: usize>(w: [&[u8]; R], x: &[u8]) -> [f32; R] {
+                    // `x` is f32 bytes at any alignment (matmul_rows takes bytes).
+                    let n = x.len() / 4;
+                    let full = n - n % 16;
+                    let mut a0 = [_mm256_setzero_ps(); R];
+                    let mut a1 = [_mm256_setzero_ps(); R];
+                    let mut e = 0;
+                    while e < full {
+                        let (x0, x1) = widen_f32(&x[4 * e..4 * (e + 16)]);
+                        for r in 0..R {
+                            let (w0, w1) = $widen(&w[r][$wsize * e..$wsize * (e + 16)]);
+                            a0[r] = _mm256_add_ps(a0[r], _mm256_mul_ps(w0, x0));
+                            a1[r] = _mm256_add_ps(a1[r], _mm256_mul_ps(w1, x1));
+                        }
+                        e += 16;
+                    }
+                    core::array::from_fn(|r| {
+                        let mut lanes = [0.0f32; 16];
+                        // SAFETY: `lanes` is 16 writable f32; storeu is unaligned.
+                        unsafe {
+                            _mm256_storeu_ps(lanes.as_mut_ptr(), a0[r]);
+                            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1[r]);
+                        }
+                        for k in 0..n - full {
+                            let wb = &w[r][$wsize * (full + k)..$wsize * (full + k + 1)];
+                            lanes[k] += $scalar(wb) * scalar_f32(&x[4 * (full + k)..]);
+                        }
+                        let mut s = 0.0f32;
+                        for l in lanes {
+                            s += l;
+                        }
+                        s
+                    })
+                }
+            };
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn widen_f32(w: &[u8]) -> (__m256, __m256) {
+            let w: &[u8; 64] = match w.try_into() {
+                Ok(w) => w,
+                Err(_) => unreachable!("16 f32"),
+            };
+            // SAFETY: 64 readable bytes; loadu is unaligned.
+            unsafe {
+                (
+                    _mm256_loadu_ps(w.as_ptr().cast()),
+                    _mm256_loadu_ps(w.as_ptr().add(32).cast()),
+                )
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn widen_f16(w: &[u8]) -> (__m256, __m256) {
+            let w: &[u8; 32] = match w.try_into() {
+                Ok(w) => w,
+                Err(_) => unreachable!("16 f16"),
+            };
+            // SAFETY: 32 readable bytes; loadu is unaligned.
+            let (lo, hi) = unsafe {
+                (
+                    _mm_loadu_si128(w.as_ptr().cast()),
+                    _mm_loadu_si128(w.as_ptr().add(16).cast()),
+                )
+            };
+            // `vcvtph2ps` widens exactly, as the reference's f16_to_f32.
+            (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn widen_bf16(w: &[u8]) -> (__m256, __m256) {
+            let w: &[u8; 32] = match w.try_into() {
+                Ok(w) => w,
+                Err(_) => unreachable!("16 bf16"),
+            };
+            // SAFETY: 32 readable bytes; loadu is unaligned.
+            let (lo, hi) = unsafe {
+                (
+                    _mm_loadu_si128(w.as_ptr().cast()),
+                    _mm_loadu_si128(w.as_ptr().add(16).cast()),
+                )
+            };
+            // bf16 -> f32 is the 16 bits moved to the top.
+            let widen = |v| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)));
+            (widen(lo), widen(hi))
+        }
+
+        fn scalar_f32(b: &[u8]) -> f32 {
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+        fn scalar_f16(b: &[u8]) -> f32 {
+            crate::quant::reference::f16_to_f32(u16::from_le_bytes([b[0], b[1]]))
+        }
+        fn scalar_bf16(b: &[u8]) -> f32 {
+            crate::quant::reference::bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))
+        }
+
+        float_dotn!(dotn_f32, 4, widen_f32, scalar_f32);
+        float_dotn!(dotn_f16, 2, widen_f16, scalar_f16);
+        float_dotn!(dotn_bf16, 2, widen_bf16, scalar_bf16);
+
+        // ---- row-range entry points ---------------------------------------------------------
+
+        macro_rules! rows_entry {
+            ($name:ident, $W:ty, $X:ty, $dotn:ident) => {
+                /// SAFETY contract: the CPU supports this module's features (lengths as in
+                /// [`Rows`]; wrong ones panic, never read out of bounds).
+                #[target_feature(enable = $feat)]
+                unsafe fn $name(rows: Rows<'_>) {
+                    row_loop!(rows, $W, $X, $dotn)
+                }
+            };
+        }
+
+        rows_entry!(rows_q4_0, BlockQ4_0, BlockQ8_0, dotn_q4_0);
+        rows_entry!(rows_q4_1, BlockQ4_1, BlockQ8_1, dotn_q4_1);
+        rows_entry!(rows_q5_0, BlockQ5_0, BlockQ8_0, dotn_q5_0);
+        rows_entry!(rows_q5_1, BlockQ5_1, BlockQ8_1, dotn_q5_1);
+        rows_entry!(rows_q8_0, BlockQ8_0, BlockQ8_0, dotn_q8_0);
+        rows_entry!(rows_q4_k, BlockQ4K, BlockQ8K, dotn_q4_k);
+        rows_entry!(rows_q6_k, BlockQ6K, BlockQ8K, dotn_q6_k);
+        rows_entry!(rows_f32, u8, u8, dotn_f32);
+        rows_entry!(rows_f16, u8, u8, dotn_f16);
+        rows_entry!(rows_bf16, u8, u8, dotn_bf16);
+    };
+}
+
+/// AVX2 + FMA + F16C.
+pub(crate) mod avx2 {
+    x86_kernels!(
+        "avx2,fma,f16c",
+        /// `acc + dot4(u, s)` per i32 lane via `vpmaddubsw` + `vpmaddwd` (exact for the
+        /// operand ranges documented in the module docs).
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            let p = _mm256_maddubs_epi16(u, s);
+            _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+        }
+    );
+}
+
+/// AVX-512 F/BW/VL + VNNI (with everything AVX2 has).
+pub(crate) mod avx512 {
+    x86_kernels!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        /// `acc + dot4(u, s)` per i32 lane: one `vpdpbusd`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, u, s)
+        }
+    );
+}
