@@ -7,16 +7,20 @@
 //! - [`quant`]: block structs, `dequantize_row` / `quantize_row` / `vec_dot` per type, and the
 //!   scalar reference kernels SIMD variants are checked against.
 //! - [`matmul`]: the matrix product of the forward pass, built on `vec_dot`.
+//! - [`pool`] and [`par`]: the persistent thread pool and the matrix product split over it.
 
 mod arch;
 pub mod error;
 pub mod isa;
 pub mod matmul;
+pub mod par;
+pub mod pool;
 pub mod quant;
 pub mod types;
 
 pub use error::KernelError;
 pub use isa::{Isa, available_isas, detected_isa};
 pub use matmul::{WeightRef, dequantize_matrix, matmul, matmul_with};
+pub use par::matmul_par;
 pub use quant::{dequantize_row, quantize_row, try_vec_dot, vec_dot, vec_dot_type};
 pub use types::GgmlType;

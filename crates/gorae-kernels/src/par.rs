@@ -1,0 +1,151 @@
+//! The matrix product split over the thread pool: activations are quantized once by the caller,
+//! then each thread computes its share. One token (decode): contiguous row ranges, so each thread
+//! streams its own part of the weights, which is what saturates DRAM bandwidth on a machine whose
+//! single core cannot. Several tokens (prefill): contiguous token ranges, each thread writing its
+//! own rows of `y`.
+
+use crate::error::KernelError;
+use crate::matmul::{WeightRef, matmul_rows, quantize_activations};
+use crate::pool::{ThreadPool, split};
+
+/// Rows per split unit: a multiple of every kernel's row group.
+const ROW_ALIGN: usize = 16;
+
+/// A pointer to `y` that threads write through at disjoint ranges.
+struct OutPtr(*mut f32, usize);
+
+// SAFETY: each thread writes only its own disjoint range (see `matmul_par`), and `run` returns
+// only after every thread has finished, while `y` is still mutably borrowed by the caller.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The sub-slice `range` of the output.
+    ///
+    /// # Safety
+    /// Ranges handed to concurrent callers must not overlap, and must lie within the output.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [f32] {
+        debug_assert!(range.end <= self.1);
+        // SAFETY: by the caller's contract the range is in bounds and not aliased.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
+    }
+}
+
+/// `y = x · Wᵀ` (`x: [n_tokens, n_cols]`, `y: [n_tokens, n_rows]`) on every thread of `pool`.
+pub fn matmul_par(
+    pool: &ThreadPool,
+    w: &WeightRef,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut Vec<u8>,
+) -> Result<(), KernelError> {
+    let expect = n_tokens
+        .checked_mul(w.n_rows)
+        .ok_or(KernelError::SizeOverflow {
+            what: "matmul_par y",
+        })?;
+    if y.len() != expect {
+        return Err(KernelError::LengthMismatch {
+            what: "matmul_par y",
+            unit: "f32",
+            expected: expect,
+            got: y.len(),
+        });
+    }
+    let xq = quantize_activations(w.ty, x, n_tokens, w.n_cols, scratch)?;
+    let nth = pool.n_threads();
+    if nth == 1 || (n_tokens == 1 && w.n_rows < 2 * ROW_ALIGN) {
+        return matmul_rows(w, xq, n_tokens, 0..w.n_rows, y);
+    }
+    let xq_row = xq.len() / n_tokens.max(1);
+    let out = OutPtr(y.as_mut_ptr(), y.len());
+    let first_err: std::sync::Mutex<Option<KernelError>> = std::sync::Mutex::new(None);
+    pool.run(&|ith, nth| {
+        let r = if n_tokens == 1 {
+            let rows = split(w.n_rows, ith, nth, ROW_ALIGN);
+            if rows.is_empty() {
+                return;
+            }
+            // SAFETY: row ranges from `split` are disjoint across threads and within `0..n_rows`.
+            let ys = unsafe { out.slice(rows.clone()) };
+            matmul_rows(w, xq, 1, rows, ys)
+        } else {
+            let toks = split(n_tokens, ith, nth, 1);
+            if toks.is_empty() {
+                return;
+            }
+            // SAFETY: token ranges are disjoint, so their output rows are too.
+            let ys = unsafe { out.slice(toks.start * w.n_rows..toks.end * w.n_rows) };
+            let xs = &xq[toks.start * xq_row..toks.end * xq_row];
+            matmul_rows(w, xs, toks.len(), 0..w.n_rows, ys)
+        };
+        if let Err(e) = r {
+            let mut slot = first_err.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(e);
+        }
+    });
+    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matmul::matmul;
+    use crate::quant::quantize_row;
+    use crate::types::GgmlType;
+
+    #[test]
+    fn parallel_product_equals_the_serial_one_bit_for_bit() {
+        let pool = ThreadPool::new(3);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::F32,
+        ] {
+            let (n_rows, n_cols) = (77, 512);
+            let vals: Vec<f32> = (0..n_rows * n_cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let mut data = vec![0u8; ty.bytes_for((n_rows * n_cols) as u64).unwrap() as usize];
+            quantize_row(ty, &vals, &mut data).unwrap();
+            let w = WeightRef {
+                ty,
+                data: &data,
+                n_rows,
+                n_cols,
+            };
+            for n_tokens in [1, 2, 5] {
+                let x: Vec<f32> = (0..n_tokens * n_cols)
+                    .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                    .collect();
+                let (mut a, mut b) = (vec![0.0; n_tokens * n_rows], vec![0.0; n_tokens * n_rows]);
+                let (mut s1, mut s2) = (Vec::new(), Vec::new());
+                matmul(&w, &x, n_tokens, &mut a, &mut s1).unwrap();
+                matmul_par(&pool, &w, &x, n_tokens, &mut b, &mut s2).unwrap();
+                assert!(
+                    a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{ty} n_tokens {n_tokens}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_output_length_is_an_error() {
+        let pool = ThreadPool::new(2);
+        let data = vec![0u8; 4 * 32 * 4];
+        let w = WeightRef {
+            ty: GgmlType::F32,
+            data: &data,
+            n_rows: 4,
+            n_cols: 32,
+        };
+        let mut y = vec![0.0; 3];
+        assert!(matmul_par(&pool, &w, &[0.0; 32], 1, &mut y, &mut Vec::new()).is_err());
+    }
+}

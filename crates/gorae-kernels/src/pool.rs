@@ -1,0 +1,254 @@
+//! A persistent thread pool for the forward pass (ecosystem.md A3: rayon's per-task cost and
+//! cold-entry path dominate decode of small models).
+//!
+//! `run(f)` calls `f(ith, nth)` once on each of `nth` threads, the caller being thread 0, and
+//! returns when all have finished. Workers wait for the next job by spinning on a generation
+//! counter for a bounded number of iterations, then park; the caller wakes parked workers. No
+//! allocation per job: the job is passed as a borrowed trait-object pointer that stays valid
+//! because `run` does not return before every worker is done with it.
+//!
+//! Jobs from different callers are serialized by a mutex, so several engines may share the pool.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle, Thread};
+
+type Job<'a> = dyn Fn(usize, usize) + Sync + 'a;
+
+/// Spins before parking: about the time between two matmuls of a small model's decode step, so
+/// workers stay hot across the ops of one token but do not burn a core between tokens.
+const SPIN_ITERS: u32 = 1 << 16;
+
+struct Shared {
+    /// Bumped once per job; workers run a job when they see a new value.
+    generation: AtomicU64,
+    /// Workers still running the current job.
+    pending: AtomicUsize,
+    stop: AtomicBool,
+    /// The current job, valid while `pending > 0` (see `run`).
+    job: UnsafeCell<Option<*const Job<'static>>>,
+    /// Threads taking part, the caller included; set once the workers exist.
+    nth: AtomicUsize,
+}
+
+// SAFETY: `job` is written only by the thread holding `ThreadPool::lock` while no worker reads it
+// (before the generation bump, with Release ordering), and read by workers only after they observe
+// the bump (Acquire). The pointee is `Sync`.
+unsafe impl Sync for Shared {}
+// SAFETY: as above; the raw pointer is only dereferenced under that protocol.
+unsafe impl Send for Shared {}
+
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<(JoinHandle<()>, Thread)>,
+    lock: Mutex<()>,
+}
+
+impl ThreadPool {
+    /// A pool of `n_threads` threads in all (the caller counts as one; `n_threads - 1` are spawned).
+    pub fn new(n_threads: usize) -> ThreadPool {
+        let nth = n_threads.max(1);
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            job: UnsafeCell::new(None),
+            nth: AtomicUsize::new(1),
+        });
+        let mut workers = Vec::with_capacity(nth - 1);
+        for ith in 1..nth {
+            let s = Arc::clone(&shared);
+            let spawned = thread::Builder::new()
+                .name(format!("gorae-{ith}"))
+                .spawn(move || worker(s, ith));
+            match spawned {
+                Ok(h) => {
+                    let t = h.thread().clone();
+                    workers.push((h, t));
+                }
+                // Out of threads: run with what we have rather than fail the model.
+                Err(_) => break,
+            }
+        }
+        // If spawning fell short, split jobs over the threads that exist.
+        shared.nth.store(workers.len() + 1, Ordering::Release);
+        ThreadPool {
+            shared,
+            workers,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn n_threads(&self) -> usize {
+        self.shared.nth.load(Ordering::Acquire)
+    }
+
+    /// Runs `f(ith, nth)` on every thread of the pool and returns when all calls have returned.
+    pub fn run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
+        let nth = self.n_threads();
+        if nth == 1 {
+            f(0, 1);
+            return;
+        }
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the lifetime is erased only for the duration of this call: we wait below until
+        // `pending` is 0, i.e. until no worker can touch the pointer any more, before returning
+        // (and so before `f` can be dropped). We hold `lock`, so no other `run` writes `job`.
+        let job: *const Job<'static> =
+            unsafe { std::mem::transmute::<*const Job<'_>, *const Job<'static>>(f) };
+        // SAFETY: no worker reads `job` until it sees the generation bump below.
+        unsafe { *self.shared.job.get() = Some(job) };
+        self.shared.pending.store(nth - 1, Ordering::Relaxed);
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        for (_, t) in &self.workers {
+            t.unpark();
+        }
+        f(0, nth);
+        let mut spins = 0u32;
+        while self.shared.pending.load(Ordering::Acquire) != 0 {
+            spins = spins.wrapping_add(1);
+            if spins < SPIN_ITERS {
+                std::hint::spin_loop();
+            } else {
+                thread::yield_now();
+            }
+        }
+    }
+}
+
+fn worker(s: Arc<Shared>, ith: usize) {
+    let mut seen = 0u64;
+    loop {
+        let mut spins = 0u32;
+        let generation = loop {
+            let g = s.generation.load(Ordering::Acquire);
+            if g != seen {
+                break g;
+            }
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
+            spins = spins.saturating_add(1);
+            if spins < SPIN_ITERS {
+                std::hint::spin_loop();
+            } else {
+                // Unpark tokens are sticky, so a wake-up between the check and the park is not lost.
+                thread::park();
+            }
+        };
+        seen = generation;
+        // SAFETY: the caller of `run` wrote `job` before the Release bump we just observed with
+        // Acquire, and keeps the pointee alive until `pending` reaches 0, which needs our decrement.
+        if let Some(job) = unsafe { *s.job.get() } {
+            // SAFETY: see above; the pointee is a live `Fn + Sync`.
+            let f = unsafe { &*job };
+            f(ith, s.nth.load(Ordering::Acquire));
+        }
+        s.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for (_, t) in &self.workers {
+            t.unpark();
+        }
+        for (h, _) in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
+
+/// Threads the global pool will use: `GORAE_THREADS`, else the machine's available parallelism.
+pub fn default_threads() -> usize {
+    std::env::var("GORAE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Sets the global pool's size; only the first call (or first use) decides. Returns the size in
+/// effect.
+pub fn init_global(n_threads: usize) -> usize {
+    GLOBAL
+        .get_or_init(|| ThreadPool::new(n_threads))
+        .n_threads()
+}
+
+/// The process-wide pool the forward pass uses.
+pub fn global() -> &'static ThreadPool {
+    GLOBAL.get_or_init(|| ThreadPool::new(default_threads()))
+}
+
+/// The `ith` of `nth` near-equal contiguous parts of `0..n`, with part boundaries on multiples
+/// of `align` (so SIMD kernels see whole row groups).
+pub fn split(n: usize, ith: usize, nth: usize, align: usize) -> std::ops::Range<usize> {
+    let align = align.max(1);
+    let units = n.div_ceil(align);
+    let per = units.div_ceil(nth.max(1));
+    let start = (ith * per * align).min(n);
+    let end = ((ith + 1) * per * align).min(n);
+    start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_runs_each_job_once() {
+        for n in [1, 2, 3, 4] {
+            let pool = ThreadPool::new(n);
+            for round in 0..50 {
+                let hits: Vec<AtomicUsize> =
+                    (0..pool.n_threads()).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(&|ith, nth| {
+                    assert_eq!(nth, pool.n_threads());
+                    hits[ith].fetch_add(round + 1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == round + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn jobs_see_the_callers_borrows_and_parked_workers_wake() {
+        let pool = ThreadPool::new(2);
+        let data: Vec<u64> = (0..1000).collect();
+        let sums: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
+        pool.run(&|ith, nth| {
+            let r = split(data.len(), ith, nth, 8);
+            sums[ith].store(data[r].iter().sum(), Ordering::Relaxed);
+        });
+        assert_eq!(
+            sums.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>(),
+            499_500
+        );
+        // Let the worker park, then make sure it still answers.
+        thread::sleep(std::time::Duration::from_millis(50));
+        let ran = AtomicUsize::new(0);
+        pool.run(&|_, _| {
+            ran.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn split_covers_the_range_on_aligned_boundaries() {
+        for n in [0, 1, 7, 64, 100, 1001] {
+            for nth in 1..5 {
+                let parts: Vec<_> = (0..nth).map(|i| split(n, i, nth, 16)).collect();
+                assert_eq!(parts.iter().map(|r| r.len()).sum::<usize>(), n);
+                for w in parts.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+                assert!(parts.iter().all(|r| r.start % 16 == 0 || r.start == n));
+            }
+        }
+    }
+}
