@@ -13,6 +13,7 @@
 //! - [`GgufVocab`]: the `tokenizer.ggml.*` arrays, for building a tokenizer without a file.
 
 mod error;
+pub mod gguf_export;
 mod pretok;
 mod pyjson;
 mod stream;

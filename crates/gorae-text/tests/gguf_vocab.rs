@@ -1,7 +1,8 @@
 //! The GGUF vocabulary path beyond SmolLM2: for several tokenizer.json checkpoints, write the
 //! GGUF vocabulary llama.cpp's converter (`convert_hf_to_gguf.py`, `get_vocab_base` +
-//! `SpecialVocab`) would write, read it back through `gorae_formats::gguf`, build the
-//! tokenizer with `Tokenizer::from_gguf`, and check the tokenize fixtures' ids through it.
+//! `SpecialVocab`) would write (`gorae_text::gguf_export`, which `gorae convert` uses), read it
+//! back through `gorae_formats::gguf`, build the tokenizer with `Tokenizer::from_gguf`, and check
+//! the tokenize fixtures' ids through it.
 //!
 //! The GGUF path follows llama.cpp, not tokenizer.json, so a few cases legitimately differ from
 //! Hugging Face; they are listed in `KNOWN_DIFFERENCES` with the reason, and the test fails if
@@ -12,8 +13,8 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 
 use common::{fixture_files, ids_of, load_json, tokenizer_dir};
-use gorae_formats::gguf::{GgufFile, GgufWriter, MetaArray, MetaValue};
-use gorae_text::{Tokenizer, token_type};
+use gorae_formats::gguf::{GgufFile, GgufWriter, MetaValue};
+use gorae_text::{Tokenizer, gguf_export};
 use serde_json::Value;
 
 /// (tokenizer, tokenizer.ggml.pre)
@@ -47,99 +48,23 @@ fn nfc(text: &str) -> String {
     n.get().to_string()
 }
 
-/// `convert_hf_to_gguf.py` `does_token_look_special`.
-fn looks_special(t: &str) -> bool {
-    matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
-        || (t.starts_with("<|") && t.ends_with("|>"))
-        || (t.starts_with("<｜") && t.ends_with("｜>"))
-        || (t.starts_with("<unused") && t.ends_with('>'))
-}
-
-/// Writes the GGUF vocabulary the llama.cpp converter would write for `name`, and reads it
-/// back.
+/// Writes the GGUF vocabulary llama.cpp's converter would write for `name` (through
+/// `gguf_export`, with the pre-tokenizer it detects, which must be `pre`), and reads it back.
 fn convert(name: &str, pre: &str) -> GgufFile {
     let dir = tokenizer_dir(name);
     let tj = load_json(&dir.join("tokenizer.json"));
     let config = load_json(&dir.join("tokenizer_config.json"));
-
-    let mut by_id: BTreeMap<u64, (String, i32)> = BTreeMap::new();
-    for (tok, id) in tj["model"]["vocab"].as_object().expect("vocab") {
-        by_id.insert(id.as_u64().expect("id"), (tok.clone(), token_type::NORMAL));
-    }
-    for added in tj["added_tokens"].as_array().expect("added_tokens") {
-        let id = added["id"].as_u64().expect("id");
-        let content = added["content"].as_str().expect("content").to_string();
-        let special = added["special"].as_bool().expect("special");
-        let entry = if special || looks_special(&content) {
-            (content, token_type::CONTROL)
-        } else {
-            (content.replace('▁', " "), token_type::USER_DEFINED)
-        };
-        by_id.insert(id, entry);
-    }
-    let n = by_id.keys().max().expect("non-empty") + 1;
-    let mut tokens = Vec::with_capacity(n as usize);
-    let mut types = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        match by_id.remove(&i) {
-            Some((t, ty)) => {
-                tokens.push(t);
-                types.push(ty);
-            }
-            None => {
-                tokens.push(format!("[PAD{i}]"));
-                types.push(token_type::UNUSED);
-            }
-        }
-    }
-    let merges: Vec<String> = tj["model"]["merges"]
-        .as_array()
-        .expect("merges")
-        .iter()
-        .map(|m| match m {
-            Value::String(s) => s.clone(),
-            Value::Array(pair) => format!(
-                "{} {}",
-                pair[0].as_str().expect("left"),
-                pair[1].as_str().expect("right")
-            ),
-            other => panic!("odd merge {other}"),
-        })
-        .collect();
-
+    assert_eq!(
+        gguf_export::detect_pre(&tj, &config),
+        Some(pre),
+        "{name}: detected tokenizer.ggml.pre"
+    );
+    let kv = gguf_export::gguf_tokenizer_metadata(&dir, None, None)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut w = GgufWriter::new();
     w.add_kv("general.architecture", MetaValue::from("llama"));
-    w.add_kv("tokenizer.ggml.model", MetaValue::from("gpt2"));
-    w.add_kv("tokenizer.ggml.pre", MetaValue::from(pre));
-    w.add_kv(
-        "tokenizer.ggml.tokens",
-        MetaArray::String(tokens.clone()).into(),
-    );
-    w.add_kv("tokenizer.ggml.token_type", MetaArray::I32(types).into());
-    w.add_kv("tokenizer.ggml.merges", MetaArray::String(merges).into());
-    // SpecialVocab: ids of the config's special token strings, and the add_* flags.
-    let token_id = |key: &str| -> Option<u32> {
-        let v = &config[key];
-        let s = v.as_str().or_else(|| v["content"].as_str())?;
-        tokens.iter().position(|t| t == s).map(|i| i as u32)
-    };
-    for (key, gguf_key) in [
-        ("bos_token", "tokenizer.ggml.bos_token_id"),
-        ("eos_token", "tokenizer.ggml.eos_token_id"),
-        ("unk_token", "tokenizer.ggml.unknown_token_id"),
-        ("pad_token", "tokenizer.ggml.padding_token_id"),
-    ] {
-        if let Some(id) = token_id(key) {
-            w.add_kv(gguf_key, MetaValue::from(id));
-        }
-    }
-    for key in ["add_bos_token", "add_eos_token"] {
-        if let Some(b) = config[key].as_bool() {
-            w.add_kv(format!("tokenizer.ggml.{key}"), MetaValue::from(b));
-        }
-    }
-    if let Some(t) = config["chat_template"].as_str() {
-        w.add_kv("tokenizer.chat_template", MetaValue::from(t));
+    for (k, v) in kv {
+        w.add_kv(k, v);
     }
     let mut bytes = Vec::new();
     w.write_to(&mut bytes).expect("write GGUF");
@@ -224,4 +149,47 @@ fn gguf_vocab_matches_fixture_ids() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `tokenizer.ggml.pre` as llama.cpp's converter picks it (by the hash of a probe text's ids) for
+/// every tokenizer gorae ships a fixture of, recognized from tokenizer.json instead.
+#[test]
+fn pre_tokenizer_is_detected_as_llama_cpp_names_it() {
+    let expected = [
+        ("deepseek-v3", "deepseek-v3"),
+        ("deepseek-v3.1", "deepseek-v3"),
+        ("deepseek-r1", "deepseek-v3"),
+        ("deepseek-v4", "deepseek-v3"),
+        ("deepseek-v2", "deepseek-llm"),
+        ("deepseek-v2.5", "deepseek-llm"),
+        ("qwen-2.5", "qwen2"),
+        ("qwen-3", "qwen2"),
+        ("deepseek-r1-0528-qwen3-8b", "qwen2"),
+        ("deepseek-r1-distill-qwen-7b", "deepseek-r1-qwen"),
+        ("deepseek-r1-distill-llama-8b", "llama-bpe"),
+    ];
+    for (name, pre) in expected {
+        let dir = tokenizer_dir(name);
+        let tj = load_json(&dir.join("tokenizer.json"));
+        let config = load_json(&dir.join("tokenizer_config.json"));
+        assert_eq!(gguf_export::detect_pre(&tj, &config), Some(pre), "{name}");
+    }
+    // Padding to the model's vocab_size, as the converter does with config.json's: DeepSeek-V3's
+    // 129280 embedding rows hold 128815 tokens.
+    let kv =
+        gguf_export::gguf_tokenizer_metadata(&tokenizer_dir("deepseek-v3"), Some(129280), None)
+            .expect("metadata");
+    let tokens = kv
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+        .and_then(|(_, v)| v.as_array())
+        .and_then(|a| a.as_strings())
+        .expect("tokens");
+    assert_eq!(tokens.len(), 129280);
+    assert_eq!(tokens[129279], "[PAD129279]");
+    assert!(
+        gguf_export::gguf_tokenizer_metadata(&tokenizer_dir("deepseek-v3"), Some(1000), None)
+            .is_err(),
+        "a vocab_size smaller than the tokenizer is an error"
+    );
 }
