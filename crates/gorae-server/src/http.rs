@@ -1,0 +1,627 @@
+//! Routes, handlers and the OpenAI response shapes (whole responses and SSE chunks).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::request::{self, GenParams, Prompt};
+use crate::worker::{Delta, Event, Finish, Job, SubmitError, TokenLogprob, Usage};
+use crate::{AppState, ReasoningField};
+
+type App = Arc<AppState>;
+
+const SYSTEM_FINGERPRINT: &str = concat!("gorae-", env!("CARGO_PKG_VERSION"));
+
+pub(crate) fn router(state: App) -> Router {
+    let limit = state.config.body_limit;
+    let v1 = Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .fallback(|| async { ApiError::not_found_route() })
+        // axum's own 2 MB default would otherwise win over the configured limit; the layer
+        // below also refuses an over-long Content-Length before the body is read.
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(RequestBodyLimitLayer::new(limit))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("internal error").into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `Authorization: Bearer <key>`, compared in constant time.
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    if let Some(key) = &app.config.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.trim().as_bytes().ct_eq(key.as_bytes())) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    if app.ready.load(Ordering::SeqCst) && !app.shutting_down.load(Ordering::SeqCst) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(&app.config.model_id),
+    )
+        .into_response()
+}
+
+fn model_card(app: &AppState) -> Value {
+    json!({
+        "id": app.config.model_id,
+        "object": "model",
+        "created": app.created,
+        "owned_by": "gorae",
+        "max_model_len": app.n_ctx,
+    })
+}
+
+async fn list_models(State(app): State<App>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_card(&app)]}))
+}
+
+async fn get_model(State(app): State<App>, Path(id): Path<String>) -> Response {
+    if id == app.config.model_id {
+        Json(model_card(&app)).into_response()
+    } else {
+        ApiError::model_not_found(&id).into_response()
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large("The request body is too large.")
+        } else {
+            ApiError::bad_request(rejection.body_text(), None)
+        }
+    })
+}
+
+impl AppState {
+    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            Some(m) if m != self.config.model_id => Err(ApiError::model_not_found(m)),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_accepting(&self) -> Result<(), ApiError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::overloaded("The server is shutting down.", 5));
+        }
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err(ApiError::overloaded("The model is still loading.", 5));
+        }
+        Ok(())
+    }
+
+    /// The completion budget: `requested`, or `default` capped by what the context leaves.
+    fn max_tokens(
+        &self,
+        n_prompt: usize,
+        requested: Option<usize>,
+        default: Option<usize>,
+    ) -> Result<usize, ApiError> {
+        if n_prompt == 0 {
+            return Err(ApiError::bad_request(
+                "The prompt is empty after tokenization.",
+                Some("prompt"),
+            ));
+        }
+        let room = self.n_ctx.saturating_sub(n_prompt);
+        let max = match (requested, default) {
+            (Some(m), _) => m,
+            (None, Some(d)) => d.min(room),
+            (None, None) => room,
+        };
+        if max == 0 || n_prompt.saturating_add(max) > self.n_ctx {
+            return Err(ApiError::context_length(self.n_ctx, n_prompt, max.max(1)));
+        }
+        Ok(max)
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn response_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{nanos:016x}{:04x}",
+        NEXT_ID.fetch_add(1, Ordering::Relaxed) & 0xffff
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// What every chunk or response of one request repeats.
+struct Meta {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    /// Chat output is split into reasoning and content.
+    reasoning: bool,
+    reasoning_field: ReasoningField,
+    logprobs: bool,
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+fn put_reasoning(obj: &mut Map<String, Value>, field: ReasoningField, text: &str) {
+    if matches!(
+        field,
+        ReasoningField::ReasoningContent | ReasoningField::Both
+    ) {
+        obj.insert("reasoning_content".into(), json!(text));
+    }
+    if matches!(field, ReasoningField::Reasoning | ReasoningField::Both) {
+        obj.insert("reasoning".into(), json!(text));
+    }
+}
+
+fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
+    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.token, t.logprob);
+            e["top_logprobs"] =
+                Value::Array(t.top.iter().map(|a| entry(&a.token, a.logprob)).collect());
+            e
+        })
+        .collect();
+    json!({"content": content})
+}
+
+/// Legacy completions logprobs; `offset` is where the first token's text starts.
+fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
+    let mut tokens = Vec::with_capacity(lps.len());
+    let mut token_logprobs = Vec::with_capacity(lps.len());
+    let mut top = Vec::with_capacity(lps.len());
+    let mut offsets = Vec::with_capacity(lps.len());
+    for t in lps {
+        tokens.push(json!(t.token));
+        token_logprobs.push(json!(t.logprob));
+        let mut m = Map::new();
+        for a in &t.top {
+            m.insert(a.token.clone(), json!(a.logprob));
+        }
+        top.push(Value::Object(m));
+        offsets.push(json!(offset));
+        offset += t.token.len();
+    }
+    json!({
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    })
+}
+
+impl Meta {
+    fn envelope(&self, object: &str, choices: Vec<Value>) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id));
+        m.insert("object".into(), json!(object));
+        m.insert("created".into(), json!(self.created));
+        m.insert("model".into(), json!(self.model));
+        m.insert("system_fingerprint".into(), json!(SYSTEM_FINGERPRINT));
+        m.insert("choices".into(), Value::Array(choices));
+        m
+    }
+
+    fn response(&self, content: &str, reasoning: &str, lps: &[TokenLogprob], f: &Finish) -> Value {
+        let logprobs = if !self.logprobs {
+            Value::Null
+        } else if self.kind == Kind::Chat {
+            chat_logprobs(lps)
+        } else {
+            completion_logprobs(lps, 0)
+        };
+        let choice = match self.kind {
+            Kind::Chat => {
+                let mut message = Map::new();
+                message.insert("role".into(), json!("assistant"));
+                message.insert("content".into(), json!(content));
+                if self.reasoning {
+                    put_reasoning(&mut message, self.reasoning_field, reasoning);
+                }
+                message.insert("refusal".into(), Value::Null);
+                json!({
+                    "index": 0,
+                    "message": Value::Object(message),
+                    "logprobs": logprobs,
+                    "finish_reason": f.reason.as_str(),
+                })
+            }
+            Kind::Completion => json!({
+                "index": 0,
+                "text": content,
+                "logprobs": logprobs,
+                "finish_reason": f.reason.as_str(),
+            }),
+        };
+        let object = match self.kind {
+            Kind::Chat => "chat.completion",
+            Kind::Completion => "text_completion",
+        };
+        let mut m = self.envelope(object, vec![choice]);
+        m.insert("usage".into(), usage_json(&f.usage));
+        Value::Object(m)
+    }
+
+    fn chunk(&self, choices: Vec<Value>, usage: Option<&Usage>) -> SseEvent {
+        let object = match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        };
+        let mut m = self.envelope(object, choices);
+        if self.include_usage {
+            m.insert("usage".into(), usage.map_or(Value::Null, usage_json));
+        }
+        SseEvent::default().data(Value::Object(m).to_string())
+    }
+
+    /// A chunk carrying `delta`; `offset` is the completion text emitted before it.
+    fn delta_chunk(&self, d: &Delta, offset: usize) -> SseEvent {
+        let logprobs = if !self.logprobs {
+            Value::Null
+        } else if self.kind == Kind::Chat {
+            chat_logprobs(&d.logprobs)
+        } else {
+            completion_logprobs(&d.logprobs, offset)
+        };
+        let choice = match self.kind {
+            Kind::Chat => {
+                let mut delta = Map::new();
+                if self.reasoning && !d.reasoning.is_empty() {
+                    put_reasoning(&mut delta, self.reasoning_field, &d.reasoning);
+                }
+                if !d.content.is_empty() || delta.is_empty() {
+                    delta.insert("content".into(), json!(d.content));
+                }
+                json!({"index": 0, "delta": Value::Object(delta), "logprobs": logprobs,
+                       "finish_reason": Value::Null})
+            }
+            Kind::Completion => json!({"index": 0, "text": d.content, "logprobs": logprobs,
+                                       "finish_reason": Value::Null}),
+        };
+        self.chunk(vec![choice], None)
+    }
+
+    fn first_chunk(&self) -> SseEvent {
+        let mut delta = Map::new();
+        delta.insert("role".into(), json!("assistant"));
+        delta.insert("content".into(), json!(""));
+        self.chunk(
+            vec![
+                json!({"index": 0, "delta": Value::Object(delta), "logprobs": Value::Null,
+                        "finish_reason": Value::Null}),
+            ],
+            None,
+        )
+    }
+
+    fn finish_chunk(&self, f: &Finish) -> SseEvent {
+        let choice = match self.kind {
+            Kind::Chat => json!({"index": 0, "delta": {}, "logprobs": Value::Null,
+                                 "finish_reason": f.reason.as_str()}),
+            Kind::Completion => json!({"index": 0, "text": "", "logprobs": Value::Null,
+                                       "finish_reason": f.reason.as_str()}),
+        };
+        self.chunk(vec![choice], None)
+    }
+}
+
+async fn chat_completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    chat_inner(app, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    completion_inner(app, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Renders the template and tokenizes; `true` when the prompt leaves the model inside
+/// `<think>` (R1-style templates).
+fn render_chat(
+    app: &AppState,
+    messages: &Value,
+    kwargs: &Map<String, Value>,
+) -> Result<(Vec<u32>, bool), ApiError> {
+    let template = app
+        .template
+        .as_ref()
+        .map_err(|e| ApiError::bad_request(e.clone(), Some("messages")))?;
+    // Every render failure is caused by what the request sent (or a template that refuses
+    // it via raise_exception): a 400, never a 500.
+    let text = template
+        .render(messages, None, true, kwargs)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let ids = app
+        .tokenizer
+        .encode(&text, false)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    Ok((ids, text.trim_end().ends_with("<think>")))
+}
+
+async fn chat_inner(app: App, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let admitted = Instant::now();
+    let obj = request::parse_body(&body_bytes(body)?)?;
+    let req = request::chat_request(&obj, app.n_vocab)?;
+    app.check_model(req.model.as_deref())?;
+    app.check_accepting()?;
+    let app2 = Arc::clone(&app);
+    let messages = req.messages;
+    let kwargs = req.template_kwargs;
+    // Template rendering is bounded (fuel) but can take milliseconds; keep it off the
+    // runtime's worker threads.
+    let (ids, starts_inside) =
+        tokio::task::spawn_blocking(move || render_chat(&app2, &messages, &kwargs))
+            .await
+            .map_err(|e| ApiError::internal(format!("rendering failed: {e}")))??;
+    let max_tokens = app.max_tokens(ids.len(), req.params.max_tokens, None)?;
+    let reasoning = app.reasoning_template.then_some(starts_inside);
+    run(
+        app,
+        Kind::Chat,
+        ids,
+        max_tokens,
+        req.params,
+        reasoning,
+        admitted,
+    )
+    .await
+}
+
+async fn completion_inner(
+    app: App,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let admitted = Instant::now();
+    let obj = request::parse_body(&body_bytes(body)?)?;
+    let req = request::completion_request(&obj, app.n_vocab)?;
+    app.check_model(req.model.as_deref())?;
+    app.check_accepting()?;
+    let ids = match req.prompt {
+        Prompt::Ids(ids) => ids,
+        Prompt::Text(text) => {
+            let app2 = Arc::clone(&app);
+            tokio::task::spawn_blocking(move || app2.tokenizer.encode(&text, true))
+                .await
+                .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))?
+                .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?
+        }
+    };
+    // OpenAI's default for completions.
+    let max_tokens = app.max_tokens(ids.len(), req.params.max_tokens, Some(16))?;
+    run(
+        app,
+        Kind::Completion,
+        ids,
+        max_tokens,
+        req.params,
+        None,
+        admitted,
+    )
+    .await
+}
+
+async fn run(
+    app: App,
+    kind: Kind,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    params: GenParams,
+    reasoning: Option<bool>,
+    admitted: Instant,
+) -> Result<Response, ApiError> {
+    let cancel = CancellationToken::new();
+    let (tx, rx) = unbounded_channel();
+    let meta = Meta {
+        kind,
+        id: response_id(match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        }),
+        created: crate::unix_now(),
+        model: app.config.model_id.clone(),
+        include_usage: params.include_usage,
+        reasoning: reasoning.is_some(),
+        reasoning_field: app.config.reasoning_field,
+        logprobs: params.logprobs.is_some(),
+    };
+    let stream = params.stream;
+    let job = Job {
+        prompt,
+        max_tokens,
+        params,
+        reasoning,
+        cancel: cancel.clone(),
+        events: tx,
+        admitted,
+    };
+    app.engine.submit(job).map_err(|e| match e {
+        SubmitError::Full => ApiError::overloaded(
+            "The server is busy: too many requests are waiting. Retry later.",
+            1,
+        ),
+        SubmitError::Closed => ApiError::overloaded("The engine has stopped.", 5),
+    })?;
+    // Dropped with this future (non-streaming) or with the response stream (streaming): a
+    // client that goes away cancels its own job and no other.
+    let guard = cancel.drop_guard();
+    if stream {
+        Ok(stream_response(meta, rx, guard))
+    } else {
+        collect(meta, rx, guard).await
+    }
+}
+
+async fn collect(
+    meta: Meta,
+    mut rx: UnboundedReceiver<Event>,
+    _guard: DropGuard,
+) -> Result<Response, ApiError> {
+    let mut content = String::new();
+    let mut reasoning = String::new();
+    let mut lps = Vec::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Delta(d) => {
+                content.push_str(&d.content);
+                reasoning.push_str(&d.reasoning);
+                lps.extend(d.logprobs);
+            }
+            Event::Done(f) => {
+                return Ok(Json(meta.response(&content, &reasoning, &lps, &f)).into_response());
+            }
+            Event::Error(e) => return Err(ApiError::internal(e)),
+        }
+    }
+    Err(ApiError::internal("the generation ended without a result"))
+}
+
+struct StreamState {
+    meta: Meta,
+    rx: UnboundedReceiver<Event>,
+    _guard: DropGuard,
+    pending: VecDeque<SseEvent>,
+    /// Completion text emitted so far (for `text_offset`).
+    offset: usize,
+    done: bool,
+}
+
+fn stream_response(meta: Meta, rx: UnboundedReceiver<Event>, guard: DropGuard) -> Response {
+    let mut pending = VecDeque::new();
+    if meta.kind == Kind::Chat {
+        pending.push_back(meta.first_chunk());
+    }
+    let state = StreamState {
+        meta,
+        rx,
+        _guard: guard,
+        pending,
+        offset: 0,
+        done: false,
+    };
+    // Keep-alive comments matter during a long prefill: a disconnect is only noticed on a
+    // write, so they let a vanished client cancel before its first token.
+    Sse::new(events(state))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn events(state: StreamState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(ev) = st.pending.pop_front() {
+                return Some((Ok(ev), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.rx.recv().await {
+                Some(Event::Delta(d)) => {
+                    let ev = st.meta.delta_chunk(&d, st.offset);
+                    st.offset += d.content.len();
+                    st.pending.push_back(ev);
+                }
+                Some(Event::Done(f)) => {
+                    st.pending.push_back(st.meta.finish_chunk(&f));
+                    if st.meta.include_usage {
+                        st.pending
+                            .push_back(st.meta.chunk(Vec::new(), Some(&f.usage)));
+                    }
+                    st.pending.push_back(SseEvent::default().data("[DONE]"));
+                    st.done = true;
+                }
+                Some(Event::Error(e)) => {
+                    // openai-python raises APIError on any data object with an `error` key.
+                    let body = ApiError::internal(e).body();
+                    st.pending
+                        .push_back(SseEvent::default().data(body.to_string()));
+                    st.done = true;
+                }
+                None => {
+                    let body = ApiError::internal("the generation ended without a result").body();
+                    st.pending
+                        .push_back(SseEvent::default().data(body.to_string()));
+                    st.done = true;
+                }
+            }
+        }
+    })
+}

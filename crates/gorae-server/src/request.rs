@@ -1,0 +1,705 @@
+//! Request bodies to validated parameters. Bodies are parsed by hand from a `serde_json::Value`
+//! rather than derived, so that every wrong type or range names its parameter in a 400, unknown
+//! fields are ignored (OpenAI's policy), and known-but-unsupported values are refused instead of
+//! silently dropped.
+
+use gorae_runtime::SamplerConfig;
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+
+type Obj = Map<String, Value>;
+
+/// Parameters shared by chat and completions, validated.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    /// `None`: as much as the context allows (chat) or 16 (completions), decided by the caller.
+    pub max_tokens: Option<usize>,
+    pub stops: Vec<String>,
+    pub sampler: SamplerConfig,
+    /// Added to the logits before sampling; ids already checked against the vocabulary.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// `Some(k)`: report each token's log-probability and the `k` most likely alternatives.
+    pub logprobs: Option<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+pub struct ChatRequest {
+    pub model: Option<String>,
+    /// Messages as the chat template expects them (content flattened to strings).
+    pub messages: Value,
+    /// Allowlisted template variables (`enable_thinking`, ...).
+    pub template_kwargs: Obj,
+    pub params: GenParams,
+}
+
+#[derive(Debug)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: Prompt,
+    pub params: GenParams,
+}
+
+/// The body as a JSON object, or a 400 for invalid JSON / a non-object.
+pub fn parse_body(bytes: &[u8]) -> Result<Obj, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}"), None))?;
+    match value {
+        Value::Object(o) => Ok(o),
+        other => Err(ApiError::bad_request(
+            format!(
+                "The request body must be a JSON object, not {}",
+                type_name(&other)
+            ),
+            None,
+        )),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong_type(name: &str, want: &str, got: &Value) -> ApiError {
+    ApiError::bad_request(
+        format!("'{name}' must be {want}, not {}", type_name(got)),
+        Some(name),
+    )
+}
+
+/// Absent and `null` both mean "not given", as in the OpenAI API.
+fn field<'a>(o: &'a Obj, name: &str) -> Option<&'a Value> {
+    o.get(name).filter(|v| !v.is_null())
+}
+
+fn opt_f64(o: &Obj, name: &str) -> Result<Option<f64>, ApiError> {
+    match field(o, name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("'{name}' must be finite"), Some(name))),
+        Some(v) => Err(wrong_type(name, "a number", v)),
+    }
+}
+
+fn opt_range(o: &Obj, name: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
+    let v = opt_f64(o, name)?;
+    if let Some(x) = v
+        && !(lo..=hi).contains(&x)
+    {
+        return Err(ApiError::bad_request(
+            format!("'{name}' must be between {lo} and {hi}, got {x}"),
+            Some(name),
+        ));
+    }
+    Ok(v)
+}
+
+fn opt_int(o: &Obj, name: &str) -> Result<Option<i64>, ApiError> {
+    match field(o, name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(Some(i));
+            }
+            if n.is_u64() {
+                return Err(ApiError::bad_request(
+                    format!("'{name}' is out of range"),
+                    Some(name),
+                ));
+            }
+            // `5.0` is an integer to Python clients that compute it; `5.5` is not.
+            match n.as_f64() {
+                Some(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Ok(Some(x as i64)),
+                _ => Err(ApiError::bad_request(
+                    format!("'{name}' must be an integer"),
+                    Some(name),
+                )),
+            }
+        }
+        Some(v) => Err(wrong_type(name, "an integer", v)),
+    }
+}
+
+fn opt_bool(o: &Obj, name: &str) -> Result<Option<bool>, ApiError> {
+    match field(o, name) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(wrong_type(name, "a boolean", v)),
+    }
+}
+
+fn opt_str<'a>(o: &'a Obj, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match field(o, name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(wrong_type(name, "a string", v)),
+    }
+}
+
+fn model(o: &Obj) -> Result<Option<String>, ApiError> {
+    Ok(opt_str(o, "model")?.map(str::to_string))
+}
+
+fn stops(o: &Obj) -> Result<Vec<String>, ApiError> {
+    let list: Vec<String> = match field(o, "stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) => out.push(s.clone()),
+                    v => return Err(wrong_type("stop", "a string or a list of strings", v)),
+                }
+            }
+            out
+        }
+        Some(v) => return Err(wrong_type("stop", "a string or a list of strings", v)),
+    };
+    if list.len() > 4 {
+        return Err(ApiError::bad_request(
+            format!("'stop' allows at most 4 sequences, got {}", list.len()),
+            Some("stop"),
+        ));
+    }
+    if list.iter().any(String::is_empty) {
+        return Err(ApiError::bad_request(
+            "'stop' sequences must not be empty",
+            Some("stop"),
+        ));
+    }
+    Ok(list)
+}
+
+fn logit_bias(o: &Obj, n_vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let name = "logit_bias";
+    let map = match field(o, name) {
+        None => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(v) => return Err(wrong_type(name, "an object of token id to bias", v)),
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        let id: u32 = key.trim().parse().map_err(|_| {
+            ApiError::bad_request(
+                format!("'logit_bias' keys must be token ids, got '{key}'"),
+                Some(name),
+            )
+        })?;
+        if id as usize >= n_vocab {
+            return Err(ApiError::bad_request(
+                format!("'logit_bias' token id {id} is out of range (vocabulary of {n_vocab})"),
+                Some(name),
+            ));
+        }
+        let bias = value.as_f64().filter(|b| b.is_finite()).ok_or_else(|| {
+            ApiError::bad_request("'logit_bias' values must be numbers", Some(name))
+        })?;
+        if !(-100.0..=100.0).contains(&bias) {
+            return Err(ApiError::bad_request(
+                format!("'logit_bias' values must be between -100 and 100, got {bias}"),
+                Some(name),
+            ));
+        }
+        out.push((id, bias as f32));
+    }
+    Ok(out)
+}
+
+/// `n` other than 1, `best_of` other than 1, and other features we do not implement yet.
+fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
+    if let Some(n) = opt_int(o, "n")?
+        && n != 1
+    {
+        return Err(ApiError::bad_request(
+            format!("'n' must be 1 (this server generates one choice per request), got {n}"),
+            Some("n"),
+        ));
+    }
+    if let Some(b) = opt_int(o, "best_of")?
+        && b != 1
+    {
+        return Err(ApiError::bad_request(
+            "'best_of' other than 1 is not supported",
+            Some("best_of"),
+        ));
+    }
+    if let Some(rf) = field(o, "response_format") {
+        let Value::Object(rf) = rf else {
+            return Err(wrong_type("response_format", "an object", rf));
+        };
+        match rf.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some(t @ ("json_object" | "json_schema")) => {
+                return Err(ApiError::bad_request(
+                    format!("response_format '{t}' is not supported yet"),
+                    Some("response_format"),
+                ));
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "'response_format.type' must be 'text', 'json_object' or 'json_schema'",
+                    Some("response_format"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sampling, stopping and streaming parameters. `max_names` are the accepted spellings of the
+/// token limit, the first present winning (`max_completion_tokens` over `max_tokens`).
+fn gen_params(
+    o: &Obj,
+    n_vocab: usize,
+    max_names: &[&str],
+    logprobs: Option<usize>,
+) -> Result<GenParams, ApiError> {
+    refuse_unsupported(o)?;
+    let mut max_tokens = None;
+    for name in max_names {
+        if let Some(m) = opt_int(o, name)? {
+            if m <= 0 {
+                return Err(ApiError::bad_request(
+                    format!("'{name}' must be at least 1, got {m}"),
+                    Some(name),
+                ));
+            }
+            max_tokens = Some(usize::try_from(m).unwrap_or(usize::MAX));
+            break;
+        }
+    }
+    let temperature = opt_range(o, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
+    let top_p = opt_range(o, "top_p", 0.0, 1.0)?.unwrap_or(1.0);
+    if top_p == 0.0 {
+        return Err(ApiError::bad_request(
+            "'top_p' must be greater than 0",
+            Some("top_p"),
+        ));
+    }
+    let top_k = match opt_int(o, "top_k")? {
+        None => 0,
+        // -1 is vLLM's spelling of "off".
+        Some(k) if k <= 0 => {
+            if k < -1 {
+                return Err(ApiError::bad_request(
+                    "'top_k' must be -1, 0 or positive",
+                    Some("top_k"),
+                ));
+            }
+            0
+        }
+        Some(k) => usize::try_from(k).unwrap_or(usize::MAX),
+    };
+    let min_p = opt_range(o, "min_p", 0.0, 1.0)?.unwrap_or(0.0);
+    let presence = opt_range(o, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0);
+    let frequency = opt_range(o, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0);
+    let repeat = opt_f64(o, "repetition_penalty")?.unwrap_or(1.0);
+    if !(repeat > 0.0 && repeat <= 10.0) {
+        return Err(ApiError::bad_request(
+            "'repetition_penalty' must be in (0, 10]",
+            Some("repetition_penalty"),
+        ));
+    }
+    let seed = match opt_int(o, "seed")? {
+        // Negative seeds are valid int64 seeds to OpenAI; keep their bits.
+        Some(s) => s as u64,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    };
+    let sampler = SamplerConfig {
+        temperature: temperature as f32,
+        top_k,
+        top_p: top_p as f32,
+        min_p: min_p as f32,
+        repeat_penalty: repeat as f32,
+        repeat_last_n: 64,
+        presence_penalty: presence as f32,
+        frequency_penalty: frequency as f32,
+        seed,
+    };
+    sampler
+        .validate()
+        .map_err(|e| ApiError::bad_request(e, None))?;
+    let stream = opt_bool(o, "stream")?.unwrap_or(false);
+    let include_usage = match field(o, "stream_options") {
+        None => false,
+        Some(Value::Object(so)) => {
+            if !stream {
+                return Err(ApiError::bad_request(
+                    "'stream_options' is only allowed when 'stream' is true",
+                    Some("stream_options"),
+                ));
+            }
+            opt_bool(so, "include_usage")
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "'stream_options.include_usage' must be a boolean",
+                        Some("stream_options"),
+                    )
+                })?
+                .unwrap_or(false)
+        }
+        Some(v) => return Err(wrong_type("stream_options", "an object", v)),
+    };
+    Ok(GenParams {
+        max_tokens,
+        stops: stops(o)?,
+        sampler,
+        logit_bias: logit_bias(o, n_vocab)?,
+        logprobs,
+        stream,
+        include_usage,
+    })
+}
+
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+/// A message's `content` as one string: a string as is, text parts concatenated. `None` for
+/// a null/absent content.
+fn content_text(v: Option<&Value>, at: &str) -> Result<Option<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                let here = format!("{at}.content[{j}]");
+                let Value::Object(p) = part else {
+                    return Err(ApiError::bad_request(
+                        format!("{here} must be an object"),
+                        Some(&here),
+                    ));
+                };
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => match p.get("text") {
+                        Some(Value::String(s)) => {
+                            if !text.is_empty() {
+                                text.push('\n');
+                            }
+                            text.push_str(s);
+                        }
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                format!("{here}.text must be a string"),
+                                Some(&here),
+                            ));
+                        }
+                    },
+                    Some(other) => {
+                        return Err(ApiError::bad_request(
+                            format!(
+                                "Unsupported content part type '{other}' in {here}: this \
+                                 model takes text only"
+                            ),
+                            Some(&here),
+                        ));
+                    }
+                    None => {
+                        return Err(ApiError::bad_request(
+                            format!("{here} has no 'type'"),
+                            Some(&here),
+                        ));
+                    }
+                }
+            }
+            Ok(Some(text))
+        }
+        Some(v) => Err(wrong_type(
+            &format!("{at}.content"),
+            "a string or a list of content parts",
+            v,
+        )),
+    }
+}
+
+/// Assistant `tool_calls` with `function.arguments` parsed from its JSON string into an
+/// object, as transformers' templates expect (`tool_call.arguments | tojson`).
+fn tool_calls(v: &Value, at: &str) -> Result<Value, ApiError> {
+    let Value::Array(calls) = v else {
+        return Err(wrong_type(&format!("{at}.tool_calls"), "a list", v));
+    };
+    let mut out = Vec::with_capacity(calls.len());
+    for call in calls {
+        let mut call = call.clone();
+        if let Some(args) = call
+            .get_mut("function")
+            .and_then(|f| f.get_mut("arguments"))
+            && let Value::String(s) = args
+            && let Ok(parsed @ Value::Object(_)) = serde_json::from_str::<Value>(s)
+        {
+            *args = parsed;
+        }
+        out.push(call);
+    }
+    Ok(Value::Array(out))
+}
+
+fn messages(o: &Obj) -> Result<Value, ApiError> {
+    let list = match o.get("messages") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request(
+                "'messages' is required",
+                Some("messages"),
+            ));
+        }
+        Some(Value::Array(list)) => list,
+        Some(v) => return Err(wrong_type("messages", "a list of messages", v)),
+    };
+    if list.is_empty() {
+        return Err(ApiError::bad_request(
+            "'messages' must contain at least one message",
+            Some("messages"),
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let Value::Object(m) = m else {
+            return Err(wrong_type(&at, "an object", m));
+        };
+        let role = match m.get("role") {
+            Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.as_str(),
+            Some(Value::String(r)) => {
+                return Err(ApiError::bad_request(
+                    format!(
+                        "Invalid role '{r}' in {at}: must be one of system, developer, user, \
+                         assistant, tool"
+                    ),
+                    Some(&format!("{at}.role")),
+                ));
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!("{at}.role is required and must be a string"),
+                    Some(&format!("{at}.role")),
+                ));
+            }
+        };
+        let content = content_text(m.get("content"), &at)?;
+        let has_tool_calls = field(m, "tool_calls").is_some();
+        if content.is_none() && role != "assistant" {
+            return Err(ApiError::bad_request(
+                format!("{at}.content is required for role '{role}'"),
+                Some(&format!("{at}.content")),
+            ));
+        }
+        // Chat templates know `system`; OpenAI's newer `developer` role means the same.
+        let template_role = if role == "developer" { "system" } else { role };
+        let mut msg = Map::new();
+        msg.insert("role".into(), json!(template_role));
+        msg.insert(
+            "content".into(),
+            match content {
+                Some(s) => Value::String(s),
+                // Templates test `content is none` for tool-call turns; an assistant turn
+                // with neither becomes an empty answer.
+                None if has_tool_calls => Value::Null,
+                None => Value::String(String::new()),
+            },
+        );
+        for key in ["name", "tool_call_id", "reasoning_content", "reasoning"] {
+            if let Some(v) = field(m, key) {
+                if !v.is_string() {
+                    return Err(wrong_type(&format!("{at}.{key}"), "a string", v));
+                }
+                msg.insert(key.into(), v.clone());
+            }
+        }
+        if let Some(calls) = field(m, "tool_calls") {
+            msg.insert("tool_calls".into(), tool_calls(calls, &at)?);
+        }
+        out.push(Value::Object(msg));
+    }
+    Ok(Value::Array(out))
+}
+
+/// `chat_template_kwargs`: only scalars under known names reach the template (request data
+/// must not be able to steer a template into expensive or unexpected paths).
+fn template_kwargs(o: &Obj) -> Result<Obj, ApiError> {
+    const ALLOWED: [&str; 3] = ["enable_thinking", "thinking", "reasoning_effort"];
+    let mut out = Map::new();
+    match field(o, "chat_template_kwargs") {
+        None => {}
+        Some(Value::Object(kw)) => {
+            for (k, v) in kw {
+                let scalar = matches!(v, Value::Bool(_) | Value::String(_) | Value::Number(_));
+                if ALLOWED.contains(&k.as_str()) && scalar {
+                    out.insert(k.clone(), v.clone());
+                } else {
+                    tracing::debug!(key = %k, "ignoring chat_template_kwargs entry");
+                }
+            }
+        }
+        Some(v) => return Err(wrong_type("chat_template_kwargs", "an object", v)),
+    }
+    if let Some(effort) = opt_str(o, "reasoning_effort")? {
+        out.entry("reasoning_effort")
+            .or_insert_with(|| json!(effort));
+    }
+    Ok(out)
+}
+
+fn refuse_tools(o: &Obj) -> Result<(), ApiError> {
+    let has_tools = match field(o, "tools") {
+        None => false,
+        Some(Value::Array(t)) => !t.is_empty(),
+        Some(v) => return Err(wrong_type("tools", "a list", v)),
+    };
+    let choice_none = matches!(field(o, "tool_choice"), Some(Value::String(s)) if s == "none");
+    if has_tools && !choice_none {
+        return Err(ApiError::bad_request(
+            "Tool calling is not supported yet (send no 'tools', or tool_choice 'none')",
+            Some("tools"),
+        ));
+    }
+    if let Some(fc) = field(o, "functions")
+        && fc.as_array().is_some_and(|a| !a.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "Function calling is not supported yet",
+            Some("functions"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn chat_request(o: &Obj, n_vocab: usize) -> Result<ChatRequest, ApiError> {
+    let model = model(o)?;
+    let messages = messages(o)?;
+    refuse_tools(o)?;
+    let logprobs = opt_bool(o, "logprobs")?.unwrap_or(false);
+    let top = opt_int(o, "top_logprobs")?;
+    let logprobs = match (logprobs, top) {
+        (_, Some(k)) if !(0..=20).contains(&k) => {
+            return Err(ApiError::bad_request(
+                format!("'top_logprobs' must be between 0 and 20, got {k}"),
+                Some("top_logprobs"),
+            ));
+        }
+        (false, Some(k)) if k > 0 => {
+            return Err(ApiError::bad_request(
+                "'top_logprobs' requires 'logprobs' to be true",
+                Some("top_logprobs"),
+            ));
+        }
+        (true, k) => Some(k.unwrap_or(0) as usize),
+        (false, _) => None,
+    };
+    let params = gen_params(
+        o,
+        n_vocab,
+        &["max_completion_tokens", "max_tokens"],
+        logprobs,
+    )?;
+    Ok(ChatRequest {
+        model,
+        messages,
+        template_kwargs: template_kwargs(o)?,
+        params,
+    })
+}
+
+fn token_ids(items: &[Value], n_vocab: usize) -> Result<Vec<u32>, ApiError> {
+    let mut ids = Vec::with_capacity(items.len());
+    for v in items {
+        let id = v
+            .as_u64()
+            .ok_or_else(|| wrong_type("prompt", "a string or a list of token ids", v))?;
+        if id as usize >= n_vocab || id > u32::MAX as u64 {
+            return Err(ApiError::bad_request(
+                format!("prompt token id {id} is out of range (vocabulary of {n_vocab})"),
+                Some("prompt"),
+            ));
+        }
+        ids.push(id as u32);
+    }
+    Ok(ids)
+}
+
+fn prompt(o: &Obj, n_vocab: usize) -> Result<Prompt, ApiError> {
+    let many = || {
+        ApiError::bad_request(
+            "Batched prompts are not supported: send one prompt per request",
+            Some("prompt"),
+        )
+    };
+    match o.get("prompt") {
+        None | Some(Value::Null) => Err(ApiError::bad_request(
+            "'prompt' is required",
+            Some("prompt"),
+        )),
+        Some(Value::String(s)) => Ok(Prompt::Text(s.clone())),
+        Some(Value::Array(items)) => match items.first() {
+            None => Err(ApiError::bad_request(
+                "'prompt' must not be empty",
+                Some("prompt"),
+            )),
+            Some(Value::String(_)) => match items.as_slice() {
+                [Value::String(s)] => Ok(Prompt::Text(s.clone())),
+                _ => Err(many()),
+            },
+            Some(Value::Array(_)) => match items.as_slice() {
+                [Value::Array(ids)] => Ok(Prompt::Ids(token_ids(ids, n_vocab)?)),
+                _ => Err(many()),
+            },
+            Some(_) => Ok(Prompt::Ids(token_ids(items, n_vocab)?)),
+        },
+        Some(v) => Err(wrong_type(
+            "prompt",
+            "a string, a list of strings or token ids",
+            v,
+        )),
+    }
+}
+
+pub fn completion_request(o: &Obj, n_vocab: usize) -> Result<CompletionRequest, ApiError> {
+    let model = model(o)?;
+    let prompt = prompt(o, n_vocab)?;
+    if opt_bool(o, "echo")?.unwrap_or(false) {
+        return Err(ApiError::bad_request(
+            "'echo' is not supported yet",
+            Some("echo"),
+        ));
+    }
+    if opt_str(o, "suffix")?.is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request(
+            "'suffix' is not supported",
+            Some("suffix"),
+        ));
+    }
+    let logprobs = match opt_int(o, "logprobs")? {
+        None => None,
+        Some(k) if (0..=5).contains(&k) => Some(k as usize),
+        Some(k) => {
+            return Err(ApiError::bad_request(
+                format!("'logprobs' must be between 0 and 5, got {k}"),
+                Some("logprobs"),
+            ));
+        }
+    };
+    let params = gen_params(o, n_vocab, &["max_tokens"], logprobs)?;
+    Ok(CompletionRequest {
+        model,
+        prompt,
+        params,
+    })
+}
