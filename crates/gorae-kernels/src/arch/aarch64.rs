@@ -30,7 +30,7 @@ fn load16(b: &[i8]) -> int8x16_t {
 }
 
 #[target_feature(enable = "neon")]
-fn dotn_q8_0<const R: usize>(w: [&[BlockQ8_0]; R], x: &[BlockQ8_0]) -> [f32; R] {
+fn dotn_q8_0<const R: usize>(w: [&[BlockQ8_0]; R], x: &[BlockQ8_0], _pf: usize) -> [f32; R] {
     let w = w.map(|w| &w[..x.len()]);
     let mut acc = [vdupq_n_f32(0.0); R];
     for (i, bx) in x.iter().enumerate() {
@@ -69,7 +69,7 @@ fn le_f32(b: &[u8]) -> f32 {
 /// Bit-exact with the reference: 16 lanes (four q registers), mul then add, lanes summed in
 /// order.
 #[target_feature(enable = "neon")]
-fn dotn_f32<const R: usize>(w: [&[u8]; R], x: &[u8]) -> [f32; R] {
+fn dotn_f32<const R: usize>(w: [&[u8]; R], x: &[u8], _pf: usize) -> [f32; R] {
     let n = x.len() / 4;
     let full = n - n % 16;
     let mut acc = [[vdupq_n_f32(0.0); 4]; R];

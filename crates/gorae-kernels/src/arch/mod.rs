@@ -96,7 +96,7 @@ pub(crate) fn view_mut<B: bytemuck::Pod>(bytes: &mut [u8]) -> &mut [B] {
 
 /// The row loop every variant shares: rows in strips of 4 (then 1 at a time for the rest),
 /// tokens in tiles of [`TOKEN_TILE`]. `$dotn` is a const-generic `fn<const R>(w: [&[W]; R],
-/// x: &[X]) -> [f32; R]` compiled for the same ISA as the function this expands in.
+/// x: &[X], pf: usize) -> [f32; R]` (`pf`: bytes ahead of each row to prefetch, 0 for none) compiled for the same ISA as the function this expands in.
 macro_rules! row_loop {
     ($rows:expr, $W:ty, $X:ty, $dotn:ident) => {{
         let crate::arch::Rows {
@@ -119,14 +119,18 @@ macro_rules! row_loop {
             while r + 4 <= n_rows {
                 let w = [row(r), row(r + 1), row(r + 2), row(r + 3)];
                 for t in t0..t1 {
-                    let s = $dotn::<4>(w, &xb[t * nx..(t + 1) * nx]);
+                    // Prefetch the next strip while streaming this one (first token only: the
+                    // later tokens of the tile find the strip in L1).
+                    let pf = if t == t0 { 4 * w_row } else { 0 };
+                    let s = $dotn::<4>(w, &xb[t * nx..(t + 1) * nx], pf);
                     y[t * n_rows + r..t * n_rows + r + 4].copy_from_slice(&s);
                 }
                 r += 4;
             }
             while r < n_rows {
                 for t in t0..t1 {
-                    let [s] = $dotn::<1>([row(r)], &xb[t * nx..(t + 1) * nx]);
+                    let pf = if t == t0 { w_row } else { 0 };
+                    let [s] = $dotn::<1>([row(r)], &xb[t * nx..(t + 1) * nx], pf);
                     y[t * n_rows + r] = s;
                 }
                 r += 1;

@@ -105,11 +105,36 @@ macro_rules! x86_kernels {
         #[inline]
         #[target_feature(enable = $feat)]
         fn nibbles(qs: &[u8; 16]) -> __m256i {
-            let q = load16(qs);
-            let m = _mm_set1_epi8(0x0f);
-            let lo = _mm_and_si128(q, m);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
-            _mm256_set_m128i(hi, lo)
+            // Both lanes get the 16 bytes; the high lane shifts right by 4 (a 32-bit shift:
+            // the bits it drags in from the next byte are masked off with the rest).
+            let q = _mm256_broadcastsi128_si256(load16(qs));
+            let q = _mm256_srlv_epi32(q, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+            _mm256_and_si256(q, _mm256_set1_epi8(0x0f))
+        }
+
+        /// Hints the line `ahead` bytes past `p` into L1 (`ahead == 0`: no hint). Decode
+        /// walks 4 rows at once, which the hardware prefetcher follows poorly (short streams,
+        /// 4 at a time); the row loop asks for the same spot of the next strip instead.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn prefetch<T>(p: &T, ahead: usize) {
+            if ahead != 0 {
+                let a = (p as *const T).cast::<i8>().wrapping_add(ahead);
+                // A prefetch is only a hint (hence a safe intrinsic): it never faults and is
+                // not an access in Rust's memory model, even past the end of the weights.
+                _mm_prefetch::<_MM_HINT_T0>(a)
+            }
+        }
+
+        /// Prefetches every line of a block of `size` bytes `ahead` bytes away.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn prefetch_block<T>(p: &T, ahead: usize) {
+            let mut off = 0;
+            while off < size_of::<T>() {
+                prefetch(p, ahead + off);
+                off += 64;
+            }
         }
 
         /// Q5's fifth bits as 0 or 16 per byte: byte j gets bit j of the little-endian `qh`.
@@ -298,18 +323,24 @@ macro_rules! x86_kernels {
         // combined scale, fused into that row's 8-lane accumulator.
 
         #[target_feature(enable = $feat)]
-        fn dotn_q4_0<const R: usize>(w: [&[BlockQ4_0]; R], x: &[BlockQ8_0]) -> [f32; R] {
+        fn dotn_q4_0<const R: usize>(w: [&[BlockQ4_0]; R], x: &[BlockQ8_0], pf: usize) -> [f32; R] {
             let w = w.map(|w| &w[..x.len()]);
             let mut acc = [_mm256_setzero_ps(); R];
             let eight = _mm256_set1_epi8(8);
             for (i, bx) in x.iter().enumerate() {
                 let xv = load32(&bx.qs);
                 let dx = f16s(bx.d);
+                // sum (q - 8) x = sum q x - 8 sum x: start every row's dot product from
+                // -8 sum x (per i32 lane, computed once for all R rows) and add the unsigned
+                // nibbles' products on top.
+                let base = _mm256_sub_epi32(
+                    _mm256_setzero_si256(),
+                    dpbusd(_mm256_setzero_si256(), eight, xv),
+                );
                 for r in 0..R {
                     let bw = &w[r][i];
-                    // q - 8 in -8..=7, then a signed product.
-                    let wv = _mm256_sub_epi8(nibbles(&bw.qs), eight);
-                    let p = _mm256_cvtepi32_ps(dot_s8(wv, xv));
+                    prefetch(bw, pf);
+                    let p = _mm256_cvtepi32_ps(dpbusd(base, nibbles(&bw.qs), xv));
                     acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
                 }
             }
@@ -317,7 +348,7 @@ macro_rules! x86_kernels {
         }
 
         #[target_feature(enable = $feat)]
-        fn dotn_q4_1<const R: usize>(w: [&[BlockQ4_1]; R], x: &[BlockQ8_1]) -> [f32; R] {
+        fn dotn_q4_1<const R: usize>(w: [&[BlockQ4_1]; R], x: &[BlockQ8_1], pf: usize) -> [f32; R] {
             let w = w.map(|w| &w[..x.len()]);
             let mut acc = [_mm256_setzero_ps(); R];
             // m_w * s_x per block: one scalar FMA chain per row, beside the vector one.
@@ -327,6 +358,7 @@ macro_rules! x86_kernels {
                 let (dx, sx) = (f16s(bx.d), f16s(bx.s));
                 for r in 0..R {
                     let bw = &w[r][i];
+                    prefetch_block(bw, pf);
                     // Unsigned nibbles times signed activations: `vpmaddubsw` / `vpdpbusd` as is.
                     let p = dpbusd(_mm256_setzero_si256(), nibbles(&bw.qs), xv);
                     let p = _mm256_cvtepi32_ps(p);
@@ -338,18 +370,23 @@ macro_rules! x86_kernels {
         }
 
         #[target_feature(enable = $feat)]
-        fn dotn_q5_0<const R: usize>(w: [&[BlockQ5_0]; R], x: &[BlockQ8_0]) -> [f32; R] {
+        fn dotn_q5_0<const R: usize>(w: [&[BlockQ5_0]; R], x: &[BlockQ8_0], pf: usize) -> [f32; R] {
             let w = w.map(|w| &w[..x.len()]);
             let mut acc = [_mm256_setzero_ps(); R];
             let sixteen = _mm256_set1_epi8(16);
             for (i, bx) in x.iter().enumerate() {
                 let xv = load32(&bx.qs);
                 let dx = f16s(bx.d);
+                // As Q4_0: rows start from -16 sum x, then unsigned 5-bit q times x.
+                let base = _mm256_sub_epi32(
+                    _mm256_setzero_si256(),
+                    dpbusd(_mm256_setzero_si256(), sixteen, xv),
+                );
                 for r in 0..R {
                     let bw = &w[r][i];
+                    prefetch_block(bw, pf);
                     let q = _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh));
-                    // q - 16 in -16..=15, signed product.
-                    let p = _mm256_cvtepi32_ps(dot_s8(_mm256_sub_epi8(q, sixteen), xv));
+                    let p = _mm256_cvtepi32_ps(dpbusd(base, q, xv));
                     acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
                 }
             }
@@ -357,7 +394,7 @@ macro_rules! x86_kernels {
         }
 
         #[target_feature(enable = $feat)]
-        fn dotn_q5_1<const R: usize>(w: [&[BlockQ5_1]; R], x: &[BlockQ8_1]) -> [f32; R] {
+        fn dotn_q5_1<const R: usize>(w: [&[BlockQ5_1]; R], x: &[BlockQ8_1], pf: usize) -> [f32; R] {
             let w = w.map(|w| &w[..x.len()]);
             let mut acc = [_mm256_setzero_ps(); R];
             let mut macc = [0.0f32; R];
@@ -366,6 +403,7 @@ macro_rules! x86_kernels {
                 let (dx, sx) = (f16s(bx.d), f16s(bx.s));
                 for r in 0..R {
                     let bw = &w[r][i];
+                    prefetch_block(bw, pf);
                     let q = _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh));
                     let p = _mm256_cvtepi32_ps(dpbusd(_mm256_setzero_si256(), q, xv));
                     acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
@@ -376,7 +414,7 @@ macro_rules! x86_kernels {
         }
 
         #[target_feature(enable = $feat)]
-        fn dotn_q8_0<const R: usize>(w: [&[BlockQ8_0]; R], x: &[BlockQ8_0]) -> [f32; R] {
+        fn dotn_q8_0<const R: usize>(w: [&[BlockQ8_0]; R], x: &[BlockQ8_0], pf: usize) -> [f32; R] {
             let w = w.map(|w| &w[..x.len()]);
             let mut acc = [_mm256_setzero_ps(); R];
             for (i, bx) in x.iter().enumerate() {
@@ -384,6 +422,7 @@ macro_rules! x86_kernels {
                 let dx = f16s(bx.d);
                 for r in 0..R {
                     let bw = &w[r][i];
+                    prefetch_block(bw, pf);
                     let p = _mm256_cvtepi32_ps(dot_s8(load32(&bw.qs), xv));
                     acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
                 }
@@ -399,7 +438,7 @@ macro_rules! x86_kernels {
         /// gives `sc[s] * sum q * q8` exactly in i32 (per block at most 256 * 15 * 127 * 63).
         /// The mins: `vpmaddwd` of Q8_K's 16 bsums with m[k / 2].
         #[target_feature(enable = $feat)]
-        fn dotn_q4_k<const R: usize>(w: [&[BlockQ4K]; R], x: &[BlockQ8K]) -> [f32; R] {
+        fn dotn_q4_k<const R: usize>(w: [&[BlockQ4K]; R], x: &[BlockQ8K], pf: usize) -> [f32; R] {
             let w = w.map(|w| &w[..x.len()]);
             let mut acc = [_mm256_setzero_ps(); R];
             let mut accm = [_mm256_setzero_ps(); R];
@@ -409,6 +448,7 @@ macro_rules! x86_kernels {
                 let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
                 for r in 0..R {
                     let bw = &w[r][i];
+                    prefetch_block(bw, pf);
                     let (sc, m) = unpack_scales_k4(&bw.scales);
                     let mut isum = _mm256_setzero_si256();
                     for c in 0..4 {
@@ -444,7 +484,7 @@ macro_rules! x86_kernels {
         /// by `vpmaddubsw` (pairs <= 2 * 63 * 127), then by the signed i8 sub-block scales by
         /// `vpmaddwd`; the `- 32` comes back exactly as `32 * sum_s sc[s] * bsums[s]`.
         #[target_feature(enable = $feat)]
-        fn dotn_q6_k<const R: usize>(w: [&[BlockQ6K]; R], x: &[BlockQ8K]) -> [f32; R] {
+        fn dotn_q6_k<const R: usize>(w: [&[BlockQ6K]; R], x: &[BlockQ8K], pf: usize) -> [f32; R] {
             let w = w.map(|w| &w[..x.len()]);
             let mut acc = [_mm256_setzero_ps(); R];
             let m4 = _mm256_set1_epi8(0x0f);
@@ -461,6 +501,7 @@ macro_rules! x86_kernels {
                 let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
                 for r in 0..R {
                     let bw = &w[r][i];
+                    prefetch_block(bw, pf);
                     let sc16 = _mm256_cvtepi8_epi16(load16(bytemuck::cast_ref(&bw.scales)));
                     let mut isum = _mm256_setzero_si256();
                     for n in 0..2 {
@@ -517,7 +558,7 @@ macro_rules! x86_kernels {
         macro_rules! float_dotn {
             ($name:ident, $wsize:literal, $widen:ident, $scalar:path) => {
                 #[target_feature(enable = $feat)]
-                fn $name<const R: usize>(w: [&[u8]; R], x: &[u8]) -> [f32; R] {
+                fn $name<const R: usize>(w: [&[u8]; R], x: &[u8], pf: usize) -> [f32; R] {
                     // `x` is f32 bytes at any alignment (matmul_rows takes bytes).
                     let n = x.len() / 4;
                     let full = n - n % 16;
@@ -527,6 +568,7 @@ macro_rules! x86_kernels {
                     while e < full {
                         let (x0, x1) = widen_f32(&x[4 * e..4 * (e + 16)]);
                         for r in 0..R {
+                            prefetch(&w[r][$wsize * e], pf);
                             let (w0, w1) = $widen(&w[r][$wsize * e..$wsize * (e + 16)]);
                             a0[r] = _mm256_add_ps(a0[r], _mm256_mul_ps(w0, x0));
                             a1[r] = _mm256_add_ps(a1[r], _mm256_mul_ps(w1, x1));
