@@ -1,0 +1,175 @@
+//! Cancellation on disconnect, the bounded queue, and graceful shutdown, against a live server.
+//! Long generations ban end-of-sequence with `logit_bias` so they cannot end early on their
+//! own: if cancellation did not work, the engine would stay busy for a minute or more.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, sse_data, start};
+use serde_json::{Value, json};
+
+fn long_completion(s: &TestServer, stream: bool) -> Value {
+    json!({
+        "prompt": "Once upon a time",
+        "max_tokens": 1500,
+        "temperature": 0,
+        "stream": stream,
+        "logit_bias": {s.eos.to_string(): -100},
+    })
+}
+
+/// Reads from a streaming response until `n` SSE data events have arrived.
+async fn read_events(r: &mut reqwest::Response, n: usize) -> String {
+    let mut text = String::new();
+    while text.matches("data:").count() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), r.chunk())
+            .await
+            .expect("no data from the stream")
+            .unwrap()
+            .expect("stream ended early");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text
+}
+
+async fn wait_metric(s: &TestServer, name: &str, want: f64, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let v = s.metric(name).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{name} is {v}, expected {want} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_its_generation() {
+    let s = start(|c| c.n_ctx = Some(2048)).await;
+
+    // Streaming: read a few tokens, then hang up.
+    let mut r = s.post("/v1/completions", &long_completion(&s, true)).await;
+    assert_eq!(r.status(), 200);
+    read_events(&mut r, 3).await;
+    assert_eq!(s.metric("gorae_requests_running").await, 1.0);
+    drop(r);
+    wait_metric(&s, "gorae_requests_running", 0.0, Duration::from_secs(2)).await;
+    assert_eq!(s.metric("gorae_requests_cancelled_total").await, 1.0);
+
+    // The next request is served at once.
+    let t0 = Instant::now();
+    let (st, v) = s
+        .post_json(
+            "/v1/completions",
+            &json!({"prompt": "Hello", "max_tokens": 3, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+
+    // Non-streaming: the client gives up (timeout closes the connection).
+    let err = s
+        .client
+        .post(s.url("/v1/completions"))
+        .json(&long_completion(&s, false))
+        .timeout(Duration::from_millis(1500))
+        .send()
+        .await;
+    assert!(err.is_err(), "a 1500-token generation finished in 1.5 s?");
+    wait_metric(&s, "gorae_requests_running", 0.0, Duration::from_secs(2)).await;
+    assert_eq!(s.metric("gorae_requests_cancelled_total").await, 2.0);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_with_retry_after() {
+    let s = start(|c| {
+        c.n_ctx = Some(2048);
+        c.queue_size = 1;
+    })
+    .await;
+    let mut a = s.post("/v1/completions", &long_completion(&s, true)).await;
+    read_events(&mut a, 1).await; // A is running
+    let mut b = s.post("/v1/completions", &long_completion(&s, true)).await;
+    assert_eq!(b.status(), 200); // B waits in the queue
+    assert_eq!(s.metric("gorae_requests_waiting").await, 1.0);
+    assert_eq!(s.metric("vllm:num_requests_waiting").await, 1.0);
+    assert_eq!(s.metric("vllm:num_requests_running").await, 1.0);
+    let kv = s.metric("vllm:kv_cache_usage_perc").await;
+    assert!(kv > 0.0 && kv <= 1.0, "{kv}");
+
+    for stream in [false, true] {
+        let r = s
+            .post(
+                "/v1/chat/completions",
+                &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                        "stream": stream}),
+            )
+            .await;
+        assert_eq!(r.status(), 503);
+        let retry: u64 = r
+            .headers()
+            .get("retry-after")
+            .expect("Retry-After")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry >= 1);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "overloaded");
+    }
+    // A hangs up: B runs next; then B hangs up too.
+    drop(a);
+    read_events(&mut b, 1).await;
+    wait_metric(&s, "gorae_requests_waiting", 0.0, Duration::from_secs(2)).await;
+    drop(b);
+    wait_metric(&s, "gorae_requests_running", 0.0, Duration::from_secs(2)).await;
+    let (st, _) = s
+        .post_json("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 2}))
+        .await;
+    assert_eq!(st, 200);
+    s.stop().await.unwrap();
+}
+
+/// Shutdown during a stream: readiness goes off, the stream runs to its end, the server exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_running_stream_finish() {
+    let mut s = start(|_| {}).await;
+    let body = json!({
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "max_tokens": 12,
+        "temperature": 0,
+        "stream": true,
+        "logit_bias": {s.eos.to_string(): -100},
+    });
+    let mut r = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let mut text = read_events(&mut r, 2).await;
+    s.trigger_shutdown();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), r.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    // No new work is taken: the listener is closed (or, racing it, readiness says 503).
+    let addr = s.addr;
+    let fresh = reqwest::Client::new();
+    if let Ok(r) = fresh.get(format!("http://{addr}/ready")).send().await {
+        assert_eq!(r.status(), 503);
+    }
+    s.join().await.unwrap();
+}
