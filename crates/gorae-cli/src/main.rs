@@ -4,6 +4,7 @@
 //! here panics on bad input.
 
 mod commands;
+mod convert;
 mod generate;
 mod load;
 
@@ -134,6 +135,27 @@ enum Command {
         #[arg(long)]
         decode: bool,
     },
+    /// Convert a Hugging Face model directory (safetensors, DeepSeek FP8 included) to GGUF in
+    /// llama.cpp's layout (llama, qwen2, qwen3, deepseek2).
+    Convert {
+        hf_dir: PathBuf,
+        out: PathBuf,
+        /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q4_k_s, q4_k_m,
+        /// q5_k_s, q5_k_m, q6_k (q3_k/q4_k/q5_k: the _m mixtures, as in llama-quantize).
+        #[arg(long = "type", default_value = "f16")]
+        out_type: String,
+        /// DeepSeek: write the legacy MLA layout (attn_kv_b) instead of attn_k_b/attn_v_b.
+        #[arg(long)]
+        legacy_mla: bool,
+    },
+    /// Rewrite a GGUF with its matrices in another type (llama-quantize's per-tensor choices).
+    Quantize {
+        input: PathBuf,
+        out: PathBuf,
+        /// Same names as for convert.
+        #[arg(long = "type")]
+        out_type: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -189,6 +211,17 @@ fn main() -> ExitCode {
             all_positions,
             decode,
         ),
+        Command::Convert {
+            hf_dir,
+            out,
+            out_type,
+            legacy_mla,
+        } => convert::convert(&hf_dir, &out, &out_type, legacy_mla),
+        Command::Quantize {
+            input,
+            out,
+            out_type,
+        } => convert::quantize(&input, &out, &out_type),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
