@@ -7,6 +7,7 @@ mod commands;
 mod convert;
 mod generate;
 mod load;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -100,6 +101,8 @@ enum Command {
         #[arg(long)]
         tensors: bool,
     },
+    /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming).
+    Serve(serve::ServeArgs),
     /// Print token ids as JSON.
     Tokenize {
         model: PathBuf,
@@ -188,6 +191,7 @@ fn main() -> ExitCode {
             n_predict,
             sampling,
         } => commands::chat(&model, system.as_deref(), n_predict, &sampling),
+        Command::Serve(args) => serve::run(&args),
         Command::Inspect { model, tensors } => commands::inspect(&model, tensors),
         Command::Tokenize {
             model,

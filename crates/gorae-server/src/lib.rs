@@ -273,3 +273,16 @@ pub async fn serve(
     eprintln!("gorae: serving on http://{local}");
     server.run(listener, shutdown_signal()).await
 }
+
+/// [`serve`] on a runtime of its own, for synchronous callers (the CLI).
+pub fn serve_blocking(
+    config: ServerConfig,
+    model: Model,
+    tokenizer: Tokenizer,
+) -> Result<(), ServerError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gorae-http")
+        .build()?
+        .block_on(serve(config, model, tokenizer))
+}

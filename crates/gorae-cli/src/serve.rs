@@ -1,0 +1,102 @@
+//! `gorae serve`: the OpenAI-compatible server (crate `gorae-server`) on a loaded model.
+
+use anyhow::{Context, Result};
+use gorae_server::{ReasoningField, ServerConfig};
+use std::path::PathBuf;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ReasoningFormat {
+    /// `reasoning_content`, as DeepSeek's API and llama.cpp.
+    ReasoningContent,
+    /// `reasoning`, as vLLM and OpenRouter.
+    Reasoning,
+    /// Both fields.
+    Both,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// A `.gguf` file or a HF model directory.
+    pub model: PathBuf,
+    /// Address to listen on (0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* (default: $GORAE_API_KEY when set).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Context size in tokens (default: the model's, capped at 4096).
+    #[arg(short = 'c', long = "ctx", alias = "ctx-size")]
+    pub ctx: Option<usize>,
+    /// The model id clients use (default: the file or directory name).
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Sequences served at once. This version has one slot: other values are accepted and
+    /// served one at a time, queued.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Requests allowed to wait for the engine; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Prompt tokens per forward pass during prefill.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// A Jinja chat template file that replaces the model's.
+    #[arg(long)]
+    pub chat_template_file: Option<PathBuf>,
+    /// Field(s) that carry text split out of `<think>…</think>`.
+    #[arg(long, value_enum, default_value = "reasoning-content")]
+    pub reasoning_format: ReasoningFormat,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let chat_template = match &args.chat_template_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p).with_context(|| format!("cannot read `{}`", p.display()))?,
+        ),
+        None => None,
+    };
+    if args.parallel > 1 {
+        eprintln!(
+            "gorae: --parallel {}: this version has one slot; requests are queued and served \
+             one at a time",
+            args.parallel
+        );
+    }
+    let loaded = crate::load::load_model(&args.model, true)?;
+    let tokenizer = loaded.tokenizer()?.clone();
+    let alias = args.alias.clone().unwrap_or_else(|| {
+        let p = args.model.as_path();
+        let name = if p.is_dir() {
+            p.file_name()
+        } else {
+            p.file_stem()
+        };
+        name.map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "gorae".into())
+    });
+    let mut config = ServerConfig::new(alias);
+    config.host = args.host.clone();
+    config.port = args.port;
+    config.api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("GORAE_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    config.n_ctx = args.ctx;
+    config.parallel = args.parallel.max(1);
+    config.queue_size = args.queue.max(1);
+    config.n_batch = args.batch.max(1);
+    config.chat_template = chat_template;
+    config.reasoning_field = match args.reasoning_format {
+        ReasoningFormat::ReasoningContent => ReasoningField::ReasoningContent,
+        ReasoningFormat::Reasoning => ReasoningField::Reasoning,
+        ReasoningFormat::Both => ReasoningField::Both,
+    };
+    gorae_server::serve_blocking(config, loaded.model, tokenizer)?;
+    eprintln!("gorae: stopped");
+    Ok(())
+}
