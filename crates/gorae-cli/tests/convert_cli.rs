@@ -1,5 +1,7 @@
 //! `gorae convert` and `gorae quantize` as a user runs them, on a tiny DeepSeek fixture.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
+
 mod common;
 
 use gorae_formats::gguf::GgufFile;

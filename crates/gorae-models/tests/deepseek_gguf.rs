@@ -5,6 +5,8 @@
 //! measured budget, `requantize` must equal a direct conversion byte for byte, and the metadata
 //! and tensor names must be the ones llama.cpp's converter writes.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
+
 use gorae_formats::gguf::{GgufFile, MetaValue};
 use gorae_formats::hf::load_hf_configs;
 use gorae_formats::safetensors::SafetensorsModel;

@@ -88,7 +88,7 @@ impl DeepseekConfig {
     pub fn is_moe_layer(&self, il: usize) -> bool {
         self.moe.n_expert > 0
             && il >= self.moe.n_layer_dense_lead
-            && il % self.moe.layer_freq.max(1) == 0
+            && il.is_multiple_of(self.moe.layer_freq.max(1))
     }
 
     pub fn qk_head_dim(&self) -> usize {
