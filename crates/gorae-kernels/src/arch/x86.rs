@@ -22,7 +22,6 @@ macro_rules! x86_kernels {
     ($feat:literal, $dpbusd:item) => {
         use crate::GgmlType;
         use crate::arch::{QuantFn, Rows, RowsFn, row_loop, view_mut};
-        use crate::quant::unpack_scales_k4;
         use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K};
         use crate::quant::{BlockQ8_0, BlockQ8_1, BlockQ8K, F16Le, QK_K};
         use core::arch::x86_64::*;
@@ -320,117 +319,181 @@ macro_rules! x86_kernels {
         // ---- 32-element block types ---------------------------------------------------------
         //
         // Per block and row: the exact i32 partial sums (8 lanes) -> f32, times the block's
-        // combined scale, fused into that row's 8-lane accumulator.
+        // combined scale, fused into that row's 8-lane accumulator. The R rows' f16 scales
+        // are widened together (one `vcvtph2ps` for all rows, times the activation scale
+        // once) and each row takes its lane with one `vpermps`, instead of a scalar
+        // convert-multiply-broadcast per row. Q4_1/Q5_1's `m_w * s_x` terms likewise sum in
+        // the R lanes of one vector.
 
+        /// R (<= 4) f16 fields as f32 lanes 0..R of a vector (the rest zero), assembled in a
+        /// general register so no store-to-load forwarding is involved.
+        #[inline]
         #[target_feature(enable = $feat)]
-        fn dotn_q4_0<const R: usize>(w: [&[BlockQ4_0]; R], x: &[BlockQ8_0], pf: usize) -> [f32; R] {
-            let w = w.map(|w| &w[..x.len()]);
-            let mut acc = [_mm256_setzero_ps(); R];
-            let eight = _mm256_set1_epi8(8);
-            for (i, bx) in x.iter().enumerate() {
-                let xv = load32(&bx.qs);
-                let dx = f16s(bx.d);
-                // sum (q - 8) x = sum q x - 8 sum x: start every row's dot product from
-                // -8 sum x (per i32 lane, computed once for all R rows) and add the unsigned
-                // nibbles' products on top.
-                let base = _mm256_sub_epi32(
-                    _mm256_setzero_si256(),
-                    dpbusd(_mm256_setzero_si256(), eight, xv),
+        fn widen_halves<const R: usize>(h: [F16Le; R]) -> __m256 {
+            const { assert!(R <= 4) };
+            let mut v = 0u64;
+            for (r, h) in h.iter().enumerate() {
+                v |= (u16::from_le_bytes(h.0) as u64) << (16 * r);
+            }
+            _mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi64_si128(v as i64)))
+        }
+
+        /// Lane `r` of `v` in all 8 lanes.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn lane(v: __m256, r: usize) -> __m256 {
+            _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(r as i32))
+        }
+
+        /// Block `i` of every row, without bounds checks in the hot loop.
+        ///
+        /// # Safety
+        /// `i < w[r].len()` for every row (the callers check [`rows_cover`] once).
+        #[inline(always)]
+        unsafe fn blocks_at<'a, B, const R: usize>(w: &[&'a [B]; R], i: usize) -> [&'a B; R] {
+            // SAFETY: the caller guarantees `i` is in bounds of every row.
+            core::array::from_fn(|r| unsafe { w[r].get_unchecked(i) })
+        }
+
+        /// Whether every row has at least the activation's block count (always true from
+        /// `row_loop`; checked once so the block loop needs no bounds checks).
+        #[inline(always)]
+        fn rows_cover<B, const R: usize>(w: &[&[B]; R], n: usize) -> bool {
+            w.iter().all(|w| w.len() >= n)
+        }
+
+        /// Shared body of the 32-element types: `$x_scale` gives (dx, sx) per activation
+        /// block, `$base` the i32 start of each row's dot product (shared by the rows),
+        /// `$wq` the weight quants as unsigned bytes, `$min` whether there is an `m` field.
+        macro_rules! dotn_32 {
+            ($name:ident, $W:ty, $X:ty, |$bx:ident, $xv:ident| $base:expr,
+             |$bw:ident| $wq:expr, $min:tt) => {
+                #[target_feature(enable = $feat)]
+                fn $name<const R: usize>(w: [&[$W]; R], x: &[$X], pf: usize) -> [f32; R] {
+                    let n = x.len();
+                    if !rows_cover(&w, n) {
+                        return [f32::NAN; R];
+                    }
+                    let mut acc = [_mm256_setzero_ps(); R];
+                    #[allow(unused_mut)] // only the types with a min add to it
+                    let mut macc = _mm256_setzero_ps();
+                    for i in 0..n {
+                        let $bx = &x[i];
+                        let $xv = load32(&$bx.qs);
+                        let base: __m256i = $base;
+                        // SAFETY: i < n and every row has at least n blocks (checked above).
+                        let bws = unsafe { blocks_at(&w, i) };
+                        let dd = _mm256_mul_ps(
+                            widen_halves(bws.map(|b| b.d)),
+                            _mm256_set1_ps(f16s($bx.d)),
+                        );
+                        dotn_32!(@min $min, macc, bws, $bx);
+                        for r in 0..R {
+                            let $bw = bws[r];
+                            prefetch_block($bw, pf);
+                            let p = _mm256_cvtepi32_ps(dpbusd(base, $wq, $xv));
+                            acc[r] = _mm256_fmadd_ps(p, lane(dd, r), acc[r]);
+                        }
+                    }
+                    let mut lanes = [0.0f32; 8];
+                    // SAFETY: `lanes` is 8 writable f32; storeu is unaligned.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), macc) };
+                    core::array::from_fn(|r| hsum(acc[r]) + lanes[r])
+                }
+            };
+            (@min true, $macc:ident, $bws:ident, $bx:ident) => {
+                // m_w * s_x for all rows at once.
+                $macc = _mm256_fmadd_ps(
+                    widen_halves($bws.map(|b| b.m)),
+                    _mm256_set1_ps(f16s($bx.s)),
+                    $macc,
                 );
-                for r in 0..R {
-                    let bw = &w[r][i];
-                    prefetch(bw, pf);
-                    let p = _mm256_cvtepi32_ps(dpbusd(base, nibbles(&bw.qs), xv));
-                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
-                }
-            }
-            core::array::from_fn(|r| hsum(acc[r]))
+            };
+            (@min false, $macc:ident, $bws:ident, $bx:ident) => {};
         }
 
-        #[target_feature(enable = $feat)]
-        fn dotn_q4_1<const R: usize>(w: [&[BlockQ4_1]; R], x: &[BlockQ8_1], pf: usize) -> [f32; R] {
-            let w = w.map(|w| &w[..x.len()]);
-            let mut acc = [_mm256_setzero_ps(); R];
-            // m_w * s_x per block: one scalar FMA chain per row, beside the vector one.
-            let mut macc = [0.0f32; R];
-            for (i, bx) in x.iter().enumerate() {
-                let xv = load32(&bx.qs);
-                let (dx, sx) = (f16s(bx.d), f16s(bx.s));
-                for r in 0..R {
-                    let bw = &w[r][i];
-                    prefetch_block(bw, pf);
-                    // Unsigned nibbles times signed activations: `vpmaddubsw` / `vpdpbusd` as is.
-                    let p = dpbusd(_mm256_setzero_si256(), nibbles(&bw.qs), xv);
-                    let p = _mm256_cvtepi32_ps(p);
-                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
-                    macc[r] += f16s(bw.m) * sx;
-                }
-            }
-            core::array::from_fn(|r| hsum(acc[r]) + macc[r])
-        }
+        // Q4_0: sum (q - 8) x = sum q x - 8 sum x, so every row starts from -8 sum x (per
+        // i32 lane, computed once for all rows) and adds the unsigned nibbles' products.
+        dotn_32!(
+            dotn_q4_0, BlockQ4_0, BlockQ8_0,
+            |bx, xv| _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(8), xv)
+            ),
+            |bw| nibbles(&bw.qs),
+            false
+        );
+        // Q4_1: unsigned nibbles times signed activations as they are; the min through s.
+        dotn_32!(
+            dotn_q4_1, BlockQ4_1, BlockQ8_1,
+            |bx, xv| _mm256_setzero_si256(),
+            |bw| nibbles(&bw.qs),
+            true
+        );
+        // Q5_0: as Q4_0 with -16 and the fifth bits.
+        dotn_32!(
+            dotn_q5_0, BlockQ5_0, BlockQ8_0,
+            |bx, xv| _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(16), xv)
+            ),
+            |bw| _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh)),
+            false
+        );
+        dotn_32!(
+            dotn_q5_1, BlockQ5_1, BlockQ8_1,
+            |bx, xv| _mm256_setzero_si256(),
+            |bw| _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh)),
+            true
+        );
 
-        #[target_feature(enable = $feat)]
-        fn dotn_q5_0<const R: usize>(w: [&[BlockQ5_0]; R], x: &[BlockQ8_0], pf: usize) -> [f32; R] {
-            let w = w.map(|w| &w[..x.len()]);
-            let mut acc = [_mm256_setzero_ps(); R];
-            let sixteen = _mm256_set1_epi8(16);
-            for (i, bx) in x.iter().enumerate() {
-                let xv = load32(&bx.qs);
-                let dx = f16s(bx.d);
-                // As Q4_0: rows start from -16 sum x, then unsigned 5-bit q times x.
-                let base = _mm256_sub_epi32(
-                    _mm256_setzero_si256(),
-                    dpbusd(_mm256_setzero_si256(), sixteen, xv),
-                );
-                for r in 0..R {
-                    let bw = &w[r][i];
-                    prefetch_block(bw, pf);
-                    let q = _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh));
-                    let p = _mm256_cvtepi32_ps(dpbusd(base, q, xv));
-                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
-                }
-            }
-            core::array::from_fn(|r| hsum(acc[r]))
-        }
-
-        #[target_feature(enable = $feat)]
-        fn dotn_q5_1<const R: usize>(w: [&[BlockQ5_1]; R], x: &[BlockQ8_1], pf: usize) -> [f32; R] {
-            let w = w.map(|w| &w[..x.len()]);
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut macc = [0.0f32; R];
-            for (i, bx) in x.iter().enumerate() {
-                let xv = load32(&bx.qs);
-                let (dx, sx) = (f16s(bx.d), f16s(bx.s));
-                for r in 0..R {
-                    let bw = &w[r][i];
-                    prefetch_block(bw, pf);
-                    let q = _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh));
-                    let p = _mm256_cvtepi32_ps(dpbusd(_mm256_setzero_si256(), q, xv));
-                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
-                    macc[r] += f16s(bw.m) * sx;
-                }
-            }
-            core::array::from_fn(|r| hsum(acc[r]) + macc[r])
-        }
-
+        /// Q8_0: signed x signed through the sign trick (|w| <= 128 as u8, sign(x, w)).
         #[target_feature(enable = $feat)]
         fn dotn_q8_0<const R: usize>(w: [&[BlockQ8_0]; R], x: &[BlockQ8_0], pf: usize) -> [f32; R] {
-            let w = w.map(|w| &w[..x.len()]);
+            let n = x.len();
+            if !rows_cover(&w, n) {
+                return [f32::NAN; R];
+            }
             let mut acc = [_mm256_setzero_ps(); R];
-            for (i, bx) in x.iter().enumerate() {
+            for i in 0..n {
+                let bx = &x[i];
                 let xv = load32(&bx.qs);
-                let dx = f16s(bx.d);
+                // SAFETY: i < n and every row has at least n blocks (checked above).
+                let bws = unsafe { blocks_at(&w, i) };
+                let dd = _mm256_mul_ps(widen_halves(bws.map(|b| b.d)), _mm256_set1_ps(f16s(bx.d)));
                 for r in 0..R {
-                    let bw = &w[r][i];
+                    let bw = bws[r];
                     prefetch_block(bw, pf);
                     let p = _mm256_cvtepi32_ps(dot_s8(load32(&bw.qs), xv));
-                    acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(p, lane(dd, r), acc[r]);
                 }
             }
             core::array::from_fn(|r| hsum(acc[r]))
         }
 
         // ---- K-quants ---------------------------------------------------------------------
+
+        /// Q4_K's packed 6-bit scales and mins (layout in `quant/q4_k.rs`) as two little-endian
+        /// u64 of 8 bytes each, `(sc[0..8], m[0..8])`, with 32-bit mask-and-shift steps
+        /// (the same values as `unpack_scales_k4`, in a dozen integer ops instead of 8 x 4).
+        #[inline(always)]
+        fn scales_mins_k4(s: &[u8; 12]) -> (u64, u64) {
+            const K1: u32 = 0x3f3f_3f3f;
+            const K2: u32 = 0x0f0f_0f0f;
+            const K3: u32 = 0x0303_0303;
+            let u = |k: usize| u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
+            let (u0, u1, u2) = (u(0), u(1), u(2));
+            // j < 4: sc = s[j] & 63, m = s[j + 4] & 63.
+            let sc_lo = u0 & K1;
+            let m_lo = u1 & K1;
+            // j >= 4: sc = s[j + 4] & 15 | (s[j - 4] >> 6) << 4, m = s[j + 4] >> 4 | (s[j] >> 6) << 4.
+            let sc_hi = (u2 & K2) | (((u0 >> 6) & K3) << 4);
+            let m_hi = ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4);
+            (
+                sc_lo as u64 | (sc_hi as u64) << 32,
+                m_lo as u64 | (m_hi as u64) << 32,
+            )
+        }
 
         /// Q4_K (layout in `quant/q4_k.rs`): chunk c of `qs` holds sub-block 2c in its low
         /// nibbles and 2c + 1 in its high ones. Per chunk and half, `vpmaddubsw` of the nibbles
@@ -439,17 +502,28 @@ macro_rules! x86_kernels {
         /// The mins: `vpmaddwd` of Q8_K's 16 bsums with m[k / 2].
         #[target_feature(enable = $feat)]
         fn dotn_q4_k<const R: usize>(w: [&[BlockQ4K]; R], x: &[BlockQ8K], pf: usize) -> [f32; R] {
-            let w = w.map(|w| &w[..x.len()]);
+            let n = x.len();
+            if !rows_cover(&w, n) {
+                return [f32::NAN; R];
+            }
             let mut acc = [_mm256_setzero_ps(); R];
             let mut accm = [_mm256_setzero_ps(); R];
             let m4 = _mm256_set1_epi8(0x0f);
+            // Shuffle masks broadcasting i16 element j of a 128-bit lane.
+            let bcast: [__m256i; 8] =
+                core::array::from_fn(|j| _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8)));
             for (i, bx) in x.iter().enumerate() {
+                // SAFETY: i < n and every row has at least n blocks (checked above).
+                let bws = unsafe { blocks_at(&w, i) };
                 let dx = bx.d();
                 let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
                 for r in 0..R {
-                    let bw = &w[r][i];
+                    let bw = bws[r];
                     prefetch_block(bw, pf);
-                    let (sc, m) = unpack_scales_k4(&bw.scales);
+                    let (sc, m) = scales_mins_k4(&bw.scales);
+                    // The 8 scales as i16 in both 128-bit lanes; `bcast[j]` picks scale j.
+                    let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+                    let sc16 = _mm256_broadcastsi128_si256(sc16);
                     let mut isum = _mm256_setzero_si256();
                     for c in 0..4 {
                         let q = load32_at(&bw.qs, 32 * c);
@@ -457,15 +531,13 @@ macro_rules! x86_kernels {
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
                         let plo = _mm256_maddubs_epi16(lo, load32_at(&bx.qs, 64 * c));
                         let phi = _mm256_maddubs_epi16(hi, load32_at(&bx.qs, 64 * c + 32));
-                        let slo = _mm256_set1_epi16(sc[2 * c] as i16);
-                        let shi = _mm256_set1_epi16(sc[2 * c + 1] as i16);
+                        let slo = _mm256_shuffle_epi8(sc16, bcast[2 * c]);
+                        let shi = _mm256_shuffle_epi8(sc16, bcast[2 * c + 1]);
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, slo));
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, shi));
                     }
                     // [m0 m0 m1 m1 .. m7 m7] as i16, against bsums[0..16].
-                    // SAFETY: `m` is 8 readable bytes; loadl reads exactly 8.
-                    let mv = unsafe { _mm_loadl_epi64(m.as_ptr().cast()) };
-                    let mv = _mm_cvtepu8_epi16(mv);
+                    let mv = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
                     let mins = _mm256_set_m128i(
                         _mm_unpackhi_epi16(mv, mv),
                         _mm_unpacklo_epi16(mv, mv),
@@ -485,7 +557,10 @@ macro_rules! x86_kernels {
         /// `vpmaddwd`; the `- 32` comes back exactly as `32 * sum_s sc[s] * bsums[s]`.
         #[target_feature(enable = $feat)]
         fn dotn_q6_k<const R: usize>(w: [&[BlockQ6K]; R], x: &[BlockQ8K], pf: usize) -> [f32; R] {
-            let w = w.map(|w| &w[..x.len()]);
+            let n = x.len();
+            if !rows_cover(&w, n) {
+                return [f32::NAN; R];
+            }
             let mut acc = [_mm256_setzero_ps(); R];
             let m4 = _mm256_set1_epi8(0x0f);
             let m2 = _mm256_set1_epi8(0x03);
@@ -497,10 +572,12 @@ macro_rules! x86_kernels {
                 _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
             });
             for (i, bx) in x.iter().enumerate() {
+                // SAFETY: i < n and every row has at least n blocks (checked above).
+                let bws = unsafe { blocks_at(&w, i) };
                 let dx = bx.d();
                 let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
                 for r in 0..R {
-                    let bw = &w[r][i];
+                    let bw = bws[r];
                     prefetch_block(bw, pf);
                     let sc16 = _mm256_cvtepi8_epi16(load16(bytemuck::cast_ref(&bw.scales)));
                     let mut isum = _mm256_setzero_si256();

@@ -37,8 +37,6 @@ pub use q2_k::BlockQ2K;
 pub use q3_k::BlockQ3K;
 pub use q4::{BlockQ4_0, BlockQ4_1};
 pub use q4_k::BlockQ4K;
-#[cfg(target_arch = "x86_64")]
-pub(crate) use q4_k::unpack_scales_k4;
 pub use q5::{BlockQ5_0, BlockQ5_1};
 pub use q5_k::BlockQ5K;
 pub use q6_k::BlockQ6K;
