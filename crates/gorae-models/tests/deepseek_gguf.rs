@@ -189,13 +189,14 @@ fn per_position(a: &[f32], b: &[f32]) -> Vec<f32> {
 
 /// Quantized conversions: BF16, F16 and Q8_0 measured against the f32 logits, per position.
 ///
-/// Measured (max |Δlogit| / max |logit| of each of the 16 positions): BF16 (8 mantissa bits,
-/// ±0.2 % per weight) 3.9e-3–1.6e-2, F16 5.6e-4–1.3e-3, Q8_0 1.6e-2–4.1e-2 where routing holds. Q8_0 rounds each
-/// weight to 1/127 of its 32-block's largest magnitude *and* quantizes the activations of every
-/// matmul to Q8_0 (ggml's vec_dot pairing), so it lands at about 4× BF16, as in the llama test in
-/// random_models.rs. Budget 6e-2 for Q8_0 (1.5× the worst measured), 3e-2 for BF16 (after a
-/// routing flip, below, later positions of tiny-deepseek-v2 carry 2e-2), 3e-3 for F16. Q4_0 measures 0.2–0.7 and a semantic bug (a dropped routing bias, a wrong YaRN scale)
-/// moves these magnitude-1.2 logits by 0.1–1, so the budget still catches both.
+/// Measured (max |Δlogit| / max |logit| of each of the 16 positions, where routing holds):
+/// BF16 (8 mantissa bits, ±0.2 % per weight) 3.9e-3–1.6e-2, F16 5.6e-4–1.3e-3, Q8_0
+/// 1.6e-2–4.1e-2. Q8_0 rounds each weight to 1/127 of its 32-block's largest magnitude *and*
+/// quantizes the activations of every matmul to Q8_0 (ggml's vec_dot pairing), so it lands at
+/// about 4× BF16, as in the llama test in random_models.rs. Budgets: Q8_0 6e-2 (1.5× the worst
+/// measured), BF16 3e-2 (after a routing flip, below, later positions of tiny-deepseek-v2 carry
+/// 2e-2), F16 3e-3. Q4_0 measures 0.2–0.7 and a semantic bug (a dropped routing bias, a wrong
+/// YaRN scale) moves these magnitude-1.2 logits by 0.1–1, so the budgets still catch both.
 ///
 /// Routing is discrete: tiny-deepseek-v2's router margins go down to 5e-6 (fixtures README) with
 /// routed_scaling 16, so any rounding can flip an expert choice at some token, and that position
