@@ -1,0 +1,158 @@
+"""The official `openai` client against `gorae serve`: chat and completions, whole and
+streamed, usage, logprobs, stop strings, seeds, model listing, and the mapping of our error
+statuses onto the client's exception classes. Generations stay at a few tokens."""
+
+import json
+import urllib.request
+
+import openai
+import pytest
+
+from conftest import API_KEY, MODEL_ID
+
+MESSAGES = [{"role": "user", "content": "What is the capital city of France? Answer in one sentence."}]
+
+
+def test_models(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL_ID]
+    assert client.models.retrieve(MODEL_ID).id == MODEL_ID
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_chat_whole_and_streamed(client):
+    whole = client.chat.completions.create(
+        model=MODEL_ID, messages=MESSAGES, max_tokens=12, temperature=0
+    )
+    choice = whole.choices[0]
+    assert choice.message.role == "assistant"
+    assert "Paris" in choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    u = whole.usage
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+    assert u.completion_tokens_details.reasoning_tokens == 0
+    assert u.prompt_tokens_details.cached_tokens >= 0
+
+    stream = client.chat.completions.create(
+        model=MODEL_ID, messages=MESSAGES, max_tokens=12, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [choice.finish_reason]
+    assert len({c.id for c in chunks}) == 1
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage.completion_tokens == u.completion_tokens
+    assert last.usage.prompt_tokens == u.prompt_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_seeded_sampling_streams_what_it_returns(client):
+    kw = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Tell me a joke."}],
+              max_tokens=10, temperature=1.0, top_p=0.95, seed=42)
+    a = client.chat.completions.create(**kw).choices[0].message.content
+    b = client.chat.completions.create(**kw).choices[0].message.content
+    assert a == b
+    streamed = "".join(c.choices[0].delta.content or ""
+                       for c in client.chat.completions.create(stream=True, **kw) if c.choices)
+    assert streamed == a
+
+
+def test_completions_whole_and_streamed(client):
+    whole = client.completions.create(model=MODEL_ID, prompt="The quick brown fox",
+                                      max_tokens=5, temperature=0, logprobs=2)
+    c = whole.choices[0]
+    assert whole.object == "text_completion"
+    assert c.text
+    assert len(c.logprobs.tokens) == whole.usage.completion_tokens
+    assert all(lp <= 0 for lp in c.logprobs.token_logprobs)
+    streamed = "".join(ch.choices[0].text for ch in client.completions.create(
+        model=MODEL_ID, prompt="The quick brown fox", max_tokens=5, temperature=0, stream=True)
+        if ch.choices)
+    assert streamed == c.text
+
+
+def test_chat_logprobs_and_stop(client):
+    r = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=6,
+                                       temperature=0, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 2
+        assert abs(t.logprob - t.top_logprobs[0].logprob) < 1e-4  # greedy picks the top one
+    full = r.choices[0].message.content
+    word = full.split()[1]
+    cut = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=6,
+                                         temperature=0, stop=[word])
+    assert cut.choices[0].message.content == full[: full.index(word)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_wrong_key_is_authentication_error(server):
+    bad = openai.OpenAI(base_url=server + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=2)
+
+
+BAD_CHAT = [
+    ("empty messages", dict(messages=[])),
+    ("unknown role", dict(messages=[{"role": "wizard", "content": "hi"}])),
+    ("image part", dict(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])),
+    ("max_tokens 0", dict(max_tokens=0)),
+    ("temperature 3", dict(temperature=3)),
+    ("top_p 2", dict(top_p=2)),
+    ("top_logprobs 21", dict(logprobs=True, top_logprobs=21)),
+    ("n 2", dict(n=2)),
+    ("five stops", dict(stop=["a", "b", "c", "d", "e"])),
+    ("empty stop", dict(stop=[""])),
+    ("logit_bias id", dict(logit_bias={"99999999": 1})),
+    ("logit_bias value", dict(logit_bias={"5": 101})),
+    ("stream_options without stream", dict(stream_options={"include_usage": True})),
+    ("wrong type", dict(extra_body={"max_tokens": "ten"})),
+    ("json_object", dict(response_format={"type": "json_object"})),
+]
+
+
+@pytest.mark.parametrize("what,kw", BAD_CHAT, ids=[c[0] for c in BAD_CHAT])
+def test_bad_chat_requests_are_bad_request_errors(client, what, kw):
+    args = dict(model=MODEL_ID, messages=MESSAGES, max_tokens=2)
+    args.update(kw)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**args)
+    assert e.value.status_code == 400
+    assert e.value.type == "invalid_request_error"
+    assert e.value.message
+
+
+def test_context_overflow(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=100000)
+    assert e.value.code == "context_length_exceeded"
+    assert e.value.body["n_ctx"] == 512
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL_ID, prompt="word " * 600, max_tokens=1)
+
+
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2)
+
+
+def test_invalid_json_and_non_object_bodies(server):
+    for raw in (b"{not json", b"[1, 2]", b"null"):
+        req = urllib.request.Request(server + "/v1/chat/completions", data=raw, method="POST",
+                                     headers={"Authorization": f"Bearer {API_KEY}",
+                                              "Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req)
+        assert e.value.code == 400
+        body = json.loads(e.value.read())
+        assert set(body["error"]) >= {"message", "type", "param", "code"}
