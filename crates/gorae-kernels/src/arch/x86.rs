@@ -15,13 +15,15 @@
 //! Vectors are 256 bits in both variants: decode streams weights from DRAM at a few bytes per
 //! cycle per core, which ymm code already outruns; VNNI's gain is fewer uops per block.
 //!
-//! `rows_fn` is `Some` for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, F32, F16 and BF16; the rest
-//! (Q2_K, Q3_K, Q5_K, Q8_1, Q8_K) run the scalar reference.
+//! `rows_fn` is `Some` for every stored weight type: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
+//! Q4_K, Q5_K, Q6_K, F32, F16 and BF16. Q8_1 and Q8_K (activation types, never stored weights
+//! in practice) run the scalar reference.
 
 macro_rules! x86_kernels {
     ($feat:literal, $dpbusd:item) => {
         use crate::GgmlType;
         use crate::arch::{QuantFn, Rows, RowsFn, row_loop, view_mut};
+        use crate::quant::{BlockQ2K, BlockQ3K, BlockQ5K};
         use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K};
         use crate::quant::{BlockQ8_0, BlockQ8_1, BlockQ8K, F16Le, QK_K};
         use core::arch::x86_64::*;
@@ -35,6 +37,9 @@ macro_rules! x86_kernels {
                 GgmlType::Q8_0 => rows_q8_0,
                 GgmlType::Q4_K => rows_q4_k,
                 GgmlType::Q6_K => rows_q6_k,
+                GgmlType::Q5_K => rows_q5_k,
+                GgmlType::Q3_K => rows_q3_k,
+                GgmlType::Q2_K => rows_q2_k,
                 GgmlType::F32 => rows_f32,
                 GgmlType::F16 => rows_f16,
                 GgmlType::BF16 => rows_bf16,
@@ -564,13 +569,7 @@ macro_rules! x86_kernels {
             let mut acc = [_mm256_setzero_ps(); R];
             let m4 = _mm256_set1_epi8(0x0f);
             let m2 = _mm256_set1_epi8(0x03);
-            // Shuffle masks picking i16 scale 2k (low lane) and 2k + 1 (high lane) from a
-            // vector whose two lanes both hold 8 scales.
-            let pair: [__m256i; 4] = core::array::from_fn(|k| {
-                let lo = (4 * k as i16) | ((4 * k as i16 + 1) << 8);
-                let hi = (4 * k as i16 + 2) | ((4 * k as i16 + 3) << 8);
-                _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
-            });
+            let pair = pair_masks();
             for (i, bx) in x.iter().enumerate() {
                 // SAFETY: i < n and every row has at least n blocks (checked above).
                 let bws = unsafe { blocks_at(&w, i) };
@@ -620,6 +619,206 @@ macro_rules! x86_kernels {
                         }
                     }
                     let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16));
+                    let isum = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, corr));
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]))
+        }
+
+        /// Q5_K (layout in `quant/q5_k.rs`): Q4_K plus a fifth bit from `qh` (bit s of qh[l]
+        /// for sub-block s), so the values reach 31 (pairs <= 2 * 31 * 127; per block at most
+        /// 256 * 31 * 127 * 63 in i32). Otherwise exactly the Q4_K kernel.
+        #[target_feature(enable = $feat)]
+        fn dotn_q5_k<const R: usize>(w: [&[BlockQ5K]; R], x: &[BlockQ8K], pf: usize) -> [f32; R] {
+            let n = x.len();
+            if !rows_cover(&w, n) {
+                return [f32::NAN; R];
+            }
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut accm = [_mm256_setzero_ps(); R];
+            let m4 = _mm256_set1_epi8(0x0f);
+            let sixteen = _mm256_set1_epi8(16);
+            let bcast: [__m256i; 8] =
+                core::array::from_fn(|j| _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8)));
+            // `fifth(qh, s)`: 16 where bit s of the byte is set.
+            let fifth = |qh: __m256i, s: usize| {
+                let bit = _mm256_set1_epi8((1u8 << s) as i8);
+                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), sixteen)
+            };
+            for (i, bx) in x.iter().enumerate() {
+                // SAFETY: i < n and every row has at least n blocks (checked above).
+                let bws = unsafe { blocks_at(&w, i) };
+                let dx = bx.d();
+                let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                for r in 0..R {
+                    let bw = bws[r];
+                    prefetch_block(bw, pf);
+                    let (sc, m) = scales_mins_k4(&bw.scales);
+                    let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+                    let sc16 = _mm256_broadcastsi128_si256(sc16);
+                    let qh = load32(&bw.qh);
+                    let mut isum = _mm256_setzero_si256();
+                    for c in 0..4 {
+                        let q = load32_at(&bw.qs, 32 * c);
+                        let lo = _mm256_or_si256(_mm256_and_si256(q, m4), fifth(qh, 2 * c));
+                        let hi = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
+                            fifth(qh, 2 * c + 1),
+                        );
+                        let plo = _mm256_maddubs_epi16(lo, load32_at(&bx.qs, 64 * c));
+                        let phi = _mm256_maddubs_epi16(hi, load32_at(&bx.qs, 64 * c + 32));
+                        let slo = _mm256_shuffle_epi8(sc16, bcast[2 * c]);
+                        let shi = _mm256_shuffle_epi8(sc16, bcast[2 * c + 1]);
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, slo));
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, shi));
+                    }
+                    let mv = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
+                    let mins = _mm256_set_m128i(
+                        _mm_unpackhi_epi16(mv, mv),
+                        _mm_unpacklo_epi16(mv, mv),
+                    );
+                    let summs = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mins));
+                    let isum = _mm256_cvtepi32_ps(isum);
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                    accm[r] = _mm256_fmadd_ps(summs, _mm256_set1_ps(f16s(bw.dmin) * dx), accm[r]);
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]) - hsum(accm[r]))
+        }
+
+        /// Shuffle masks picking i16 scale 2k (low lane) and 2k + 1 (high lane) from a
+        /// vector whose two lanes both hold the same 8 scales: the 16-element sub-blocks of
+        /// a 32-element chunk k (Q2_K, Q3_K, Q6_K).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pair_masks() -> [__m256i; 4] {
+            core::array::from_fn(|k| {
+                let lo = (4 * k as i16) | ((4 * k as i16 + 1) << 8);
+                let hi = (4 * k as i16 + 2) | ((4 * k as i16 + 3) << 8);
+                _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+            })
+        }
+
+        /// `(v >> s) & mask` per byte (a 16-bit shift: the mask drops the neighbour's bits).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn bits(v: __m256i, s: usize, mask: __m256i) -> __m256i {
+            _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32)), mask)
+        }
+
+        /// Q2_K (layout in `quant/q2_k.rs`): element 128n + 32j + l is bits 2j.. of
+        /// qs[32n + l], 0..=3 (pairs <= 2 * 3 * 127); scale and min are the two nibbles of
+        /// `scales[s]`, so isum = sum_s sc[s] * (q . x) and summs = sum_s m[s] * bsums[s],
+        /// both exact in i32 through `vpmaddwd`.
+        #[target_feature(enable = $feat)]
+        fn dotn_q2_k<const R: usize>(w: [&[BlockQ2K]; R], x: &[BlockQ8K], pf: usize) -> [f32; R] {
+            let n = x.len();
+            if !rows_cover(&w, n) {
+                return [f32::NAN; R];
+            }
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut accm = [_mm256_setzero_ps(); R];
+            let m2 = _mm256_set1_epi8(0x03);
+            let pair = pair_masks();
+            for (i, bx) in x.iter().enumerate() {
+                // SAFETY: i < n and every row has at least n blocks (checked above).
+                let bws = unsafe { blocks_at(&w, i) };
+                let dx = bx.d();
+                let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                for r in 0..R {
+                    let bw = bws[r];
+                    prefetch_block(bw, pf);
+                    let raw = load16(&bw.scales);
+                    let m4 = _mm_set1_epi8(0x0f);
+                    let sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+                    let m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m4));
+                    let mut isum = _mm256_setzero_si256();
+                    for h in 0..2 {
+                        let q = load32_at(&bw.qs, 32 * h);
+                        let scs = if h == 0 {
+                            _mm256_permute2x128_si256::<0x00>(sc16, sc16)
+                        } else {
+                            _mm256_permute2x128_si256::<0x11>(sc16, sc16)
+                        };
+                        for (j, pm) in pair.iter().enumerate() {
+                            let p = _mm256_maddubs_epi16(
+                                bits(q, 2 * j, m2),
+                                load32_at(&bx.qs, 128 * h + 32 * j),
+                            );
+                            let s = _mm256_shuffle_epi8(scs, *pm);
+                            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
+                        }
+                    }
+                    let summs = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, m16));
+                    let isum = _mm256_cvtepi32_ps(isum);
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
+                    accm[r] = _mm256_fmadd_ps(summs, _mm256_set1_ps(f16s(bw.dmin) * dx), accm[r]);
+                }
+            }
+            core::array::from_fn(|r| hsum(acc[r]) - hsum(accm[r]))
+        }
+
+        /// Q3_K's 16 six-bit scales, bias removed, as i8 (layout in `quant/q3_k.rs`): low
+        /// nibbles from bytes 0..8, high 2 bits from bytes 8..12, with 32-bit mask-and-shift
+        /// steps (the values of the reference's `unpack_scales_q3`).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn scales_q3(s: &[u8; 12]) -> __m128i {
+            const K1: u32 = 0x0303_0303;
+            const K2: u32 = 0x0f0f_0f0f;
+            let u = |k: usize| u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
+            let (a0, a1, t) = (u(0), u(1), u(2));
+            let v0 = (a0 & K2) | ((t & K1) << 4);
+            let v1 = (a1 & K2) | (((t >> 2) & K1) << 4);
+            let v2 = ((a0 >> 4) & K2) | (((t >> 4) & K1) << 4);
+            let v3 = ((a1 >> 4) & K2) | (((t >> 6) & K1) << 4);
+            let v = _mm_setr_epi32(v0 as i32, v1 as i32, v2 as i32, v3 as i32);
+            _mm_sub_epi8(v, _mm_set1_epi8(32))
+        }
+
+        /// Q3_K: v = low2 | hbit << 2 in 0..=7 (pairs <= 2 * 7 * 127) times x, by the signed
+        /// scales through `vpmaddwd`; q = v - 4 comes back as `4 * sum_s sc[s] * bsums[s]`.
+        #[target_feature(enable = $feat)]
+        fn dotn_q3_k<const R: usize>(w: [&[BlockQ3K]; R], x: &[BlockQ8K], pf: usize) -> [f32; R] {
+            let n = x.len();
+            if !rows_cover(&w, n) {
+                return [f32::NAN; R];
+            }
+            let mut acc = [_mm256_setzero_ps(); R];
+            let m2 = _mm256_set1_epi8(0x03);
+            let m1 = _mm256_set1_epi8(0x01);
+            let pair = pair_masks();
+            for (i, bx) in x.iter().enumerate() {
+                // SAFETY: i < n and every row has at least n blocks (checked above).
+                let bws = unsafe { blocks_at(&w, i) };
+                let dx = bx.d();
+                let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                for r in 0..R {
+                    let bw = bws[r];
+                    prefetch_block(bw, pf);
+                    let sc16 = _mm256_cvtepi8_epi16(scales_q3(&bw.scales));
+                    let hm = load32(&bw.hmask);
+                    let mut isum = _mm256_setzero_si256();
+                    for h in 0..2 {
+                        let q = load32_at(&bw.qs, 32 * h);
+                        let scs = if h == 0 {
+                            _mm256_permute2x128_si256::<0x00>(sc16, sc16)
+                        } else {
+                            _mm256_permute2x128_si256::<0x11>(sc16, sc16)
+                        };
+                        for (j, pm) in pair.iter().enumerate() {
+                            let k = 4 * h + j;
+                            let v = _mm256_or_si256(
+                                bits(q, 2 * j, m2),
+                                _mm256_slli_epi16::<2>(bits(hm, k, m1)),
+                            );
+                            let p = _mm256_maddubs_epi16(v, load32_at(&bx.qs, 32 * k));
+                            let s = _mm256_shuffle_epi8(scs, *pm);
+                            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
+                        }
+                    }
+                    let corr = _mm256_slli_epi32::<2>(_mm256_madd_epi16(bsums, sc16));
                     let isum = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, corr));
                     acc[r] = _mm256_fmadd_ps(isum, _mm256_set1_ps(f16s(bw.d) * dx), acc[r]);
                 }
@@ -760,6 +959,9 @@ macro_rules! x86_kernels {
         rows_entry!(rows_q8_0, BlockQ8_0, BlockQ8_0, dotn_q8_0);
         rows_entry!(rows_q4_k, BlockQ4K, BlockQ8K, dotn_q4_k);
         rows_entry!(rows_q6_k, BlockQ6K, BlockQ8K, dotn_q6_k);
+        rows_entry!(rows_q5_k, BlockQ5K, BlockQ8K, dotn_q5_k);
+        rows_entry!(rows_q3_k, BlockQ3K, BlockQ8K, dotn_q3_k);
+        rows_entry!(rows_q2_k, BlockQ2K, BlockQ8K, dotn_q2_k);
         rows_entry!(rows_f32, u8, u8, dotn_f32);
         rows_entry!(rows_f16, u8, u8, dotn_f16);
         rows_entry!(rows_bf16, u8, u8, dotn_bf16);
