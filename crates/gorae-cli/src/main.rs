@@ -3,6 +3,7 @@
 //! Errors reach the user as one line (`error: ...` with its causes) and a non-zero exit; nothing
 //! here panics on bad input.
 
+mod bench;
 mod commands;
 mod convert;
 mod generate;
@@ -121,6 +122,30 @@ enum Command {
         #[arg(long)]
         case: PathBuf,
     },
+    /// Measure prompt processing (pp) and generation (tg) speed, as llama-bench does.
+    Bench {
+        /// Not needed with --membw.
+        #[arg(required_unless_present = "membw")]
+        model: Option<PathBuf>,
+        /// Prompt tokens for the pp test (0 skips it).
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+        n_prompt: usize,
+        /// Generated tokens for the tg test (0 skips it).
+        #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+        n_gen: usize,
+        /// Threads (default: all cores).
+        #[arg(short = 't', long = "threads")]
+        threads: Option<usize>,
+        /// Repetitions per test.
+        #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+        reps: usize,
+        /// Print a JSON array (llama-bench's field names).
+        #[arg(long)]
+        json: bool,
+        /// Only measure this machine's DRAM read bandwidth.
+        #[arg(long)]
+        membw: bool,
+    },
     /// Write the model's f32 logits for a prompt as .npy.
     Logits {
         model: PathBuf,
@@ -193,6 +218,30 @@ fn main() -> ExitCode {
         } => commands::chat(&model, system.as_deref(), n_predict, &sampling),
         Command::Serve(args) => serve::run(&args),
         Command::Inspect { model, tensors } => commands::inspect(&model, tensors),
+        Command::Bench {
+            model,
+            n_prompt,
+            n_gen,
+            threads,
+            reps,
+            json,
+            membw,
+        } => {
+            if let Some(t) = threads {
+                gorae_kernels::pool::init_global(t);
+            }
+            let args = bench::BenchArgs {
+                n_prompt,
+                n_gen,
+                reps,
+                json,
+            };
+            bench::bench(
+                model.as_deref().unwrap_or(std::path::Path::new("")),
+                &args,
+                membw,
+            )
+        }
         Command::Tokenize {
             model,
             text,

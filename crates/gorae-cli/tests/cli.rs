@@ -1,4 +1,5 @@
 //! The `gorae` binary as a user runs it.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! SmolLM2-135M-Instruct Q4_1 against llama.cpp's outputs on the same file
 //! (`shared/fixtures/models/smollm2/README.md`): tokenization, teacher-forced top-1 agreement, and
 //! last-position logits on llama.cpp's top-10.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
 mod common;
 

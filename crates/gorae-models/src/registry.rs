@@ -59,8 +59,9 @@ enum Cache {
 }
 
 enum Scratch {
-    Llama(LlamaScratch),
-    Deepseek(DeepseekScratch),
+    // Boxed: both are large and a state moves by value.
+    Llama(Box<LlamaScratch>),
+    Deepseek(Box<DeepseekScratch>),
 }
 
 /// Hyperparameters every caller may want, whatever the family.
@@ -210,11 +211,11 @@ impl Model {
         match self {
             Model::Llama(m) => State {
                 cache: Cache::Standard(m.new_cache(n_ctx)),
-                scratch: Scratch::Llama(m.new_scratch(n_batch, n_ctx)),
+                scratch: Scratch::Llama(Box::new(m.new_scratch(n_batch, n_ctx))),
             },
             Model::Deepseek(m) => State {
                 cache: Cache::Latent(m.new_cache(n_ctx)),
-                scratch: Scratch::Deepseek(m.new_scratch(n_batch, n_ctx)),
+                scratch: Scratch::Deepseek(Box::new(m.new_scratch(n_batch, n_ctx))),
             },
         }
     }

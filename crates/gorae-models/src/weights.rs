@@ -12,7 +12,9 @@ use crate::names::TensorKey;
 use gorae_formats::gguf::GgufFile;
 use gorae_formats::safetensors::{SafetensorsModel, StDtype};
 use gorae_kernels::GgmlType;
-use gorae_kernels::matmul::{WeightRef, matmul};
+use gorae_kernels::matmul::WeightRef;
+use gorae_kernels::par::matmul_par;
+use gorae_kernels::pool;
 use gorae_kernels::quant::dequantize_row;
 use std::borrow::Cow;
 
@@ -226,7 +228,7 @@ impl QMatrix {
         }
     }
 
-    /// `y = x · Wᵀ`: x `[n_tokens, n_cols]`, y `[n_tokens, n_rows]`.
+    /// `y = x · Wᵀ`: x `[n_tokens, n_cols]`, y `[n_tokens, n_rows]`, on the process's thread pool.
     pub fn matmul(
         &self,
         x: &[f32],
@@ -234,7 +236,7 @@ impl QMatrix {
         y: &mut [f32],
         scratch: &mut Vec<u8>,
     ) -> Result<()> {
-        matmul(&self.as_ref(), x, n_tokens, y, scratch)?;
+        matmul_par(pool::global(), &self.as_ref(), x, n_tokens, y, scratch)?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! differ by 2e-6 and an independent f64 forward by 2e-6, while the smallest semantic error it
 //! lists moves logits by 2.8e-2). Greedy ids must match except at a step whose reference top-2 gap
 //! is below that tolerance.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
 use gorae_formats::hf::load_hf_configs;
 use gorae_formats::safetensors::SafetensorsModel;

@@ -1,5 +1,6 @@
 //! After warm-up, a decode step allocates nothing: every buffer is preallocated in `State`
 //! (llama2.c's `RunState` discipline), checked with a counting global allocator.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
 use gorae_formats::gguf::{GgufFile, GgufWriter, MetaValue};
 use gorae_kernels::GgmlType;

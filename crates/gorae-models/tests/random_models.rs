@@ -1,6 +1,7 @@
 //! Tiny Llama and Qwen2 models with random weights, built here (llama.cpp's `test-llama-archs.cpp`
 //! idea): the same weights through safetensors and through a GGUF written by gorae must give the
 //! same logits, and whole-prompt prefill must equal token-by-token decode.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
 use gorae_formats::gguf::{GgufFile, GgufWriter};
 use gorae_formats::safetensors::SafetensorsModel;
@@ -96,7 +97,7 @@ fn shape_of(cfg: &LlamaConfig, key: TensorKey) -> Vec<usize> {
     let q = cfg.n_head * cfg.head_dim;
     let kv = cfg.n_head_kv * cfg.head_dim;
     let (e, f, v) = (cfg.n_embd, cfg.n_ff, cfg.n_vocab);
-    let m = match (key.kind, key.part) {
+    match (key.kind, key.part) {
         (K::AttnQ, Part::Bias) => vec![q],
         (K::AttnK | K::AttnV, Part::Bias) => vec![kv],
         (K::TokenEmbd | K::Output, _) => vec![v, e],
@@ -109,8 +110,7 @@ fn shape_of(cfg: &LlamaConfig, key: TensorKey) -> Vec<usize> {
         (K::FfnDown, _) => vec![e, f],
         (K::RopeFreqs, _) => vec![cfg.rope.n_rot / 2],
         (other, _) => panic!("{other:?} is not a tensor of the Llama family"),
-    };
-    m
+    }
 }
 
 fn to_gguf(

@@ -1,6 +1,6 @@
 //! Paths of the real model files the tests use (fetched by `scripts/fetch_models.py`) and of the
 //! shared fixtures. A missing file fails the test with instructions; nothing is skipped silently.
-
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 #![allow(dead_code)]
 
 use std::path::PathBuf;

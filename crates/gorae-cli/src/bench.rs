@@ -1,0 +1,195 @@
+//! `gorae bench`: prompt-processing and generation throughput as llama-bench measures them
+//! (pp = one batch of `-p` tokens from an empty cache; tg = `-n` single-token decode steps from an
+//! empty cache), the bytes of weights each decoded token reads, this machine's DRAM read
+//! bandwidth from a STREAM-like probe, and the fraction of that roofline reached.
+//!
+//! Weights are copied into process memory at load (the model owns them), the same condition as
+//! llama-bench's `-lm none`.
+
+use crate::load;
+use anyhow::{Context, Result, bail};
+use gorae_models::{Logits, Model};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+pub struct BenchArgs {
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub reps: usize,
+    pub json: bool,
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Tokens for the benchmark: arbitrary valid ids (throughput does not depend on them).
+fn tokens(n: usize, n_vocab: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i * 7919 + 13) % n_vocab.max(1)) as u32)
+        .collect()
+}
+
+/// Seconds for one pp run and one tg run.
+fn run_pp(model: &Model, n_prompt: usize) -> Result<f64> {
+    let mut state = model.new_state(n_prompt + 1, n_prompt);
+    let toks = tokens(n_prompt, model.n_vocab());
+    let t = Instant::now();
+    model.forward(&toks, &mut state, Logits::Last)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn run_tg(model: &Model, n_gen: usize) -> Result<f64> {
+    let mut state = model.new_state(n_gen + 1, 1);
+    let toks = tokens(n_gen, model.n_vocab());
+    let t = Instant::now();
+    for &id in &toks {
+        model.forward(&[id], &mut state, Logits::Last)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Median DRAM read bandwidth in GB/s: every pool thread sums its part of a 1 GiB buffer (far
+/// larger than any cache here), five times.
+pub fn membw() -> f64 {
+    let pool = gorae_kernels::pool::global();
+    let n = (1usize << 30) / 8;
+    let data: Vec<u64> = (0..n as u64).collect();
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        let sink = std::sync::atomic::AtomicU64::new(0);
+        let t = Instant::now();
+        pool.run(&|ith, nth| {
+            let r = gorae_kernels::pool::split(n, ith, nth, 64);
+            // Four independent accumulators so the sum is bound by loads, not by the add chain.
+            let mut acc = [0u64; 4];
+            for c in data[r].chunks_exact(4) {
+                for k in 0..4 {
+                    acc[k] = acc[k].wrapping_add(c[k]);
+                }
+            }
+            sink.fetch_add(
+                acc.iter().fold(0, |a, &b| a.wrapping_add(b)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        });
+        let s = t.elapsed().as_secs_f64();
+        std::hint::black_box(sink.load(std::sync::atomic::Ordering::Relaxed));
+        runs.push((n * 8) as f64 / s / 1e9);
+    }
+    runs.remove(0); // first touch of the pages
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()> {
+    let n_threads = gorae_kernels::pool::global().n_threads();
+    if only_membw {
+        let bw = membw();
+        if args.json {
+            println!(
+                "{}",
+                json!([{ "test": "membw", "n_threads": n_threads, "read_gbs": bw }])
+            );
+        } else {
+            println!("DRAM read bandwidth ({n_threads} threads): {bw:.1} GB/s");
+        }
+        return Ok(());
+    }
+    if args.reps == 0 {
+        bail!("-r must be at least 1");
+    }
+    let loaded = load::load_model(model_path, false)?;
+    let model = &loaded.model;
+    let info = model.info();
+    let bytes_per_token = info.active_weight_bytes as f64;
+    let mut results = Vec::new();
+    let mut tests = Vec::new();
+    if args.n_prompt > 0 {
+        tests.push(("pp", args.n_prompt, 0));
+    }
+    if args.n_gen > 0 {
+        tests.push(("tg", 0, args.n_gen));
+    }
+    let bw = membw();
+    for (kind, n_prompt, n_gen) in tests {
+        // One warm-up run, as llama-bench does.
+        let run = |m: &Model| {
+            if kind == "pp" {
+                run_pp(m, n_prompt)
+            } else {
+                run_tg(m, n_gen)
+            }
+        };
+        run(model).context("benchmark warm-up failed")?;
+        let mut secs = Vec::new();
+        for _ in 0..args.reps {
+            secs.push(run(model)?);
+        }
+        let n = (n_prompt + n_gen) as f64;
+        let ts: Vec<f64> = secs.iter().map(|s| n / s).collect();
+        let ns: Vec<f64> = secs.iter().map(|s| s * 1e9).collect();
+        let (avg_ts, sd_ts) = mean_sd(&ts);
+        let (avg_ns, sd_ns) = mean_sd(&ns);
+        let roofline = if kind == "tg" {
+            Some(avg_ts * bytes_per_token / (bw * 1e9))
+        } else {
+            None
+        };
+        results.push(json!({
+            "model_filename": model_path.display().to_string(),
+            "model_type": info.architecture,
+            "model_size": info.weight_bytes,
+            "n_prompt": n_prompt,
+            "n_gen": n_gen,
+            "n_threads": n_threads,
+            "n_batch": n_prompt.max(1),
+            "isa": gorae_kernels::detected_isa().name(),
+            "test": format!("{kind}{}", n_prompt + n_gen),
+            "avg_ns": avg_ns as u64,
+            "stddev_ns": sd_ns as u64,
+            "avg_ts": avg_ts,
+            "stddev_ts": sd_ts,
+            "samples_ts": ts,
+            "weight_bytes_per_token": info.active_weight_bytes,
+            "dram_read_gbs": bw,
+            "roofline_fraction": roofline,
+        }));
+        if !args.json {
+            let extra = roofline.map_or(String::new(), |r| {
+                format!(
+                    "  ({:.1} MB/token, {:.0} % of {bw:.1} GB/s)",
+                    bytes_per_token / 1e6,
+                    r * 100.0
+                )
+            });
+            println!(
+                "{:<8} {:>9.2} ± {:>6.2} t/s{extra}",
+                format!("{kind}{}", n_prompt + n_gen),
+                avg_ts,
+                sd_ts
+            );
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!(
+            "model {} ({}), {:.1} MiB of weights, {n_threads} threads, ISA {}, KV cache {} B/token",
+            model_path.display(),
+            info.architecture,
+            info.weight_bytes as f64 / (1 << 20) as f64,
+            gorae_kernels::detected_isa().name(),
+            info.kv_bytes_per_token
+        );
+    }
+    Ok(())
+}
