@@ -33,8 +33,8 @@ pub struct ServeArgs {
     /// The model id clients use (default: the file or directory name).
     #[arg(long)]
     pub alias: Option<String>,
-    /// Sequences served at once. This version has one slot: other values are accepted and
-    /// served one at a time, queued.
+    /// Sequences served at once, each with its own KV cache of --ctx tokens. They take turns
+    /// token by token (fair, but not yet sharing forward passes).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
     /// Requests allowed to wait for the engine; more get 503 with Retry-After.
@@ -58,13 +58,6 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         ),
         None => None,
     };
-    if args.parallel > 1 {
-        eprintln!(
-            "gorae: --parallel {}: this version has one slot; requests are queued and served \
-             one at a time",
-            args.parallel
-        );
-    }
     let loaded = crate::load::load_model(&args.model, true)?;
     let tokenizer = loaded.tokenizer()?.clone();
     let alias = args.alias.clone().unwrap_or_else(|| {
@@ -87,7 +80,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .or_else(|| std::env::var("GORAE_API_KEY").ok())
         .filter(|k| !k.is_empty());
     config.n_ctx = args.ctx;
-    config.parallel = args.parallel.max(1);
+    config.parallel = args.parallel;
     config.queue_size = args.queue.max(1);
     config.n_batch = args.batch.max(1);
     config.chat_template = chat_template;

@@ -34,6 +34,9 @@ pub use error::ApiError;
 /// cache is allocated up front, and 4096 positions keep it modest for CPU machines.
 pub const DEFAULT_CTX_CAP: usize = 4096;
 
+/// Most slots `parallel` may ask for.
+pub const MAX_PARALLEL: usize = 256;
+
 /// Which field(s) carry the reasoning text split out of `<think>…</think>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReasoningField {
@@ -59,8 +62,9 @@ pub struct ServerConfig {
     pub n_batch: usize,
     /// The id clients name in `model` and `/v1/models`.
     pub model_id: String,
-    /// Sequences generated at once. Only 1 slot is implemented so far: other values are
-    /// accepted with a warning and served one at a time.
+    /// Sequences generated at once (slots), each with a KV cache of `n_ctx` positions, so
+    /// memory for the cache grows with `parallel × n_ctx`. Slots take turns step by step; they
+    /// do not share forward passes yet.
     pub parallel: usize,
     /// Requests that may wait for the engine; past this, 503 with Retry-After.
     pub queue_size: usize,
@@ -133,12 +137,11 @@ impl Server {
         model: Arc<Model>,
         tokenizer: Arc<Tokenizer>,
     ) -> Result<Server, ServerError> {
-        if config.parallel != 1 {
-            // Accepted so deployments can set it now; batching arrives behind the same queue.
-            tracing::warn!(
-                "--parallel {} requested: this version serves one sequence at a time",
+        if config.parallel == 0 || config.parallel > MAX_PARALLEL {
+            return Err(ServerError::Config(format!(
+                "parallel must be between 1 and {MAX_PARALLEL}, got {}",
                 config.parallel
-            );
+            )));
         }
         if config.model_id.is_empty() {
             return Err(ServerError::Config("the model id must not be empty".into()));
@@ -165,7 +168,7 @@ impl Server {
             tracing::warn!("{e}");
         }
         let reasoning_template = source.as_deref().is_some_and(|s| s.contains("<think>"));
-        let metrics = Arc::new(metrics::Metrics::new(n_ctx));
+        let metrics = Arc::new(metrics::Metrics::new(n_ctx * config.parallel));
         let ready = Arc::new(AtomicBool::new(false));
         let (engine, worker) = worker::spawn(
             Arc::clone(&model),
@@ -173,6 +176,7 @@ impl Server {
             worker::WorkerConfig {
                 n_ctx,
                 n_batch: config.n_batch,
+                n_slots: config.parallel,
                 queue_size: config.queue_size,
             },
             Arc::clone(&metrics),

@@ -1,11 +1,14 @@
-//! The engine worker: one OS thread owns the model's sequence state and serves jobs from a
-//! bounded queue, so the async runtime never blocks on a forward pass.
+//! The engine worker: one OS thread owns the model's sequence states (slots, one KV cache
+//! each) and serves jobs from a bounded queue, so the async runtime never blocks on a forward
+//! pass.
 //!
-//! The boundary is built for what comes next: a job carries everything the worker needs
-//! (prompt ids, limits, sampler, its cancellation token and event channel) and reports only
-//! through events, so a batching worker can hold many jobs at once and step them together
-//! without changing the HTTP side. Prefix reuse already happens: the worker keeps the last
-//! sequence's tokens and recomputes only what a new prompt does not share with them.
+//! Each iteration admits queued jobs into free slots and advances every active slot by one
+//! step (a prefill chunk or one token), so `--parallel N` requests progress together. Today
+//! each slot runs its own forward pass; a batched forward over all active slots (continuous
+//! batching proper) needs a multi-sequence forward in gorae-models and replaces the per-slot
+//! calls in `worker` without touching jobs, events or the HTTP side. Prefix reuse: a slot
+//! keeps its last sequence's tokens, a job goes to the free slot sharing the longest prefix
+//! with its prompt, and only the rest is recomputed.
 //!
 //! Cancellation is per job, never global: a job stops at the next prefill chunk or token once
 //! its token is cancelled (the HTTP side holds a `DropGuard`) or its event receiver is gone.
@@ -13,7 +16,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::Instant;
 
 use gorae_models::Model;
@@ -142,14 +145,17 @@ impl EngineHandle {
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
+    /// Context of each slot, in tokens.
     pub n_ctx: usize,
     pub n_batch: usize,
-    /// Jobs that may wait while one runs; more are refused.
+    /// Sequences in flight at once, each with its own KV cache.
+    pub n_slots: usize,
+    /// Jobs that may wait while the slots are busy; more are refused.
     pub queue_size: usize,
 }
 
 /// Starts the worker thread. It warms the model up (one forward pass), sets `ready`, and
-/// serves jobs until every `EngineHandle` is dropped.
+/// serves jobs until every `EngineHandle` is dropped and the slots are idle.
 pub fn spawn(
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
@@ -168,6 +174,16 @@ pub fn spawn(
     Ok((handle, thread))
 }
 
+/// One sequence's KV cache and, while it serves a job, that job's generation.
+struct Slot<'m, 't> {
+    engine: Engine<'m>,
+    active: Option<Generation<'t>>,
+}
+
+/// The scheduler: admit queued jobs into free slots, then advance every active slot by one
+/// step (a prefill chunk or one token), round-robin, so concurrent requests all make progress.
+/// A batched forward pass over the active slots slots in here: the step structure and the
+/// job/event boundary stay as they are.
 fn worker(
     model: &Model,
     tok: &Tokenizer,
@@ -176,50 +192,107 @@ fn worker(
     metrics: &Metrics,
     ready: &AtomicBool,
 ) {
-    let mut engine = Engine::new(model, cfg.n_ctx, cfg.n_batch.max(1));
+    let mut slots: Vec<Slot<'_, '_>> = (0..cfg.n_slots.max(1))
+        .map(|_| Slot {
+            engine: Engine::new(model, cfg.n_ctx, cfg.n_batch.max(1)),
+            active: None,
+        })
+        .collect();
     // Warm-up: touch the weights and the scratch buffers once before declaring readiness.
-    if let Err(e) = engine.feed(&[tok.bos_id().unwrap_or(0)]) {
-        tracing::error!("warm-up forward pass failed: {e}");
+    if let Some(slot) = slots.first_mut() {
+        if let Err(e) = slot.engine.feed(&[tok.bos_id().unwrap_or(0)]) {
+            tracing::error!("warm-up forward pass failed: {e}");
+        }
+        slot.engine.truncate(0);
     }
-    engine.truncate(0);
     ready.store(true, Ordering::SeqCst);
-    tracing::info!("engine ready");
-    while let Ok(job) = rx.recv() {
-        metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-        if job.cancel.is_cancelled() || job.events.is_closed() {
-            metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        metrics.running.fetch_add(1, Ordering::SeqCst);
-        // A panic in the model must cost one request, not the server.
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            generate(&mut engine, tok, &job, metrics)
-        }));
-        match outcome {
-            Ok(Ok(Some(finish))) => {
-                metrics.requests_finished.fetch_add(1, Ordering::Relaxed);
-                let _ = job.events.send(Event::Done(finish));
+    tracing::info!(slots = slots.len(), "engine ready");
+    let mut open = true;
+    loop {
+        // Admission: block only when there is nothing to run.
+        let busy = slots.iter().any(|s| s.active.is_some());
+        if !busy {
+            if !open {
+                break;
             }
-            Ok(Ok(None)) => {
-                metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => {
-                tracing::error!("generation failed: {e}");
-                engine.truncate(0);
-                let _ = job.events.send(Event::Error(e));
-            }
-            Err(_) => {
-                tracing::error!("generation panicked");
-                engine.truncate(0);
-                let _ = job
-                    .events
-                    .send(Event::Error("the engine failed on this request".into()));
+            match rx.recv() {
+                Ok(job) => admit(&mut slots, job, tok, metrics),
+                Err(_) => break,
             }
         }
-        metrics.kv_used.store(0, Ordering::Relaxed);
-        metrics.running.fetch_sub(1, Ordering::SeqCst);
+        while open && slots.iter().any(|s| s.active.is_none()) {
+            match rx.try_recv() {
+                Ok(job) => admit(&mut slots, job, tok, metrics),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        for slot in &mut slots {
+            let Some(generation) = slot.active.as_mut() else {
+                continue;
+            };
+            // A panic in the model must cost one request, not the server.
+            let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                generation.step(&mut slot.engine, tok, metrics)
+            }))
+            .unwrap_or_else(|_| Step::Failed("the engine failed on this request".into()));
+            if matches!(step, Step::Continue) {
+                continue;
+            }
+            let Some(generation) = slot.active.take() else {
+                continue;
+            };
+            let events = &generation.job.events;
+            match step {
+                Step::Continue => {}
+                Step::Finished(finish) => {
+                    metrics.requests_finished.fetch_add(1, Ordering::Relaxed);
+                    let _ = events.send(Event::Done(finish));
+                }
+                Step::Cancelled => {
+                    metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+                Step::Failed(e) => {
+                    tracing::error!("generation failed: {e}");
+                    // The cache may hold a partial step: forget it.
+                    slot.engine.truncate(0);
+                    let _ = events.send(Event::Error(e));
+                }
+            }
+            metrics.running.fetch_sub(1, Ordering::SeqCst);
+        }
+        let used: usize = slots
+            .iter()
+            .filter(|s| s.active.is_some())
+            .map(|s| s.engine.tokens.len())
+            .sum();
+        metrics.kv_used.store(used as u64, Ordering::Relaxed);
     }
     tracing::info!("engine stopped");
+}
+
+/// Puts `job` in the free slot whose cache shares the longest prefix with its prompt.
+fn admit<'t>(slots: &mut [Slot<'_, 't>], job: Job, tok: &'t Tokenizer, metrics: &Metrics) {
+    metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+    if job.cancel.is_cancelled() || job.events.is_closed() {
+        metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let best = slots
+        .iter_mut()
+        .filter(|s| s.active.is_none())
+        .max_by_key(|s| common_prefix(&s.engine.tokens, &job.prompt));
+    let Some(slot) = best else {
+        // Callers only admit when a slot is free; refuse rather than drop silently.
+        let _ = job.events.send(Event::Error("no free slot".into()));
+        return;
+    };
+    metrics.running.fetch_add(1, Ordering::SeqCst);
+    slot.active = Some(Generation::new(job, &mut slot.engine, tok, metrics));
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Log-sum-exp of `logits` and the `k` most likely ids with their log-probabilities.
@@ -252,107 +325,143 @@ fn log_softmax_top(logits: &[f32], k: usize) -> (f32, Vec<(u32, f32)>) {
     (lse, top)
 }
 
-/// Runs one job to its end. `Ok(None)`: cancelled.
-fn generate(
-    engine: &mut Engine<'_>,
-    tok: &Tokenizer,
-    job: &Job,
-    metrics: &Metrics,
-) -> Result<Option<Finish>, String> {
-    let cancelled = || job.cancel.is_cancelled() || job.events.is_closed();
-    let prompt = &job.prompt;
-    if prompt.is_empty() {
-        return Err("empty prompt".into());
-    }
-    // Prefix reuse: keep what the cache shares with this prompt, but always feed at least the
-    // last prompt token, whose logits start the generation.
-    let common = engine
-        .tokens
-        .iter()
-        .zip(prompt.iter())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let cached = common.min(prompt.len() - 1);
-    engine.truncate(cached);
-    metrics
-        .prompt_tokens
-        .fetch_add(prompt.len() as u64, Ordering::Relaxed);
-    metrics
-        .cached_prompt_tokens
-        .fetch_add(cached as u64, Ordering::Relaxed);
+enum Step {
+    Continue,
+    Finished(Finish),
+    Cancelled,
+    Failed(String),
+}
 
-    let n_batch = engine.state.n_batch().max(1);
-    let mut logits: Vec<f32> = Vec::new();
-    for chunk in prompt[cached..].chunks(n_batch) {
-        if cancelled() {
-            return Ok(None);
-        }
-        let out = engine.feed(chunk).map_err(|e| e.to_string())?;
-        logits.clear();
-        logits.extend_from_slice(out);
+/// One job's generation, advanced a step at a time by the scheduler.
+struct Generation<'t> {
+    job: Job,
+    /// Prompt tokens not fed yet.
+    prefill_at: usize,
+    cached: usize,
+    logits: Vec<f32>,
+    raw_logits: Vec<f32>,
+    decoder: StreamDecoder<'t>,
+    stop: StopMatcher,
+    splitter: Option<ThinkSplitter>,
+    sampler: Sampler,
+    n_gen: usize,
+    n_reasoning: usize,
+    last: Instant,
+    stopped_by_string: bool,
+}
+
+impl<'t> Generation<'t> {
+    /// Prefix reuse: keep what the slot's cache shares with the prompt, but always feed at
+    /// least the last prompt token, whose logits start the generation.
+    fn new(job: Job, engine: &mut Engine<'_>, tok: &'t Tokenizer, metrics: &Metrics) -> Self {
+        let common = common_prefix(&engine.tokens, &job.prompt);
+        let cached = common.min(job.prompt.len().saturating_sub(1));
+        engine.truncate(cached);
         metrics
-            .kv_used
-            .store(engine.tokens.len() as u64, Ordering::Relaxed);
+            .prompt_tokens
+            .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+        metrics
+            .cached_prompt_tokens
+            .fetch_add(cached as u64, Ordering::Relaxed);
+        Generation {
+            prefill_at: cached,
+            cached,
+            logits: Vec::new(),
+            raw_logits: Vec::new(),
+            decoder: StreamDecoder::new(tok, true),
+            stop: StopMatcher::new(job.params.stops.clone()),
+            splitter: job.reasoning.map(ThinkSplitter::new),
+            sampler: Sampler::new(job.params.sampler.clone()),
+            n_gen: 0,
+            n_reasoning: 0,
+            last: job.admitted,
+            stopped_by_string: false,
+            job,
+        }
     }
 
-    let mut decoder = StreamDecoder::new(tok, true);
-    let mut stop = StopMatcher::new(job.params.stops.clone());
-    let mut splitter = job.reasoning.map(ThinkSplitter::new);
-    let mut sampler = Sampler::new(job.params.sampler.clone());
-    let mut raw_logits: Vec<f32> = Vec::new();
-    let mut n_gen = 0usize;
-    let mut n_reasoning = 0usize;
-    let mut last = job.admitted;
-    let mut stopped_by_string = false;
+    fn cancelled(&self) -> bool {
+        self.job.cancel.is_cancelled() || self.job.events.is_closed()
+    }
 
-    let send =
-        |delta: Delta| -> bool { delta.is_empty() || job.events.send(Event::Delta(delta)).is_ok() };
-    let route = |splitter: &mut Option<ThinkSplitter>, text: &str, delta: &mut Delta| match splitter
-    {
-        Some(sp) => sp.push(text, &mut delta.content, &mut delta.reasoning),
-        None => delta.content.push_str(text),
-    };
+    fn send(&self, delta: Delta) -> bool {
+        delta.is_empty() || self.job.events.send(Event::Delta(delta)).is_ok()
+    }
 
-    let reason = loop {
-        if cancelled() {
-            return Ok(None);
+    fn route(&mut self, text: &str, delta: &mut Delta) {
+        match self.splitter.as_mut() {
+            Some(sp) => sp.push(text, &mut delta.content, &mut delta.reasoning),
+            None => delta.content.push_str(text),
         }
-        if n_gen >= job.max_tokens {
-            break FinishReason::Length;
+    }
+
+    fn step(&mut self, engine: &mut Engine<'_>, tok: &Tokenizer, metrics: &Metrics) -> Step {
+        if self.cancelled() {
+            return Step::Cancelled;
         }
-        for &(id, bias) in &job.params.logit_bias {
-            if let Some(l) = logits.get_mut(id as usize) {
+        match self.try_step(engine, tok, metrics) {
+            Ok(step) => step,
+            Err(e) => Step::Failed(e),
+        }
+    }
+
+    fn try_step(
+        &mut self,
+        engine: &mut Engine<'_>,
+        tok: &Tokenizer,
+        metrics: &Metrics,
+    ) -> Result<Step, String> {
+        let prompt_len = self.job.prompt.len();
+        if prompt_len == 0 {
+            return Err("empty prompt".into());
+        }
+        if self.prefill_at < prompt_len {
+            let n_batch = engine.state.n_batch().max(1);
+            let end = (self.prefill_at + n_batch).min(prompt_len);
+            let out = engine
+                .feed(&self.job.prompt[self.prefill_at..end])
+                .map_err(|e| e.to_string())?;
+            self.logits.clear();
+            self.logits.extend_from_slice(out);
+            self.prefill_at = end;
+            return Ok(Step::Continue);
+        }
+        if self.n_gen >= self.job.max_tokens {
+            return self.finish(FinishReason::Length);
+        }
+        for &(id, bias) in &self.job.params.logit_bias {
+            if let Some(l) = self.logits.get_mut(id as usize) {
                 *l += bias;
             }
         }
-        if job.params.logprobs.is_some() {
+        if self.job.params.logprobs.is_some() {
             // The sampler applies penalties in place; log-probabilities are reported for the
             // model's distribution (with logit_bias), as OpenAI does.
-            raw_logits.clear();
-            raw_logits.extend_from_slice(&logits);
+            self.raw_logits.clear();
+            self.raw_logits.extend_from_slice(&self.logits);
         }
-        let id = sampler.sample(&mut logits, &engine.tokens);
-        n_gen += 1;
+        let id = self.sampler.sample(&mut self.logits, &engine.tokens);
+        self.n_gen += 1;
         let now = Instant::now();
-        if n_gen == 1 {
-            metrics.ttft.observe(now - job.admitted);
+        if self.n_gen == 1 {
+            metrics.ttft.observe(now - self.job.admitted);
         } else {
-            metrics.itl.observe(now - last);
+            metrics.itl.observe(now - self.last);
         }
-        last = now;
+        self.last = now;
         metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
 
-        let in_think = splitter.as_ref().is_some_and(ThinkSplitter::in_think);
-        if in_think {
-            n_reasoning += 1;
+        if self.splitter.as_ref().is_some_and(ThinkSplitter::in_think) {
+            self.n_reasoning += 1;
         }
         let mut delta = Delta::default();
-        if let Some(k) = job.params.logprobs {
-            let (lse, top) = log_softmax_top(&raw_logits, k);
+        if let Some(k) = self.job.params.logprobs {
+            let (lse, top) = log_softmax_top(&self.raw_logits, k);
             let text = |id: u32| tok.decode(&[id], false).unwrap_or_default();
             delta.logprobs.push(TokenLogprob {
                 token: text(id),
-                logprob: raw_logits
+                logprob: self
+                    .raw_logits
                     .get(id as usize)
                     .map_or(f32::NEG_INFINITY, |l| l - lse),
                 top: top
@@ -365,60 +474,62 @@ fn generate(
             });
         }
         if tok.stop_ids().contains(&id) {
-            if !send(delta) {
-                return Ok(None);
+            if !self.send(delta) {
+                return Ok(Step::Cancelled);
             }
-            break FinishReason::Stop;
+            return self.finish(FinishReason::Stop);
         }
-        if let Some(piece) = decoder.push(id).map_err(|e| e.to_string())? {
-            match stop.push(&piece) {
-                StopOutcome::Continue(s) => route(&mut splitter, &s, &mut delta),
+        if let Some(piece) = self.decoder.push(id).map_err(|e| e.to_string())? {
+            match self.stop.push(&piece) {
+                StopOutcome::Continue(s) => self.route(&s, &mut delta),
                 StopOutcome::Stop(s) => {
-                    route(&mut splitter, &s, &mut delta);
-                    stopped_by_string = true;
+                    self.route(&s, &mut delta);
+                    self.stopped_by_string = true;
                 }
             }
         }
-        if !send(delta) {
-            return Ok(None);
+        if !self.send(delta) {
+            return Ok(Step::Cancelled);
         }
-        if stopped_by_string {
-            break FinishReason::Stop;
+        if self.stopped_by_string {
+            return self.finish(FinishReason::Stop);
         }
         if engine.tokens.len() + 1 >= engine.n_ctx() {
-            break FinishReason::Length;
+            return self.finish(FinishReason::Length);
         }
         let next = engine.feed(&[id]).map_err(|e| e.to_string())?;
-        logits.copy_from_slice(next);
-        metrics
-            .kv_used
-            .store(engine.tokens.len() as u64, Ordering::Relaxed);
-    };
+        self.logits.copy_from_slice(next);
+        Ok(Step::Continue)
+    }
 
-    let mut tail = Delta::default();
-    if !stopped_by_string {
-        let mut rest = decoder
-            .flush()
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
-        rest.push_str(&stop.flush());
-        route(&mut splitter, &rest, &mut tail);
+    /// Flushes held-back text and reports the end.
+    fn finish(&mut self, reason: FinishReason) -> Result<Step, String> {
+        let mut tail = Delta::default();
+        if !self.stopped_by_string {
+            let mut rest = self
+                .decoder
+                .flush()
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            rest.push_str(&self.stop.flush());
+            self.route(&rest, &mut tail);
+        }
+        if let Some(sp) = self.splitter.as_mut() {
+            sp.finish(&mut tail.content, &mut tail.reasoning);
+        }
+        if !self.send(tail) {
+            return Ok(Step::Cancelled);
+        }
+        Ok(Step::Finished(Finish {
+            reason,
+            usage: Usage {
+                prompt_tokens: self.job.prompt.len(),
+                completion_tokens: self.n_gen,
+                reasoning_tokens: self.n_reasoning,
+                cached_tokens: self.cached,
+            },
+        }))
     }
-    if let Some(sp) = splitter.as_mut() {
-        sp.finish(&mut tail.content, &mut tail.reasoning);
-    }
-    if !send(tail) {
-        return Ok(None);
-    }
-    Ok(Some(Finish {
-        reason,
-        usage: Usage {
-            prompt_tokens: prompt.len(),
-            completion_tokens: n_gen,
-            reasoning_tokens: n_reasoning,
-            cached_tokens: cached,
-        },
-    }))
 }
 
 #[cfg(test)]

@@ -173,3 +173,41 @@ async fn shutdown_lets_the_running_stream_finish() {
     }
     s.join().await.unwrap();
 }
+
+/// With two slots, short requests are served while a long one runs (not queued behind it),
+/// and interleaving does not change anyone's output: each equals its solo run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_slots_serve_requests_side_by_side() {
+    let s = start(|c| {
+        c.n_ctx = Some(2048);
+        c.parallel = 3;
+    })
+    .await;
+    let eos = s.eos.to_string();
+    let short = |p: &str| json!({"prompt": p, "max_tokens": 8, "temperature": 0, "logit_bias": {eos.clone(): -100}});
+    let solo_a = s
+        .post_json("/v1/completions", &short("The weather today"))
+        .await
+        .1;
+    let solo_b = s
+        .post_json("/v1/completions", &short("My favourite food"))
+        .await
+        .1;
+
+    let mut long = s.post("/v1/completions", &long_completion(&s, true)).await;
+    read_events(&mut long, 1).await;
+    let (body_a, body_b) = (short("The weather today"), short("My favourite food"));
+    let (a, b) = tokio::join!(
+        s.post_json("/v1/completions", &body_a),
+        s.post_json("/v1/completions", &body_b),
+    );
+    assert_eq!((a.0, b.0), (200, 200));
+    assert_eq!(a.1["choices"][0]["text"], solo_a["choices"][0]["text"]);
+    assert_eq!(b.1["choices"][0]["text"], solo_b["choices"][0]["text"]);
+    // The long generation is still going: the short ones did not wait for it.
+    assert_eq!(s.metric("gorae_requests_running").await, 1.0);
+    read_events(&mut long, 3).await;
+    drop(long);
+    wait_metric(&s, "gorae_requests_running", 0.0, Duration::from_secs(2)).await;
+    s.stop().await.unwrap();
+}
