@@ -304,6 +304,21 @@ fn requantize_equals_direct_conversion() {
             assert_eq!(requant.get(k), Some(v), "{ty} {k}");
         }
     }
+    // From a quantized file: Q8_0 -> Q4_0 dequantizes and requantizes; the result loads.
+    let q8 = to_gguf(&hf, OutType::Q8_0, false);
+    let bytes = convert::requantize(&q8, OutType::Q4_0, Vec::new(), &mut |_| {}).unwrap();
+    let q4 = GgufFile::from_bytes(bytes).unwrap();
+    assert_eq!(
+        q4.tensor("blk.1.ffn_up_exps.weight").unwrap().ty,
+        GgmlType::Q4_0
+    );
+    assert_eq!(q4.tensor("output.weight").unwrap().ty, GgmlType::Q6_K);
+    assert_eq!(
+        q4.tensor("blk.1.ffn_gate_inp.weight").unwrap().ty,
+        GgmlType::F32
+    );
+    let mut m = Model::from_gguf(&q4).unwrap();
+    assert!(logits(&mut m, MlaMode::Auto).iter().all(|v| v.is_finite()));
 }
 
 /// The metadata keys and tensor names llama.cpp's converter (`conversion/deepseek.py`
