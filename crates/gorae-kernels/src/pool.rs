@@ -16,9 +16,14 @@ use std::thread::{self, JoinHandle, Thread};
 
 type Job<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
-/// Spins before parking: about the time between two matmuls of a small model's decode step, so
-/// workers stay hot across the ops of one token but do not burn a core between tokens.
-const SPIN_ITERS: u32 = 1 << 16;
+/// Busy-wait iterations (a `pause` each, tens of µs in all) before a waiting thread starts to
+/// yield: long enough to cover the gap between two matmuls of a decode step.
+const SPIN_ITERS: u32 = 1 << 10;
+
+/// `yield_now` rounds after the spin before a worker parks. Yielding instead of spinning keeps the
+/// pool fast when the machine is oversubscribed (a spinning thread would hold the core the thread
+/// it waits for needs; ecosystem.md A3); parking stops it burning a core between requests.
+const YIELD_ITERS: u32 = 1 << 12;
 
 struct Shared {
     /// Bumped once per job; workers run a job when they see a new value.
@@ -132,6 +137,8 @@ fn worker(s: Arc<Shared>, ith: usize) {
             spins = spins.saturating_add(1);
             if spins < SPIN_ITERS {
                 std::hint::spin_loop();
+            } else if spins < SPIN_ITERS + YIELD_ITERS {
+                thread::yield_now();
             } else {
                 // Unpark tokens are sticky, so a wake-up between the check and the park is not lost.
                 thread::park();
