@@ -40,6 +40,7 @@ use gorae_kernels::GgmlType;
 use gorae_kernels::quant::{dequantize_row, quantize_row};
 use serde_json::Value;
 use std::io::Write;
+use std::sync::Mutex;
 
 /// `general.quantization_version` (ggml's `GGML_QNT_VERSION`).
 pub const QUANTIZATION_VERSION: u32 = 2;
@@ -557,6 +558,8 @@ impl ConversionPlan {
             n_gqa,
         );
         let base = opts.out_type.default_type();
+        // Fallback notes, one per role and type (`attn_k_b: 61 tensors ...`), not per layer.
+        let mut fallbacks: Vec<(String, usize, GgmlType, usize)> = Vec::new();
         let tensors = items
             .into_iter()
             .map(|i| {
@@ -565,20 +568,34 @@ impl ConversionPlan {
                 if let Some(ty) = chosen
                     && !cols.is_multiple_of(base.block_size())
                 {
-                    notes.push(format!(
-                        "{}: rows of {cols} are not whole {base} blocks, written as {ty}",
-                        i.name
-                    ));
+                    let role = i.name.splitn(3, '.').nth(2).unwrap_or(&i.name);
+                    let role = if i.name.starts_with("blk.") {
+                        role
+                    } else {
+                        &i.name
+                    };
+                    match fallbacks
+                        .iter_mut()
+                        .find(|f| f.0 == role && f.2 == ty && f.3 == cols)
+                    {
+                        Some(f) => f.1 += 1,
+                        None => fallbacks.push((role.to_string(), 1, ty, cols)),
+                    }
                 }
-                let ty = chosen.unwrap_or(GgmlType::F32);
                 PlannedTensor {
                     name: i.name,
                     shape: i.shape,
-                    ty,
+                    ty: chosen.unwrap_or(GgmlType::F32),
                     recipe: i.recipe,
                 }
             })
             .collect();
+        for (role, n, ty, cols) in fallbacks {
+            notes.push(format!(
+                "{role} ({n} tensor{}): rows of {cols} are not whole {base} blocks, written as {ty}",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
         Ok(ConversionPlan {
             metadata: general,
             tensors,
@@ -611,23 +628,23 @@ impl ConversionPlan {
             t.ty.bytes_for(n as u64)
                 .ok_or_else(|| bad_config(&t.name, format!("not whole {} blocks", t.ty)))?;
         let mut out = vec![0u8; size as usize];
+        let cols = t.shape.last().copied().unwrap_or(1);
         match &t.recipe {
             Recipe::Copy(key) => {
                 let v = values(src, *key, &t.shape)?;
-                quantize_row(t.ty, &v, &mut out)?;
+                quantize_par(t.ty, &v, &mut out, cols)?;
             }
             Recipe::PermuteRows { key, n_head } => {
                 let v = values(src, *key, &t.shape)?;
-                let cols = t.shape.get(1).copied().unwrap_or(1);
                 let v = permute_rows_to_normal(&v, *n_head, cols);
-                quantize_row(t.ty, &v, &mut out)?;
+                quantize_par(t.ty, &v, &mut out, cols)?;
             }
             Recipe::Stack(keys) => {
                 let per_shape = t.shape.get(1..).unwrap_or(&[]).to_vec();
                 let per = out.len() / keys.len().max(1);
                 for (e, key) in keys.iter().enumerate() {
                     let v = values(src, *key, &per_shape)?;
-                    quantize_row(t.ty, &v, &mut out[e * per..(e + 1) * per])?;
+                    quantize_par(t.ty, &v, &mut out[e * per..(e + 1) * per], cols)?;
                 }
             }
             Recipe::KB(key) | Recipe::VB(key) => {
@@ -653,7 +670,7 @@ impl ConversionPlan {
                         v[h * d.v_head * d.lora..(h + 1) * d.v_head * d.lora].copy_from_slice(rows);
                     }
                 }
-                quantize_row(t.ty, &v, &mut out)?;
+                quantize_par(t.ty, &v, &mut out, cols)?;
             }
         }
         Ok(out)
@@ -698,6 +715,44 @@ fn values(src: &dyn WeightSource, key: TensorKey, shape: &[usize]) -> Result<Vec
     let mut v = vec![0.0f32; shape.iter().product()];
     dequantize_row(t.ty, &t.data, &mut v)?;
     Ok(v)
+}
+
+/// `quantize_row` over a matrix of `cols`-wide rows, split by rows across the kernel thread pool:
+/// the K-quant reference quantizers search scales per block and are many times slower than
+/// reading the weights, so a single thread would make conversion CPU-bound.
+fn quantize_par(ty: GgmlType, src: &[f32], dst: &mut [u8], cols: usize) -> Result<()> {
+    let pool = gorae_kernels::pool::global();
+    let nth = pool.n_threads();
+    let rows = src.len().checked_div(cols).unwrap_or(0);
+    if nth <= 1 || rows < nth || src.len() < (1 << 16) || rows * cols != src.len() {
+        quantize_row(ty, src, dst)?;
+        return Ok(());
+    }
+    let row_bytes = dst.len() / rows;
+    let mut parts = Vec::with_capacity(nth);
+    let mut rest = dst;
+    for ith in 0..nth {
+        let r = gorae_kernels::pool::split(rows, ith, nth, 1);
+        let (head, tail) = rest.split_at_mut(r.len() * row_bytes);
+        parts.push(Mutex::new((r, head)));
+        rest = tail;
+    }
+    let failure = Mutex::new(None);
+    pool.run(&|ith, _| {
+        let Some(part) = parts.get(ith) else {
+            return;
+        };
+        let mut guard = part.lock().unwrap_or_else(|e| e.into_inner());
+        let (r, out) = &mut *guard;
+        let input = &src[r.start * cols..r.end * cols];
+        if let Err(e) = quantize_row(ty, input, out) {
+            *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        }
+    });
+    match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1226,15 +1281,15 @@ fn convert_rows(data: &[u8], t: &RequantTensor) -> Result<Vec<u8>> {
         return Err(bad_config(&t.name, "data size does not match its shape"));
     }
     let mut out = vec![0u8; out_row * rows];
-    // About 4 M values (16 MiB of f32) per chunk.
-    let chunk = (4 << 20) / cols + 1;
+    // About 16 M values (64 MiB of f32) per chunk.
+    let chunk = (16 << 20) / cols + 1;
     let mut f = vec![0.0f32; chunk.min(rows) * cols];
     let mut r = 0;
     while r < rows {
         let nr = chunk.min(rows - r);
         let vals = &mut f[..nr * cols];
         dequantize_row(t.from, &data[r * in_row..(r + nr) * in_row], vals)?;
-        quantize_row(t.to, vals, &mut out[r * out_row..(r + nr) * out_row])?;
+        quantize_par(t.to, vals, &mut out[r * out_row..(r + nr) * out_row], cols)?;
         r += nr;
     }
     Ok(out)
