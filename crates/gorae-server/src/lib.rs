@@ -14,6 +14,7 @@
 
 pub mod error;
 mod http;
+pub mod json_guard;
 pub mod metrics;
 pub mod reasoning;
 pub mod request;

@@ -23,6 +23,8 @@ pub struct GenParams {
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Constrain the output to one JSON object (`response_format: json_object`).
+    pub json_object: bool,
 }
 
 pub struct ChatRequest {
@@ -223,7 +225,8 @@ fn logit_bias(o: &Obj, n_vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
 }
 
 /// `n` other than 1, `best_of` other than 1, and other features we do not implement yet.
-fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
+/// Returns whether `response_format` asks for a JSON object.
+fn refuse_unsupported(o: &Obj) -> Result<bool, ApiError> {
     if let Some(n) = opt_int(o, "n")?
         && n != 1
     {
@@ -240,27 +243,24 @@ fn refuse_unsupported(o: &Obj) -> Result<(), ApiError> {
             Some("best_of"),
         ));
     }
-    if let Some(rf) = field(o, "response_format") {
-        let Value::Object(rf) = rf else {
-            return Err(wrong_type("response_format", "an object", rf));
-        };
-        match rf.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            Some(t @ ("json_object" | "json_schema")) => {
-                return Err(ApiError::bad_request(
-                    format!("response_format '{t}' is not supported yet"),
-                    Some("response_format"),
-                ));
-            }
-            _ => {
-                return Err(ApiError::bad_request(
-                    "'response_format.type' must be 'text', 'json_object' or 'json_schema'",
-                    Some("response_format"),
-                ));
-            }
-        }
+    let Some(rf) = field(o, "response_format") else {
+        return Ok(false);
+    };
+    let Value::Object(rf) = rf else {
+        return Err(wrong_type("response_format", "an object", rf));
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(false),
+        Some("json_object") => Ok(true),
+        Some("json_schema") => Err(ApiError::bad_request(
+            "response_format 'json_schema' is not supported yet (use 'json_object')",
+            Some("response_format"),
+        )),
+        _ => Err(ApiError::bad_request(
+            "'response_format.type' must be 'text', 'json_object' or 'json_schema'",
+            Some("response_format"),
+        )),
     }
-    Ok(())
 }
 
 /// Sampling, stopping and streaming parameters. `max_names` are the accepted spellings of the
@@ -271,7 +271,7 @@ fn gen_params(
     max_names: &[&str],
     logprobs: Option<usize>,
 ) -> Result<GenParams, ApiError> {
-    refuse_unsupported(o)?;
+    let json_object = refuse_unsupported(o)?;
     let mut max_tokens = None;
     for name in max_names {
         if let Some(m) = opt_int(o, name)? {
@@ -368,6 +368,7 @@ fn gen_params(
         logprobs,
         stream,
         include_usage,
+        json_object,
     })
 }
 

@@ -25,6 +25,7 @@ use gorae_text::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use crate::json_guard::{JsonPrefix, JsonVocab};
 use crate::metrics::Metrics;
 use crate::reasoning::ThinkSplitter;
 use crate::request::GenParams;
@@ -207,6 +208,8 @@ fn worker(
     }
     ready.store(true, Ordering::SeqCst);
     tracing::info!(slots = slots.len(), "engine ready");
+    // Token texts for JSON-constrained requests, built on the first one that needs them.
+    let json_vocab: std::cell::OnceCell<JsonVocab> = std::cell::OnceCell::new();
     let mut open = true;
     loop {
         // Admission: block only when there is nothing to run.
@@ -231,9 +234,13 @@ fn worker(
             let Some(generation) = slot.active.as_mut() else {
                 continue;
             };
+            let vocab = generation
+                .json
+                .is_some()
+                .then(|| json_vocab.get_or_init(|| JsonVocab::new(tok, model.n_vocab())));
             // A panic in the model must cost one request, not the server.
             let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                generation.step(&mut slot.engine, tok, metrics)
+                generation.step(&mut slot.engine, tok, vocab, metrics)
             }))
             .unwrap_or_else(|_| Step::Failed("the engine failed on this request".into()));
             if matches!(step, Step::Continue) {
@@ -347,6 +354,9 @@ struct Generation<'t> {
     n_gen: usize,
     n_reasoning: usize,
     last: Instant,
+    /// `response_format: json_object`: the output so far, as a JSON prefix.
+    json: Option<JsonPrefix>,
+    json_scratch: JsonPrefix,
     stopped_by_string: bool,
 }
 
@@ -375,6 +385,8 @@ impl<'t> Generation<'t> {
             n_gen: 0,
             n_reasoning: 0,
             last: job.admitted,
+            json: job.params.json_object.then(JsonPrefix::new),
+            json_scratch: JsonPrefix::new(),
             stopped_by_string: false,
             job,
         }
@@ -395,11 +407,17 @@ impl<'t> Generation<'t> {
         }
     }
 
-    fn step(&mut self, engine: &mut Engine<'_>, tok: &Tokenizer, metrics: &Metrics) -> Step {
+    fn step(
+        &mut self,
+        engine: &mut Engine<'_>,
+        tok: &Tokenizer,
+        vocab: Option<&JsonVocab>,
+        metrics: &Metrics,
+    ) -> Step {
         if self.cancelled() {
             return Step::Cancelled;
         }
-        match self.try_step(engine, tok, metrics) {
+        match self.try_step(engine, tok, vocab, metrics) {
             Ok(step) => step,
             Err(e) => Step::Failed(e),
         }
@@ -409,6 +427,7 @@ impl<'t> Generation<'t> {
         &mut self,
         engine: &mut Engine<'_>,
         tok: &Tokenizer,
+        vocab: Option<&JsonVocab>,
         metrics: &Metrics,
     ) -> Result<Step, String> {
         let prompt_len = self.job.prompt.len();
@@ -434,13 +453,46 @@ impl<'t> Generation<'t> {
                 *l += bias;
             }
         }
+        if let (Some(json), Some(vocab)) = (&self.json, vocab) {
+            // The object is closed: that is the end of a JSON answer.
+            if json.is_done() {
+                return self.finish(FinishReason::Stop);
+            }
+            if vocab.mask(json, &mut self.logits, &mut self.json_scratch) == 0 {
+                return self.finish(FinishReason::Stop);
+            }
+        }
         if self.job.params.logprobs.is_some() {
             // The sampler applies penalties in place; log-probabilities are reported for the
             // model's distribution (with logit_bias), as OpenAI does.
             self.raw_logits.clear();
             self.raw_logits.extend_from_slice(&self.logits);
         }
-        let id = self.sampler.sample(&mut self.logits, &engine.tokens);
+        let mut id = self.sampler.sample(&mut self.logits, &engine.tokens);
+        if let (Some(json), Some(vocab)) = (self.json.as_mut(), vocab) {
+            // Rounding in the sampler's final draw could in principle land on a masked
+            // token; fall back to the most likely allowed one rather than break the JSON.
+            self.json_scratch.clone_from(json);
+            let fits = vocab
+                .text(id)
+                .is_some_and(|t| self.json_scratch.push_str(t));
+            if !fits {
+                let best = self
+                    .logits
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.is_finite())
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i as u32);
+                match best {
+                    Some(b) => id = b,
+                    None => return self.finish(FinishReason::Stop),
+                }
+            }
+            if let Some(t) = vocab.text(id) {
+                json.push_str(t);
+            }
+        }
         self.n_gen += 1;
         let now = Instant::now();
         if self.n_gen == 1 {

@@ -249,9 +249,10 @@ async fn bad_requests_get_400_with_openai_errors() {
         ),
         ("seed string", CHAT, chat(json!({"seed": "abc"})), "seed"),
         (
-            "response_format json_object",
+            "response_format json_schema",
             CHAT,
-            chat(json!({"response_format": {"type": "json_object"}})),
+            chat(json!({"response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}}}})),
             "response_format",
         ),
         (

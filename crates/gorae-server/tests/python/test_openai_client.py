@@ -117,7 +117,8 @@ BAD_CHAT = [
     ("logit_bias value", dict(logit_bias={"5": 101})),
     ("stream_options without stream", dict(stream_options={"include_usage": True})),
     ("wrong type", dict(extra_body={"max_tokens": "ten"})),
-    ("json_object", dict(response_format={"type": "json_object"})),
+    ("json_schema", dict(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object"}}})),
 ]
 
 
@@ -156,3 +157,15 @@ def test_invalid_json_and_non_object_bodies(server):
         assert e.value.code == 400
         body = json.loads(e.value.read())
         assert set(body["error"]) >= {"message", "type", "param", "code"}
+
+
+def test_json_object_output_parses(client):
+    msgs = [{"role": "user", "content": "Describe a cat as a JSON object with keys name and age."}]
+    r = client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=48,
+                                       temperature=0, response_format={"type": "json_object"})
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=MODEL_ID, messages=msgs, max_tokens=48, temperature=0.7, seed=3, stream=True,
+        response_format={"type": "json_object"}) if c.choices)
+    assert isinstance(json.loads(streamed), dict)
