@@ -211,3 +211,51 @@ async fn parallel_slots_serve_requests_side_by_side() {
     wait_metric(&s, "gorae_requests_running", 0.0, Duration::from_secs(2)).await;
     s.stop().await.unwrap();
 }
+
+/// 16 concurrent streaming clients on 4 slots (the rest queue): every stream completes, and
+/// each equals its solo run with the same seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_streams_match_their_solo_runs() {
+    let s = start(|c| {
+        c.n_ctx = Some(256);
+        c.parallel = 4;
+        c.queue_size = 16;
+    })
+    .await;
+    let body = |i: usize| {
+        json!({
+            "prompt": format!("Client {i} says: the best thing about Mondays is"),
+            "max_tokens": 6,
+            "temperature": 0.8,
+            "seed": i,
+            "stream": true,
+        })
+    };
+    let text_of = |chunks: &[Value]| -> String {
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect()
+    };
+    let mut solo = Vec::new();
+    for i in 0..16 {
+        solo.push(text_of(
+            &common::stream_chunks(&s, "/v1/completions", &body(i)).await,
+        ));
+    }
+    let bodies: Vec<Value> = (0..16).map(body).collect();
+    let runs = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|b| common::stream_chunks(&s, "/v1/completions", b)),
+    )
+    .await;
+    for (i, chunks) in runs.iter().enumerate() {
+        assert!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"].is_string(),
+            "client {i} incomplete"
+        );
+        assert_eq!(text_of(chunks), solo[i], "client {i}");
+    }
+    s.stop().await.unwrap();
+}

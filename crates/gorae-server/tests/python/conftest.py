@@ -33,11 +33,17 @@ def _binary() -> str:
     return binary
 
 
-@pytest.fixture(scope="session")
-def server():
+# A ChatML template whose generation prompt opens `<think>`, as DeepSeek-R1's does.
+THINK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+
+def _start(extra_args):
     proc = subprocess.Popen(
         [_binary(), "serve", str(_model_path()), "--port", "0", "--ctx", "512",
-         "--alias", MODEL_ID, "--api-key", API_KEY],
+         "--alias", MODEL_ID, "--api-key", API_KEY, *extra_args],
         stderr=subprocess.PIPE, text=True,
     )
     base = None
@@ -65,10 +71,30 @@ def server():
             proc.kill()
             pytest.fail("gorae serve never became ready")
         time.sleep(0.05)
-    yield base
+    return proc, base, log
+
+
+def _stop(proc, log):
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
     assert code == 0, f"gorae serve exited with {code} after SIGTERM:\n{''.join(log)}"
+
+
+@pytest.fixture(scope="session")
+def server():
+    proc, base, log = _start([])
+    yield base
+    _stop(proc, log)
+
+
+@pytest.fixture(scope="session")
+def think_client(tmp_path_factory):
+    """A server whose template opens `<think>`, with both reasoning fields."""
+    template = tmp_path_factory.mktemp("tmpl") / "think.jinja"
+    template.write_text(THINK_TEMPLATE)
+    proc, base, log = _start(["--chat-template-file", str(template), "--reasoning-format", "both"])
+    yield openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    _stop(proc, log)
 
 
 @pytest.fixture(scope="session")

@@ -169,3 +169,22 @@ def test_json_object_output_parses(client):
         model=MODEL_ID, messages=msgs, max_tokens=48, temperature=0.7, seed=3, stream=True,
         response_format={"type": "json_object"}) if c.choices)
     assert isinstance(json.loads(streamed), dict)
+
+
+def test_reasoning_split_when_the_template_opens_think(think_client):
+    # End-of-turn tokens banned, so all six tokens are generated inside the open <think>.
+    kw = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=6,
+              temperature=0, logit_bias={"0": -100, "2": -100})
+    r = think_client.chat.completions.create(**kw)
+    msg = r.choices[0].message
+    assert msg.reasoning_content
+    assert msg.reasoning == msg.reasoning_content
+    if "</think>" not in msg.reasoning_content and not msg.content:
+        details = r.usage.completion_tokens_details
+        assert details.reasoning_tokens == r.usage.completion_tokens
+    chunks = list(think_client.chat.completions.create(stream=True, **kw))
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or ""
+                        for c in chunks if c.choices)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert reasoning == msg.reasoning_content
+    assert content == (msg.content or "")
