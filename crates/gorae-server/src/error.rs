@@ -108,6 +108,14 @@ impl ApiError {
         )
     }
 
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "Method not allowed for this endpoint.",
+        )
+    }
+
     /// 503 with `Retry-After`: the admission queue is full or the server is shutting down.
     pub fn overloaded(message: impl Into<String>, retry_after: u64) -> ApiError {
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)

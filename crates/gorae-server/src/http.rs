@@ -47,6 +47,7 @@ pub(crate) fn router(state: App) -> Router {
         .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(|| async { ApiError::not_found_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // axum's own 2 MB default would otherwise win over the configured limit; the layer
         // below also refuses an over-long Content-Length before the body is read.
         .layer(DefaultBodyLimit::max(limit))

@@ -46,6 +46,9 @@ async fn health_ready_and_models() {
     let (st, v) = s.get_json("/v1/nothing").await;
     assert_eq!(st, 404);
     assert!(v["error"]["message"].is_string());
+    let (st, v) = s.get_json("/v1/chat/completions").await;
+    assert_eq!(st, 405);
+    assert!(v["error"]["message"].is_string());
     let m = s.metrics().await;
     for name in [
         "gorae_requests_running",
@@ -373,5 +376,43 @@ async fn json_object_output_parses() {
             "{text}"
         );
     }
+    s.stop().await.unwrap();
+}
+
+/// A multi-turn chat does not recompute its shared prefix: the second turn's prompt starts
+/// with the first turn's prompt and answer, and they come from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_turn_chat_reuses_the_cached_prefix() {
+    let s = start(|c| c.parallel = 2).await;
+    let first = json!([{"role": "user", "content": "Name a fruit."}]);
+    let (st, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"messages": first, "max_tokens": 8, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let n_first = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let second = json!([
+        {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And a vegetable?"},
+    ]);
+    let (st, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"messages": second, "max_tokens": 4, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached >= n_first,
+        "cached {cached} < first prompt {n_first}: {v}"
+    );
+    assert!(s.metric("gorae_prompt_tokens_cached_total").await >= cached as f64);
     s.stop().await.unwrap();
 }
