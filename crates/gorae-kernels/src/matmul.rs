@@ -246,7 +246,8 @@ pub fn matmul_rows_with(
         return Ok(());
     }
     let wd = &w.data[rows.start * w_row..rows.end * w_row];
-    if let Some(f) = arch::rows_fn(isa, w.ty) {
+    let tiled = arch::rows_tiled_fn(isa, w.ty).filter(|&(_, tt)| n_tokens >= tt);
+    if let Some(f) = tiled.map(|(f, _)| f).or_else(|| arch::rows_fn(isa, w.ty)) {
         let rows = Rows {
             wd,
             w_row,

@@ -139,3 +139,72 @@ macro_rules! row_loop {
     }};
 }
 pub(crate) use row_loop;
+
+/// [`row_loop!`] for batches: within each token tile, runs of `$tt` tokens go through the
+/// register-tile kernel `$tile::<4, $tt>(w, [x; $tt], pf) -> [[f32; 4]; $tt]`, leftovers and
+/// tail rows through `$dotn`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! row_loop_tiled {
+    ($rows:expr, $W:ty, $X:ty, $dotn:ident, $tile:ident, $tt:expr) => {{
+        let crate::arch::Rows {
+            wd,
+            w_row,
+            xq,
+            x_row,
+            n_tokens,
+            n_rows,
+            y,
+        } = $rows;
+        let wb: &[$W] = crate::arch::view(wd);
+        let xb: &[$X] = crate::arch::view(xq);
+        let nw = w_row / size_of::<$W>();
+        let nx = x_row / size_of::<$X>();
+        let row = |r: usize| &wb[r * nw..(r + 1) * nw];
+        let tok = |t: usize| &xb[t * nx..(t + 1) * nx];
+        for t0 in (0..n_tokens).step_by(crate::arch::TOKEN_TILE) {
+            let t1 = (t0 + crate::arch::TOKEN_TILE).min(n_tokens);
+            let mut r = 0;
+            while r + 4 <= n_rows {
+                let w = [row(r), row(r + 1), row(r + 2), row(r + 3)];
+                let mut t = t0;
+                while t + $tt <= t1 {
+                    let xs: [&[$X]; $tt] = core::array::from_fn(|k| tok(t + k));
+                    let pf = if t == t0 { 4 * w_row } else { 0 };
+                    let s = $tile::<4, $tt>(w, xs, pf);
+                    for (k, s) in s.iter().enumerate() {
+                        y[(t + k) * n_rows + r..(t + k) * n_rows + r + 4].copy_from_slice(s);
+                    }
+                    t += $tt;
+                }
+                while t < t1 {
+                    let s = $dotn::<4>(w, tok(t), 0);
+                    y[t * n_rows + r..t * n_rows + r + 4].copy_from_slice(&s);
+                    t += 1;
+                }
+                r += 4;
+            }
+            while r < n_rows {
+                for t in t0..t1 {
+                    let [s] = $dotn::<1>([row(r)], tok(t), 0);
+                    y[t * n_rows + r] = s;
+                }
+                r += 1;
+            }
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use row_loop_tiled;
+
+/// The register-tile kernel for weights of type `ty` on `isa` and its token count, for
+/// products with at least that many tokens; `None` where only [`rows_fn`] exists.
+#[allow(unused_variables)]
+pub(crate) fn rows_tiled_fn(isa: Isa, ty: GgmlType) -> Option<(RowsFn, usize)> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::avx2::rows_tiled_fn(ty),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::avx512::rows_tiled_fn(ty),
+        _ => None,
+    }
+}

@@ -20,9 +20,14 @@
 //! in practice) run the scalar reference.
 
 macro_rules! x86_kernels {
-    ($feat:literal, $dpbusd:item) => {
+    ($feat:literal, $tile_t:literal, $dpbusd:item) => {
+        /// Tokens per register tile in the batched 32-block kernels (4 rows times this many
+        /// tokens of 8-lane accumulators must fit the register file: 16 ymm for AVX2, 32 with
+        /// AVX-512VL).
+        const TILE_T: usize = $tile_t;
+
         use crate::GgmlType;
-        use crate::arch::{QuantFn, Rows, RowsFn, row_loop, view_mut};
+        use crate::arch::{QuantFn, Rows, RowsFn, row_loop, row_loop_tiled, view_mut};
         use crate::quant::{BlockQ2K, BlockQ3K, BlockQ5K};
         use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K};
         use crate::quant::{BlockQ8_0, BlockQ8_1, BlockQ8K, F16Le, QK_K};
@@ -45,6 +50,21 @@ macro_rules! x86_kernels {
                 GgmlType::BF16 => rows_bf16,
                 _ => return None,
             })
+        }
+
+        /// Kernels for `n_tokens >= TILE_T` that keep an R x T tile of accumulators in
+        /// registers (bit-identical to `rows_fn`'s per token).
+        pub(crate) fn rows_tiled_fn(ty: GgmlType) -> Option<(RowsFn, usize)> {
+            Some((
+                match ty {
+                    GgmlType::Q4_0 => rows_tiled_q4_0,
+                    GgmlType::Q4_1 => rows_tiled_q4_1,
+                    GgmlType::Q5_0 => rows_tiled_q5_0,
+                    GgmlType::Q5_1 => rows_tiled_q5_1,
+                    _ => return None,
+                },
+                TILE_T,
+            ))
         }
 
         pub(crate) fn quant_fn(xq_ty: GgmlType) -> Option<QuantFn> {
@@ -406,7 +426,7 @@ macro_rules! x86_kernels {
                     core::array::from_fn(|r| hsum(acc[r]) + lanes[r])
                 }
             };
-            (@min true, $macc:ident, $bws:ident, $bx:ident) => {
+            (@min true, $macc:expr, $bws:ident, $bx:ident) => {
                 // m_w * s_x for all rows at once.
                 $macc = _mm256_fmadd_ps(
                     widen_halves($bws.map(|b| b.m)),
@@ -414,7 +434,66 @@ macro_rules! x86_kernels {
                     $macc,
                 );
             };
-            (@min false, $macc:ident, $bws:ident, $bx:ident) => {};
+            (@min false, $macc:expr, $bws:ident, $bx:ident) => {};
+        }
+
+        /// The batched (prefill) form of [`dotn_32!`]: the same per-(row, token) operations
+        /// on an R x T register tile. A separate function from the decode kernel on purpose:
+        /// sharing code with it made LLVM compile the decode loop up to 2x slower.
+        macro_rules! tile_32 {
+            ($tile:ident, $W:ty, $X:ty, |$bx:ident, $xv:ident| $base:expr,
+             |$bw:ident| $wq:expr, $min:tt) => {
+                /// R rows x T tokens: per block, each row's weights are unpacked once and each
+                /// token's activations loaded once, for R * T products. Every (row, token)
+                /// result goes through the same operations as with R = T = 1, so tiling never
+                /// changes a bit (prefill agrees with token-by-token decode).
+                #[target_feature(enable = $feat)]
+                fn $tile<const R: usize, const T: usize>(
+                    w: [&[$W]; R],
+                    x: [&[$X]; T],
+                    pf: usize,
+                ) -> [[f32; R]; T] {
+                    let n = x.iter().map(|x| x.len()).min().unwrap_or(0);
+                    if !rows_cover(&w, n) {
+                        return [[f32::NAN; R]; T];
+                    }
+                    let mut acc = [[_mm256_setzero_ps(); R]; T];
+                    #[allow(unused_mut)] // only the types with a min add to it
+                    let mut macc = [_mm256_setzero_ps(); T];
+                    for i in 0..n {
+                        // SAFETY: i < n and every row and token has at least n blocks.
+                        let (bws, bxs) = unsafe { (blocks_at(&w, i), blocks_at(&x, i)) };
+                        let dws = widen_halves(bws.map(|b| b.d));
+                        let mut xvs = [_mm256_setzero_si256(); T];
+                        let mut bases = [_mm256_setzero_si256(); T];
+                        let mut dds = [_mm256_setzero_ps(); T];
+                        for t in 0..T {
+                            let $bx = bxs[t];
+                            let $xv = load32(&$bx.qs);
+                            xvs[t] = $xv;
+                            bases[t] = $base;
+                            dds[t] = _mm256_mul_ps(dws, _mm256_set1_ps(f16s($bx.d)));
+                            dotn_32!(@min $min, macc[t], bws, $bx);
+                        }
+                        for r in 0..R {
+                            let $bw = bws[r];
+                            prefetch_block($bw, pf);
+                            let wq = $wq;
+                            for t in 0..T {
+                                let p = _mm256_cvtepi32_ps(dpbusd(bases[t], wq, xvs[t]));
+                                acc[t][r] = _mm256_fmadd_ps(p, lane(dds[t], r), acc[t][r]);
+                            }
+                        }
+                    }
+                    core::array::from_fn(|t| {
+                        let mut lanes = [0.0f32; 8];
+                        // SAFETY: `lanes` is 8 writable f32; storeu is unaligned.
+                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), macc[t]) };
+                        core::array::from_fn(|r| hsum(acc[t][r]) + lanes[r])
+                    })
+                }
+
+            };
         }
 
         // Q4_0: sum (q - 8) x = sum q x - 8 sum x, so every row starts from -8 sum x (per
@@ -447,6 +526,37 @@ macro_rules! x86_kernels {
         );
         dotn_32!(
             dotn_q5_1, BlockQ5_1, BlockQ8_1,
+            |bx, xv| _mm256_setzero_si256(),
+            |bw| _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh)),
+            true
+        );
+
+        tile_32!(
+            tile_q4_0, BlockQ4_0, BlockQ8_0,
+            |bx, xv| _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(8), xv)
+            ),
+            |bw| nibbles(&bw.qs),
+            false
+        );
+        tile_32!(
+            tile_q4_1, BlockQ4_1, BlockQ8_1,
+            |bx, xv| _mm256_setzero_si256(),
+            |bw| nibbles(&bw.qs),
+            true
+        );
+        tile_32!(
+            tile_q5_0, BlockQ5_0, BlockQ8_0,
+            |bx, xv| _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(16), xv)
+            ),
+            |bw| _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh)),
+            false
+        );
+        tile_32!(
+            tile_q5_1, BlockQ5_1, BlockQ8_1,
             |bx, xv| _mm256_setzero_si256(),
             |bw| _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh)),
             true
@@ -952,6 +1062,21 @@ macro_rules! x86_kernels {
             };
         }
 
+        macro_rules! rows_tiled_entry {
+            ($name:ident, $W:ty, $X:ty, $dotn:ident, $tile:ident) => {
+                /// SAFETY contract: as the plain entries.
+                #[target_feature(enable = $feat)]
+                unsafe fn $name(rows: Rows<'_>) {
+                    row_loop_tiled!(rows, $W, $X, $dotn, $tile, TILE_T)
+                }
+            };
+        }
+
+        rows_tiled_entry!(rows_tiled_q4_0, BlockQ4_0, BlockQ8_0, dotn_q4_0, tile_q4_0);
+        rows_tiled_entry!(rows_tiled_q4_1, BlockQ4_1, BlockQ8_1, dotn_q4_1, tile_q4_1);
+        rows_tiled_entry!(rows_tiled_q5_0, BlockQ5_0, BlockQ8_0, dotn_q5_0, tile_q5_0);
+        rows_tiled_entry!(rows_tiled_q5_1, BlockQ5_1, BlockQ8_1, dotn_q5_1, tile_q5_1);
+
         rows_entry!(rows_q4_0, BlockQ4_0, BlockQ8_0, dotn_q4_0);
         rows_entry!(rows_q4_1, BlockQ4_1, BlockQ8_1, dotn_q4_1);
         rows_entry!(rows_q5_0, BlockQ5_0, BlockQ8_0, dotn_q5_0);
@@ -972,6 +1097,7 @@ macro_rules! x86_kernels {
 pub(crate) mod avx2 {
     x86_kernels!(
         "avx2,fma,f16c",
+        2,
         /// `acc + dot4(u, s)` per i32 lane via `vpmaddubsw` + `vpmaddwd` (exact for the
         /// operand ranges documented in the module docs).
         #[inline]
@@ -987,6 +1113,7 @@ pub(crate) mod avx2 {
 pub(crate) mod avx512 {
     x86_kernels!(
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        4,
         /// `acc + dot4(u, s)` per i32 lane: one `vpdpbusd`.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
