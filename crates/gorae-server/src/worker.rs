@@ -254,10 +254,25 @@ fn worker(
                 Step::Continue => {}
                 Step::Finished(finish) => {
                     metrics.requests_finished.fetch_add(1, Ordering::Relaxed);
+                    let u = finish.usage;
+                    let secs = generation.job.admitted.elapsed().as_secs_f64();
+                    tracing::info!(
+                        prompt_tokens = u.prompt_tokens,
+                        cached_tokens = u.cached_tokens,
+                        completion_tokens = u.completion_tokens,
+                        reasoning_tokens = u.reasoning_tokens,
+                        finish_reason = finish.reason.as_str(),
+                        seconds = secs,
+                        "request finished"
+                    );
                     let _ = events.send(Event::Done(finish));
                 }
                 Step::Cancelled => {
                     metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        completion_tokens = generation.n_gen,
+                        "request cancelled (client gone)"
+                    );
                 }
                 Step::Failed(e) => {
                     tracing::error!("generation failed: {e}");
