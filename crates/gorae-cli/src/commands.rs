@@ -53,15 +53,25 @@ fn print_timings(g: &generate::Generation) {
     );
 }
 
-pub fn run(
-    model_path: &Path,
-    prompt: &str,
-    n_predict: usize,
-    chat: bool,
-    raw: bool,
-    system: Option<&str>,
-    sampling: &SamplingArgs,
-) -> Result<()> {
+/// What `gorae run` was asked to do, besides the model and sampling.
+pub struct RunOptions<'a> {
+    pub prompt: &'a str,
+    pub n_predict: usize,
+    pub chat: bool,
+    pub raw: bool,
+    pub system: Option<&'a str>,
+    pub speculative: Option<crate::Speculative>,
+}
+
+pub fn run(model_path: &Path, opts: &RunOptions<'_>, sampling: &SamplingArgs) -> Result<()> {
+    let RunOptions {
+        prompt,
+        n_predict,
+        chat,
+        raw,
+        system,
+        speculative,
+    } = *opts;
     let loaded = load::load_model(model_path, true)?;
     let tok = loaded.tokenizer()?;
     let use_chat = chat || (!raw && tok.chat_template().is_some());
@@ -79,6 +89,16 @@ pub fn run(
     } else {
         (tok.encode(prompt, true)?, false)
     };
+    if let Some(crate::Speculative::Mtp) = speculative {
+        return run_mtp(
+            &loaded.model,
+            tok,
+            &ids,
+            n_predict,
+            sampling,
+            starts_in_think,
+        );
+    }
     let mut engine = Engine::new(&loaded.model, n_ctx(&loaded.model, sampling), N_BATCH);
     let mut sampler = Sampler::new(generate::sampler_config(sampling)?);
     let params = GenParams {
@@ -97,6 +117,94 @@ pub fn run(
     splitter.finish(|p| show(&mut stdout.lock(), p))?;
     println!();
     print_timings(&g);
+    Ok(())
+}
+
+/// `run --speculative mtp`: greedy self-speculative decoding with the model's MTP block; the
+/// output is plain greedy decoding's, the acceptance rate and speed go to stderr.
+fn run_mtp(
+    model: &Model,
+    tok: &Tokenizer,
+    ids: &[u32],
+    n_predict: usize,
+    sampling: &SamplingArgs,
+    starts_in_think: bool,
+) -> Result<()> {
+    if sampling.temperature != 0.0 {
+        bail!("--speculative mtp verifies drafts greedily: use it with --temp 0");
+    }
+    if !model.has_mtp() {
+        bail!(
+            "the model has no multi-token-prediction block (num_nextn_predict_layers is 0 or its tensors are missing)"
+        );
+    }
+    let n_ctx = n_ctx(model, sampling);
+    if ids.len() + 2 >= n_ctx {
+        bail!(
+            "the prompt ({} tokens) does not fit the context of {n_ctx} tokens",
+            ids.len()
+        );
+    }
+    let mut state = model.new_state(n_ctx, N_BATCH);
+    let stops: &[u32] = if sampling.ignore_eos {
+        &[]
+    } else {
+        tok.stop_ids()
+    };
+    let mut decoder = gorae_text::StreamDecoder::new(tok, true);
+    let mut stop = gorae_runtime::StopMatcher::new(sampling.stop.clone());
+    let mut splitter = ThinkSplitter::new(starts_in_think);
+    let stdout = std::io::stdout();
+    let mut failed: Option<anyhow::Error> = None;
+    let t0 = std::time::Instant::now();
+    let (tokens, stats) =
+        gorae_runtime::speculative::generate_mtp(model, &mut state, ids, n_predict, stops, |id| {
+            if stops.contains(&id) {
+                return true;
+            }
+            let mut step = || -> Result<bool> {
+                let Some(piece) = decoder.push(id)? else {
+                    return Ok(false);
+                };
+                let (text, done) = match stop.push(&piece) {
+                    gorae_runtime::StopOutcome::Continue(t) => (t, false),
+                    gorae_runtime::StopOutcome::Stop(t) => (t, true),
+                };
+                let mut out = stdout.lock();
+                splitter.push(&text, |p| show(&mut out, p))?;
+                out.flush()?;
+                Ok(done)
+            };
+            match step() {
+                Ok(done) => done,
+                Err(e) => {
+                    failed = Some(e);
+                    true
+                }
+            }
+        })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut rest = decoder.flush()?.unwrap_or_default();
+    rest.push_str(&stop.flush());
+    splitter.push(&rest, |p| show(&mut stdout.lock(), p))?;
+    splitter.finish(|p| show(&mut stdout.lock(), p))?;
+    println!();
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "\n[mtp: {} tokens, {:.1} t/s (prompt included) | {} trunk passes | draft acceptance {}/{} = {:.1} %]",
+        tokens.len(),
+        if secs > 0.0 {
+            tokens.len() as f64 / secs
+        } else {
+            0.0
+        },
+        stats.trunk_passes,
+        stats.accepted,
+        stats.drafted,
+        stats.acceptance_rate() * 100.0
+    );
     Ok(())
 }
 

@@ -63,6 +63,12 @@ pub struct SamplingArgs {
     pub ctx_size: Option<usize>,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speculative {
+    /// The model's own multi-token-prediction block (DeepSeek-V3 family).
+    Mtp,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt, streaming it to stdout.
@@ -82,6 +88,10 @@ enum Command {
         /// A system message for --chat.
         #[arg(long)]
         system: Option<String>,
+        /// Self-speculative decoding: `mtp` drafts with DeepSeek-V3's multi-token-prediction
+        /// block (greedy only; output identical to plain greedy decoding).
+        #[arg(long, value_enum)]
+        speculative: Option<Speculative>,
         #[command(flatten)]
         sampling: SamplingArgs,
     },
@@ -200,16 +210,19 @@ fn main() -> ExitCode {
             chat,
             raw,
             system,
+            speculative,
             sampling,
-        } => commands::run(
-            &model,
-            &prompt,
-            n_predict,
-            chat,
-            raw,
-            system.as_deref(),
-            &sampling,
-        ),
+        } => {
+            let opts = commands::RunOptions {
+                prompt: &prompt,
+                n_predict,
+                chat,
+                raw,
+                system: system.as_deref(),
+                speculative,
+            };
+            commands::run(&model, &opts, &sampling)
+        }
         Command::Chat {
             model,
             system,

@@ -198,3 +198,76 @@ fn inspect_deepseek_reports_the_latent_cache_size() {
         "{stdout}"
     );
 }
+
+/// The tiny DeepSeek-V3 fixture with its MTP layer, plus a tokenizer.json built from the SmolLM2
+/// GGUF (the fixture's tokenizer is SmolLM2's), in a temporary model directory.
+fn deepseek_mtp_dir(tmp: &std::path::Path) -> std::path::PathBuf {
+    let src = common::models_dir().join("fixtures/tiny-deepseek-v3");
+    assert!(
+        src.exists(),
+        "{} is missing: run `python3 scripts/fetch_models.py`",
+        src.display()
+    );
+    let dir = tmp.join("tiny-deepseek-v3");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(src.join(f), dir.join(f)).unwrap();
+    }
+    let gguf = gorae_formats::gguf::GgufFile::open(&common::smollm2()).unwrap();
+    let tok = gorae_text::Tokenizer::from_gguf(&gguf).unwrap();
+    tok.inner().save(dir.join("tokenizer.json"), false).unwrap();
+    dir
+}
+
+#[test]
+fn speculative_mtp_prints_the_greedy_output_and_the_acceptance_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = deepseek_mtp_dir(tmp.path());
+    let run = |extra: &[&str]| {
+        let out = gorae()
+            .args([
+                "run",
+                dir.to_str().unwrap(),
+                "--raw",
+                "--temp",
+                "0",
+                "-n",
+                "24",
+                "-p",
+                "The quick brown fox",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (plain, _) = run(&[]);
+    let (spec, stderr) = run(&["--speculative", "mtp"]);
+    assert_eq!(spec, plain);
+    assert!(stderr.contains("draft acceptance"), "{stderr}");
+    // Sampling is refused: drafts are verified greedily.
+    let out = gorae()
+        .args([
+            "run",
+            dir.to_str().unwrap(),
+            "--raw",
+            "--temp",
+            "0.7",
+            "-p",
+            "x",
+            "--speculative",
+            "mtp",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--temp 0"));
+}

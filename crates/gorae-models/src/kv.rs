@@ -86,6 +86,8 @@ pub struct LatentKvCache {
     pub width: usize,
     data: Vec<f32>, // [n_layer, n_ctx, width]
     len: usize,
+    /// Positions the MTP block's layer (the last one, when present) holds.
+    mtp_len: usize,
 }
 
 impl LatentKvCache {
@@ -96,6 +98,7 @@ impl LatentKvCache {
             width,
             data: vec![0.0; n_layer * n_ctx * width],
             len: 0,
+            mtp_len: 0,
         }
     }
 
@@ -109,10 +112,23 @@ impl LatentKvCache {
 
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        self.mtp_len = self.mtp_len.min(len);
     }
 
     pub(crate) fn set_len(&mut self, len: usize) {
         self.len = len;
+    }
+
+    pub fn mtp_len(&self) -> usize {
+        self.mtp_len
+    }
+
+    pub fn truncate_mtp(&mut self, len: usize) {
+        self.mtp_len = self.mtp_len.min(len);
+    }
+
+    pub(crate) fn set_mtp_len(&mut self, len: usize) {
+        self.mtp_len = len;
     }
 
     pub fn bytes_per_token(&self) -> usize {

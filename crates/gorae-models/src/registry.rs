@@ -242,7 +242,58 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Whether a multi-token-prediction block is loaded (for `--speculative mtp`).
+    pub fn has_mtp(&self) -> bool {
+        match self {
+            Model::Llama(_) => false,
+            Model::Deepseek(m) => m.has_mtp(),
+        }
+    }
+
+    /// Drafts with the MTP block: `tokens[i]` is the token after trunk position `mtp_len + i`,
+    /// `hidden` the trunk's final hidden state there (`[n, n_embd]`); returns the last row's
+    /// logits for the token after that.
+    pub fn mtp_forward<'s>(
+        &self,
+        tokens: &[u32],
+        hidden: &[f32],
+        state: &'s mut State,
+    ) -> Result<&'s [f32]> {
+        match (self, &mut state.cache, &mut state.scratch) {
+            (Model::Deepseek(m), Cache::Latent(kv), Scratch::Deepseek(s)) => {
+                m.mtp_forward(tokens, hidden, kv, s)
+            }
+            _ => Err(ModelError::MissingConfig(
+                "a multi-token-prediction block".into(),
+            )),
+        }
+    }
+
+    /// Final-normed hidden states of the last `forward`'s `n_tokens` rows (families with MTP).
+    pub fn hidden_rows<'s>(&self, state: &'s State, n_tokens: usize) -> Option<&'s [f32]> {
+        match &state.scratch {
+            Scratch::Deepseek(s) => Some(s.hidden_rows(n_tokens)),
+            Scratch::Llama(_) => None,
+        }
+    }
+}
+
 impl State {
+    /// Positions the MTP block's cache holds.
+    pub fn mtp_len(&self) -> usize {
+        match &self.cache {
+            Cache::Latent(kv) => kv.mtp_len(),
+            Cache::Standard(_) => 0,
+        }
+    }
+
+    pub fn truncate_mtp(&mut self, len: usize) {
+        if let Cache::Latent(kv) = &mut self.cache {
+            kv.truncate_mtp(len);
+        }
+    }
+
     pub fn n_batch(&self) -> usize {
         match &self.scratch {
             Scratch::Llama(s) => s.n_batch(),

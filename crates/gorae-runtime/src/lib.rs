@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod npy;
 pub mod sampler;
+pub mod speculative;
 pub mod stop;
 
 pub use engine::Engine;

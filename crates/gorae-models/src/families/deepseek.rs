@@ -61,6 +61,18 @@ enum Ffn {
     Moe(Moe),
 }
 
+/// DeepSeek-V3's multi-token-prediction block: from the trunk's hidden state at position `i` and
+/// the embedding of token `i + 1`, one more decoder block predicts token `i + 2` (V3 report §2.2).
+struct Mtp {
+    enorm: Vec<f32>,        // [n_embd]
+    hnorm: Vec<f32>,        // [n_embd]
+    eh_proj: QMatrix,       // [n_embd, 2 * n_embd] over [enorm(emb); hnorm(h)]
+    embed: Option<QMatrix>, // [n_vocab, n_embd]; the trunk's table when absent (they are equal)
+    head_norm: Vec<f32>,    // [n_embd]
+    head: Option<QMatrix>,  // [n_vocab, n_embd]; the trunk's head when absent
+    layer: Layer,
+}
+
 struct Layer {
     attn_norm: Vec<f32>, // [n_embd]
     mla: Mla,
@@ -77,6 +89,7 @@ pub struct DeepseekModel {
     output_norm: Vec<f32>, // [n_embd]
     output: QMatrix,       // [n_vocab, n_embd]
     layers: Vec<Layer>,
+    mtp: Option<Box<Mtp>>,
     inv_freq: Vec<f32>, // [qk_rope / 2]
     rope_mscale: f32,
     kq_scale: f32,
@@ -111,6 +124,9 @@ pub struct DeepseekScratch {
     sin: Vec<f32>,
     scores: Vec<f32>, // [n_ctx]
     logits: Vec<f32>, // [n_batch, n_vocab]
+    /// Final-normed hidden state of every row of the last batch (what the MTP block consumes).
+    hidden: Vec<f32>, // [n_batch, n_embd]
+    eh: Vec<f32>,     // [n_batch, 2 * n_embd] MTP input [enorm(emb); hnorm(h)]
     qbuf: Vec<u8>,
 }
 
@@ -147,6 +163,30 @@ fn load_mlp(
 impl DeepseekModel {
     pub fn load(cfg: DeepseekConfig, src: &dyn WeightSource) -> Result<Self> {
         cfg.validate()?;
+        let n_embd = cfg.n_embd;
+        let layers = (0..cfg.n_layer)
+            .map(|il| Self::load_layer(&cfg, src, il))
+            .collect::<Result<Vec<_>>>()?;
+        let mtp = Self::load_mtp(&cfg, src)?;
+        let inv_freq = cfg.rope_inv_freq();
+        let renormalize = cfg.arch != "DeepseekV2ForCausalLM" && cfg.moe.norm_topk_prob;
+        Ok(DeepseekModel {
+            tok_embd: QMatrix::load(src, TensorKey::global(K::TokenEmbd), cfg.n_vocab, n_embd)?,
+            output_norm: load_vector(src, TensorKey::global(K::OutputNorm), n_embd)?,
+            output: QMatrix::load(src, TensorKey::global(K::Output), cfg.n_vocab, n_embd)?,
+            layers,
+            mtp,
+            inv_freq,
+            rope_mscale: cfg.rope_cos_sin_multiplier(),
+            kq_scale: cfg.softmax_scale(),
+            renormalize,
+            mla_mode: MlaMode::Auto,
+            cfg,
+        })
+    }
+
+    /// One decoder block (MLA + dense FFN or MoE); `il` may be an MTP block's index.
+    fn load_layer(cfg: &DeepseekConfig, src: &dyn WeightSource, il: usize) -> Result<Layer> {
         let (n_embd, n_head) = (cfg.n_embd, cfg.n_head);
         let (nope, rope_d, dv, lora) = (
             cfg.qk_nope_head_dim,
@@ -155,112 +195,114 @@ impl DeepseekModel {
             cfg.kv_lora_rank,
         );
         let qk = nope + rope_d;
-        let layers = (0..cfg.n_layer)
-            .map(|il| -> Result<Layer> {
-                let key = |k| TensorKey::layer(k, il);
-                let (wq, wq_a, q_a_norm, wq_b) = match cfg.q_lora_rank {
-                    None => (
-                        Some(QMatrix::load(src, key(K::AttnQ), n_head * qk, n_embd)?),
-                        None,
-                        None,
-                        None,
-                    ),
-                    Some(r) => (
-                        None,
-                        Some(QMatrix::load(src, key(K::AttnQA), r, n_embd)?),
-                        Some(load_vector(src, key(K::AttnQANorm), r)?),
-                        Some(QMatrix::load(src, key(K::AttnQB), n_head * qk, r)?),
-                    ),
-                };
-                let (wkv_b, wk_b, wv_b) = Self::load_kv_b(&cfg, src, il)?;
-                let mla = Mla {
-                    wq,
-                    wq_a,
-                    q_a_norm,
-                    wq_b,
-                    wkv_a: QMatrix::load(src, key(K::AttnKvAMqa), lora + rope_d, n_embd)?,
-                    kv_a_norm: load_vector(src, key(K::AttnKvANorm), lora)?,
-                    wkv_b,
-                    wk_b,
-                    wv_b,
-                    wo: QMatrix::load(src, key(K::AttnOut), n_embd, n_head * dv)?,
-                };
-                let ffn = if cfg.is_moe_layer(il) {
-                    let m = &cfg.moe;
-                    let mut router = vec![0.0f32; m.n_expert * n_embd];
-                    let r = src
-                        .raw(key(K::FfnGateInp))?
-                        .ok_or(ModelError::MissingTensor(key(K::FfnGateInp)))?;
-                    if r.shape != [m.n_expert, n_embd] {
-                        return Err(ModelError::ShapeMismatch {
-                            key: key(K::FfnGateInp),
-                            expected: vec![m.n_expert, n_embd],
-                            got: r.shape,
-                        });
-                    }
-                    dequantize_row(r.ty, &r.data, &mut router)?;
-                    let experts = (0..m.n_expert)
-                        .map(|e| {
-                            let ek = |k| TensorKey::expert(k, il, e);
-                            load_mlp(
-                                src,
-                                [ek(K::FfnGateExps), ek(K::FfnUpExps), ek(K::FfnDownExps)],
-                                m.n_ff_exp,
-                                n_embd,
-                            )
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    let shared = if m.n_expert_shared > 0 {
-                        let w = m.n_ff_exp * m.n_expert_shared;
-                        Some(load_mlp(
-                            src,
-                            [
-                                key(K::FfnGateShexp),
-                                key(K::FfnUpShexp),
-                                key(K::FfnDownShexp),
-                            ],
-                            w,
-                            n_embd,
-                        )?)
-                    } else {
-                        None
-                    };
-                    Ffn::Moe(Moe {
-                        router,
-                        bias: load_vector_opt(src, key(K::ExpProbsB).bias(), m.n_expert)?,
-                        experts,
-                        shared,
-                    })
-                } else {
-                    Ffn::Dense(load_mlp(
+        let key = |k| TensorKey::layer(k, il);
+        let (wq, wq_a, q_a_norm, wq_b) = match cfg.q_lora_rank {
+            None => (
+                Some(QMatrix::load(src, key(K::AttnQ), n_head * qk, n_embd)?),
+                None,
+                None,
+                None,
+            ),
+            Some(r) => (
+                None,
+                Some(QMatrix::load(src, key(K::AttnQA), r, n_embd)?),
+                Some(load_vector(src, key(K::AttnQANorm), r)?),
+                Some(QMatrix::load(src, key(K::AttnQB), n_head * qk, r)?),
+            ),
+        };
+        let (wkv_b, wk_b, wv_b) = Self::load_kv_b(cfg, src, il)?;
+        let mla = Mla {
+            wq,
+            wq_a,
+            q_a_norm,
+            wq_b,
+            wkv_a: QMatrix::load(src, key(K::AttnKvAMqa), lora + rope_d, n_embd)?,
+            kv_a_norm: load_vector(src, key(K::AttnKvANorm), lora)?,
+            wkv_b,
+            wk_b,
+            wv_b,
+            wo: QMatrix::load(src, key(K::AttnOut), n_embd, n_head * dv)?,
+        };
+        let ffn = if cfg.is_moe_layer(il) {
+            let m = &cfg.moe;
+            let mut router = vec![0.0f32; m.n_expert * n_embd];
+            let r = src
+                .raw(key(K::FfnGateInp))?
+                .ok_or(ModelError::MissingTensor(key(K::FfnGateInp)))?;
+            if r.shape != [m.n_expert, n_embd] {
+                return Err(ModelError::ShapeMismatch {
+                    key: key(K::FfnGateInp),
+                    expected: vec![m.n_expert, n_embd],
+                    got: r.shape,
+                });
+            }
+            dequantize_row(r.ty, &r.data, &mut router)?;
+            let experts = (0..m.n_expert)
+                .map(|e| {
+                    let ek = |k| TensorKey::expert(k, il, e);
+                    load_mlp(
                         src,
-                        [key(K::FfnGate), key(K::FfnUp), key(K::FfnDown)],
-                        cfg.n_ff,
+                        [ek(K::FfnGateExps), ek(K::FfnUpExps), ek(K::FfnDownExps)],
+                        m.n_ff_exp,
                         n_embd,
-                    )?)
-                };
-                Ok(Layer {
-                    attn_norm: load_vector(src, key(K::AttnNorm), n_embd)?,
-                    mla,
-                    ffn_norm: load_vector(src, key(K::FfnNorm), n_embd)?,
-                    ffn,
+                    )
                 })
+                .collect::<Result<Vec<_>>>()?;
+            let shared = if m.n_expert_shared > 0 {
+                let w = m.n_ff_exp * m.n_expert_shared;
+                Some(load_mlp(
+                    src,
+                    [
+                        key(K::FfnGateShexp),
+                        key(K::FfnUpShexp),
+                        key(K::FfnDownShexp),
+                    ],
+                    w,
+                    n_embd,
+                )?)
+            } else {
+                None
+            };
+            Ffn::Moe(Moe {
+                router,
+                bias: load_vector_opt(src, key(K::ExpProbsB).bias(), m.n_expert)?,
+                experts,
+                shared,
             })
-            .collect::<Result<Vec<_>>>()?;
-        let inv_freq = cfg.rope_inv_freq();
-        let renormalize = cfg.arch != "DeepseekV2ForCausalLM" && cfg.moe.norm_topk_prob;
-        Ok(DeepseekModel {
-            tok_embd: QMatrix::load(src, TensorKey::global(K::TokenEmbd), cfg.n_vocab, n_embd)?,
-            output_norm: load_vector(src, TensorKey::global(K::OutputNorm), n_embd)?,
-            output: QMatrix::load(src, TensorKey::global(K::Output), cfg.n_vocab, n_embd)?,
-            layers,
-            inv_freq,
-            rope_mscale: cfg.rope_cos_sin_multiplier(),
-            kq_scale: cfg.softmax_scale(),
-            renormalize,
-            mla_mode: MlaMode::Auto,
-            cfg,
+        } else {
+            Ffn::Dense(load_mlp(
+                src,
+                [key(K::FfnGate), key(K::FfnUp), key(K::FfnDown)],
+                cfg.n_ff,
+                n_embd,
+            )?)
+        };
+        Ok(Layer {
+            attn_norm: load_vector(src, key(K::AttnNorm), n_embd)?,
+            mla,
+            ffn_norm: load_vector(src, key(K::FfnNorm), n_embd)?,
+            ffn,
         })
+    }
+
+    /// The multi-token-prediction block (`model.layers.<n_layer>.*`; GGUF `blk.<n_layer>.nextn.*`),
+    /// when the config declares one and the file has it.
+    fn load_mtp(cfg: &DeepseekConfig, src: &dyn WeightSource) -> Result<Option<Box<Mtp>>> {
+        let il = cfg.n_layer;
+        let key = |k| TensorKey::layer(k, il);
+        if cfg.n_nextn_layer == 0 || src.raw(key(K::NextnEhProj))?.is_none() {
+            return Ok(None);
+        }
+        let e = cfg.n_embd;
+        Ok(Some(Box::new(Mtp {
+            enorm: load_vector(src, key(K::NextnEnorm), e)?,
+            hnorm: load_vector(src, key(K::NextnHnorm), e)?,
+            eh_proj: QMatrix::load(src, key(K::NextnEhProj), e, 2 * e)?,
+            embed: QMatrix::load_opt(src, key(K::NextnEmbedTokens), cfg.n_vocab, e)?,
+            head_norm: load_vector(src, key(K::NextnSharedHeadNorm), e)?,
+            head: QMatrix::load_opt(src, key(K::NextnSharedHeadHead), cfg.n_vocab, e)?,
+            layer: Self::load_layer(cfg, src, il)?,
+        })))
     }
 
     /// `kv_b` for the naive path and its per-head halves for the absorbed path, from whichever the
@@ -362,8 +404,14 @@ impl DeepseekModel {
         Ok((wkv_b, wk_b, wv_b))
     }
 
+    /// The latent cache: one layer per trunk block, plus one for the MTP block when loaded.
     pub fn new_cache(&self, n_ctx: usize) -> LatentKvCache {
-        LatentKvCache::new(self.cfg.n_layer, n_ctx, self.cfg.kv_cache_width())
+        let n = self.cfg.n_layer + usize::from(self.mtp.is_some());
+        LatentKvCache::new(n, n_ctx, self.cfg.kv_cache_width())
+    }
+
+    pub fn has_mtp(&self) -> bool {
+        self.mtp.is_some()
     }
 
     pub fn new_scratch(&self, n_batch: usize, n_ctx: usize) -> DeepseekScratch {
@@ -400,6 +448,15 @@ impl DeepseekModel {
             sin: vec![0.0; nb * c.qk_rope_head_dim / 2],
             scores: vec![0.0; n_ctx],
             logits: vec![0.0; nb * c.n_vocab],
+            hidden: vec![0.0; nb * c.n_embd],
+            eh: vec![
+                0.0;
+                if self.mtp.is_some() {
+                    nb * 2 * c.n_embd
+                } else {
+                    0
+                }
+            ],
             qbuf: Vec::new(),
         }
     }
@@ -525,23 +582,111 @@ impl DeepseekModel {
             }
         }
         kv.set_len(pos0 + n);
+        norm::rms_norm(
+            &s.x[..n * e],
+            &self.output_norm,
+            c.rms_eps,
+            &mut s.hidden[..n * e],
+        );
         let (first, rows) = match want {
             Logits::Last => (n - 1, 1),
             Logits::All => (0, n),
         };
-        norm::rms_norm(
-            &s.x[first * e..(first + rows) * e],
-            &self.output_norm,
-            c.rms_eps,
-            &mut s.xn[..rows * e],
-        );
-        self.output.matmul(
-            &s.xn[..rows * e],
-            rows,
-            &mut s.logits[..rows * c.n_vocab],
-            &mut s.qbuf,
-        )?;
+        let h = &s.hidden[first * e..(first + rows) * e];
+        self.output
+            .matmul(h, rows, &mut s.logits[..rows * c.n_vocab], &mut s.qbuf)?;
         Ok(&s.logits[..rows * c.n_vocab])
+    }
+
+    /// Runs the MTP block over `tokens` (token `i + 1` for each trunk position `i`) and the
+    /// trunk's final hidden states `hidden` (`[n_tokens, n_embd]`, as `forward` left them in
+    /// `hidden_rows`), at MTP positions `kv.mtp_len()..`; returns the last row's draft logits.
+    pub fn mtp_forward<'s>(
+        &self,
+        tokens: &[u32],
+        hidden: &[f32],
+        kv: &mut LatentKvCache,
+        s: &'s mut DeepseekScratch,
+    ) -> Result<&'s [f32]> {
+        let c = &self.cfg;
+        let m = self.mtp.as_ref().ok_or_else(|| {
+            ModelError::MissingTensor(TensorKey::layer(K::NextnEhProj, c.n_layer))
+        })?;
+        let n = tokens.len();
+        let e = c.n_embd;
+        if n == 0 || n > s.n_batch || hidden.len() != n * e {
+            return Err(ModelError::BatchTooLarge {
+                n_tokens: n,
+                n_batch: s.n_batch,
+            });
+        }
+        let pos0 = kv.mtp_len();
+        if pos0 + n > kv.n_ctx || pos0 + n > s.scores.len() {
+            return Err(ModelError::ContextOverflow {
+                pos: pos0 + n,
+                n_ctx: kv.n_ctx.min(s.scores.len()),
+            });
+        }
+        let half = c.qk_rope_head_dim / 2;
+        let embed = m.embed.as_ref().unwrap_or(&self.tok_embd);
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= c.n_vocab {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    n_vocab: c.n_vocab,
+                });
+            }
+            // [enorm(emb(token)); hnorm(h)], embedding first (vLLM deepseek_mtp.py order).
+            let row = &mut s.eh[t * 2 * e..(t + 1) * 2 * e];
+            embed.row(id as usize, &mut row[..e])?;
+            norm::rms_norm_inplace(&mut row[..e], &m.enorm, c.rms_eps);
+            norm::rms_norm(
+                &hidden[t * e..(t + 1) * e],
+                &m.hnorm,
+                c.rms_eps,
+                &mut row[e..],
+            );
+            rope::fill_cos_sin(
+                &self.inv_freq,
+                self.rope_mscale,
+                pos0 + t,
+                &mut s.cos[t * half..(t + 1) * half],
+                &mut s.sin[t * half..(t + 1) * half],
+            );
+        }
+        m.eh_proj
+            .matmul(&s.eh[..n * 2 * e], n, &mut s.x[..n * e], &mut s.qbuf)?;
+        let il = c.n_layer;
+        let l = &m.layer;
+        norm::rms_norm(&s.x[..n * e], &l.attn_norm, c.rms_eps, &mut s.xn[..n * e]);
+        self.attention(il, &l.mla, n, pos0, false, kv, s)?;
+        for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
+            *a += b;
+        }
+        norm::rms_norm(&s.x[..n * e], &l.ffn_norm, c.rms_eps, &mut s.xn[..n * e]);
+        match &l.ffn {
+            Ffn::Dense(p) => {
+                mlp_forward(
+                    p,
+                    n,
+                    &s.xn[..n * e],
+                    &mut s.gate,
+                    &mut s.up,
+                    &mut s.proj[..n * e],
+                    &mut s.qbuf,
+                )?;
+            }
+            Ffn::Moe(moe) => self.moe(moe, n, s)?,
+        }
+        for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
+            *a += b;
+        }
+        kv.set_mtp_len(pos0 + n);
+        let last = &s.x[(n - 1) * e..n * e];
+        norm::rms_norm(last, &m.head_norm, c.rms_eps, &mut s.xn[..e]);
+        let head = m.head.as_ref().unwrap_or(&self.output);
+        head.matmul(&s.xn[..e], 1, &mut s.logits[..c.n_vocab], &mut s.qbuf)?;
+        Ok(&s.logits[..c.n_vocab])
     }
 
     /// MLA for `n` tokens at `pos0..`: reads `s.xn`, writes the projected output to `s.proj`.
@@ -846,5 +991,11 @@ fn mlp_forward(
 impl DeepseekScratch {
     pub fn n_batch(&self) -> usize {
         self.n_batch
+    }
+
+    /// Final-normed hidden states of the last `forward`'s `n_tokens` rows.
+    pub fn hidden_rows(&self, n_tokens: usize) -> &[f32] {
+        let e = self.hidden.len() / self.n_batch.max(1);
+        &self.hidden[..(n_tokens * e).min(self.hidden.len())]
     }
 }
