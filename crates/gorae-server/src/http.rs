@@ -424,15 +424,21 @@ async fn chat_inner(app: App, body: Result<Bytes, BytesRejection>) -> Result<Res
     let req = request::chat_request(&obj, app.n_vocab)?;
     app.check_model(req.model.as_deref())?;
     app.check_accepting()?;
-    let app2 = Arc::clone(&app);
-    let messages = req.messages;
-    let kwargs = req.template_kwargs;
-    // Template rendering is bounded (fuel) but can take milliseconds; keep it off the
-    // runtime's worker threads.
-    let (ids, starts_inside) =
+    let (ids, starts_inside) = {
+        let _permit = app
+            .prep_permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::overloaded("The server is shutting down.", 5))?;
+        let app2 = Arc::clone(&app);
+        let messages = req.messages;
+        let kwargs = req.template_kwargs;
+        // Template rendering is bounded (fuel) but can take milliseconds; keep it off the
+        // runtime's worker threads.
         tokio::task::spawn_blocking(move || render_chat(&app2, &messages, &kwargs))
             .await
-            .map_err(|e| ApiError::internal(format!("rendering failed: {e}")))??;
+            .map_err(|e| ApiError::internal(format!("rendering failed: {e}")))??
+    };
     let max_tokens = app.max_tokens(ids.len(), req.params.max_tokens, None)?;
     let reasoning = app.reasoning_template.then_some(starts_inside);
     run(
@@ -459,6 +465,11 @@ async fn completion_inner(
     let ids = match req.prompt {
         Prompt::Ids(ids) => ids,
         Prompt::Text(text) => {
+            let _permit = app
+                .prep_permits
+                .acquire()
+                .await
+                .map_err(|_| ApiError::overloaded("The server is shutting down.", 5))?;
             let app2 = Arc::clone(&app);
             tokio::task::spawn_blocking(move || app2.tokenizer.encode(&text, true))
                 .await

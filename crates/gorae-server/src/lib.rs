@@ -7,6 +7,10 @@
 //!   and the worker thread is joined. [`serve`] does the same on `host:port` until
 //!   SIGTERM/Ctrl-C.
 //!
+//! Modules: [`request`] validates bodies, [`worker`] schedules generations over slots,
+//! [`reasoning`] splits `<think>` output, [`json_guard`] constrains `json_object` output,
+//! [`metrics`] renders Prometheus text, [`error`] shapes OpenAI errors.
+//!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
 //! `GET /v1/models/{id}` (behind `--api-key` when set), and `GET /health` (liveness),
 //! `GET /ready` (weights loaded and warmed up, not shutting down), `GET /metrics`
@@ -34,6 +38,9 @@ pub use error::ApiError;
 /// Default context when neither the caller nor a small `n_ctx_train` says otherwise: the KV
 /// cache is allocated up front, and 4096 positions keep it modest for CPU machines.
 pub const DEFAULT_CTX_CAP: usize = 4096;
+
+/// Template renders and tokenizations running at once (see `AppState::prep_permits`).
+const PREP_CONCURRENCY: usize = 4;
 
 /// Most slots `parallel` may ask for.
 pub const MAX_PARALLEL: usize = 256;
@@ -117,6 +124,9 @@ pub(crate) struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     pub ready: Arc<AtomicBool>,
     pub shutting_down: AtomicBool,
+    /// Bounds concurrent template renders/tokenizations on the blocking pool, so a flood of
+    /// requests queues here instead of starting hundreds of threads.
+    pub prep_permits: tokio::sync::Semaphore,
 }
 
 pub struct Server {
@@ -196,6 +206,7 @@ impl Server {
                 metrics,
                 ready,
                 shutting_down: AtomicBool::new(false),
+                prep_permits: tokio::sync::Semaphore::new(PREP_CONCURRENCY),
             }),
             worker,
         })
