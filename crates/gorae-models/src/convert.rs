@@ -428,6 +428,8 @@ enum Recipe {
     KB(TensorKey),
     /// `attn_v_b` from `kv_b_proj`: per head W_UV `[v_head, kv_lora]`.
     VB(TensorKey),
+    /// Values computed from the config (Llama 3's `rope_freqs`).
+    Values(Vec<f32>),
 }
 
 /// One tensor of the output file.
@@ -647,6 +649,12 @@ impl ConversionPlan {
                     quantize_par(t.ty, &v, &mut out[e * per..(e + 1) * per], cols)?;
                 }
             }
+            Recipe::Values(v) => {
+                if v.len() != n {
+                    return Err(bad_config(&t.name, "generated values do not fit the shape"));
+                }
+                quantize_row(t.ty, v, &mut out)?;
+            }
             Recipe::KB(key) | Recipe::VB(key) => {
                 let d = self
                     .mla
@@ -863,7 +871,58 @@ pub fn llama_tensor_shape(cfg: &LlamaConfig, key: TensorKey) -> Option<Vec<usize
     })
 }
 
+/// Llama 3 rope scaling as llama.cpp stores it: `rope_freqs.weight`, one divisor per rotation
+/// pair (`LlamaModel.generate_extra_tensors`), with no `rope.scaling.*` keys.
+pub fn llama3_rope_freqs(cfg: &LlamaConfig) -> Option<Vec<f32>> {
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_ctx,
+    } = cfg.rope.scaling
+    else {
+        return None;
+    };
+    let (factor, lo, hi, old) = (
+        factor as f64,
+        low_freq_factor as f64,
+        high_freq_factor as f64,
+        original_ctx as f64,
+    );
+    let dim = cfg.rope.n_rot as f64;
+    let (low_wavelen, high_wavelen) = (old / lo, old / hi);
+    Some(
+        (0..cfg.rope.n_rot / 2)
+            .map(|i| {
+                let freq = 1.0 / (cfg.rope.theta as f64).powf((2 * i) as f64 / dim);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                let d = if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (old / wavelen - lo) / (hi - lo);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                };
+                d as f32
+            })
+            .collect(),
+    )
+}
+
 fn llama_items(cfg: &LlamaConfig, permute_qk: bool) -> Vec<Item> {
+    let rope_freqs = llama3_rope_freqs(cfg).map(|v| Item {
+        name: TensorKey::global(K::RopeFreqs).gguf_name(),
+        shape: vec![v.len()],
+        recipe: Recipe::Values(v),
+    });
+    rope_freqs
+        .into_iter()
+        .chain(llama_items_from_keys(cfg, permute_qk))
+        .collect()
+}
+
+fn llama_items_from_keys(cfg: &LlamaConfig, permute_qk: bool) -> Vec<Item> {
     llama_tensor_keys(cfg)
         .into_iter()
         .filter_map(|key| {

@@ -148,3 +148,42 @@ fn plan_matches_in_memory_converter_and_safetensors() {
         assert!(l.iter().all(|v| v.is_finite()));
     }
 }
+
+/// Llama 3.1-style rope scaling (R1-Distill-Llama) is written as llama.cpp writes it: a
+/// `rope_freqs.weight` of per-pair divisors and no `rope.scaling.*` keys; the GGUF gives the
+/// safetensors logits.
+#[test]
+fn llama3_rope_scaling_becomes_rope_freqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = hf_config("LlamaForCausalLM", false);
+    // Small original context so the 16-dim heads have pairs in all three wavelength bands.
+    config["rope_scaling"] = json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64
+    });
+    config["rope_theta"] = json!(500000.0);
+    build(dir.path(), &config, 42);
+    let st = SafetensorsModel::open(dir.path()).unwrap();
+    let gguf = plan_gguf(&config, &st, OutType::F32);
+    let f = gguf.tensor("rope_freqs.weight").unwrap();
+    assert_eq!(f.shape, [8]);
+    let factors: Vec<f32> = f
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(factors[0], 1.0, "highest frequency is kept");
+    assert_eq!(factors[7], 8.0, "lowest frequency is divided by the factor");
+    assert!(factors.iter().any(|x| *x > 1.0 && *x < 8.0), "{factors:?}");
+    assert_eq!(gguf.get("llama.rope.scaling.type"), None);
+    let a = logits(&Model::from_gguf(&gguf).unwrap());
+    let b = logits(&Model::from_hf(&config, &st).unwrap());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale;
+    println!("llama3 rope: GGUF vs safetensors max rel diff {d:.2e}");
+    assert!(d <= 1e-5, "{d}");
+}
