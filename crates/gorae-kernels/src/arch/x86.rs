@@ -61,6 +61,9 @@ macro_rules! x86_kernels {
                     GgmlType::Q4_1 => rows_tiled_q4_1,
                     GgmlType::Q5_0 => rows_tiled_q5_0,
                     GgmlType::Q5_1 => rows_tiled_q5_1,
+                    // Q8_0 unpacks nothing, so a 2-token tile only adds register pressure
+                    // (measured slower on AVX2); 4 tokens with AVX-512's 32 registers pay.
+                    GgmlType::Q8_0 if TILE_T >= 4 => rows_tiled_q8_0,
                     _ => return None,
                 },
                 TILE_T,
@@ -441,7 +444,7 @@ macro_rules! x86_kernels {
         /// on an R x T register tile. A separate function from the decode kernel on purpose:
         /// sharing code with it made LLVM compile the decode loop up to 2x slower.
         macro_rules! tile_32 {
-            ($tile:ident, $W:ty, $X:ty, |$bx:ident, $xv:ident| $base:expr,
+            ($tile:ident, $prod:ident, $W:ty, $X:ty, |$bx:ident, $xv:ident| $base:expr,
              |$bw:ident| $wq:expr, $min:tt) => {
                 /// R rows x T tokens: per block, each row's weights are unpacked once and each
                 /// token's activations loaded once, for R * T products. Every (row, token)
@@ -480,7 +483,7 @@ macro_rules! x86_kernels {
                             prefetch_block($bw, pf);
                             let wq = $wq;
                             for t in 0..T {
-                                let p = _mm256_cvtepi32_ps(dpbusd(bases[t], wq, xvs[t]));
+                                let p = _mm256_cvtepi32_ps($prod(bases[t], wq, xvs[t]));
                                 acc[t][r] = _mm256_fmadd_ps(p, lane(dds[t], r), acc[t][r]);
                             }
                         }
@@ -532,7 +535,7 @@ macro_rules! x86_kernels {
         );
 
         tile_32!(
-            tile_q4_0, BlockQ4_0, BlockQ8_0,
+            tile_q4_0, dpbusd, BlockQ4_0, BlockQ8_0,
             |bx, xv| _mm256_sub_epi32(
                 _mm256_setzero_si256(),
                 dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(8), xv)
@@ -541,13 +544,13 @@ macro_rules! x86_kernels {
             false
         );
         tile_32!(
-            tile_q4_1, BlockQ4_1, BlockQ8_1,
+            tile_q4_1, dpbusd, BlockQ4_1, BlockQ8_1,
             |bx, xv| _mm256_setzero_si256(),
             |bw| nibbles(&bw.qs),
             true
         );
         tile_32!(
-            tile_q5_0, BlockQ5_0, BlockQ8_0,
+            tile_q5_0, dpbusd, BlockQ5_0, BlockQ8_0,
             |bx, xv| _mm256_sub_epi32(
                 _mm256_setzero_si256(),
                 dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(16), xv)
@@ -556,10 +559,23 @@ macro_rules! x86_kernels {
             false
         );
         tile_32!(
-            tile_q5_1, BlockQ5_1, BlockQ8_1,
+            tile_q5_1, dpbusd, BlockQ5_1, BlockQ8_1,
             |bx, xv| _mm256_setzero_si256(),
             |bw| _mm256_or_si256(nibbles(&bw.qs), fifth_bits(bw.qh)),
             true
+        );
+
+        /// `base + w · x` for signed `w` through the sign trick (as [`dot_s8`]).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn dpbusd_s8(base: __m256i, w: __m256i, x: __m256i) -> __m256i {
+            dpbusd(base, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+        }
+        tile_32!(
+            tile_q8_0, dpbusd_s8, BlockQ8_0, BlockQ8_0,
+            |bx, xv| _mm256_setzero_si256(),
+            |bw| load32(&bw.qs),
+            false
         );
 
         /// Q8_0: signed x signed through the sign trick (|w| <= 128 as u8, sign(x, w)).
@@ -1076,6 +1092,7 @@ macro_rules! x86_kernels {
         rows_tiled_entry!(rows_tiled_q4_1, BlockQ4_1, BlockQ8_1, dotn_q4_1, tile_q4_1);
         rows_tiled_entry!(rows_tiled_q5_0, BlockQ5_0, BlockQ8_0, dotn_q5_0, tile_q5_0);
         rows_tiled_entry!(rows_tiled_q5_1, BlockQ5_1, BlockQ8_1, dotn_q5_1, tile_q5_1);
+        rows_tiled_entry!(rows_tiled_q8_0, BlockQ8_0, BlockQ8_0, dotn_q8_0, tile_q8_0);
 
         rows_entry!(rows_q4_0, BlockQ4_0, BlockQ8_0, dotn_q4_0);
         rows_entry!(rows_q4_1, BlockQ4_1, BlockQ8_1, dotn_q4_1);
