@@ -508,6 +508,17 @@ impl ConversionPlan {
                 }
                 Some(Family::Deepseek) => {
                     let cfg = DeepseekConfig::from_hf(config, hf_arch)?;
+                    if cfg.moe.n_expert > 0 && cfg.moe.layer_freq != 1 {
+                        // llama.cpp's deepseek2 has no key for it: every layer from
+                        // leading_dense_block_count on is MoE.
+                        return Err(bad_config(
+                            "moe_layer_freq",
+                            format!(
+                                "{} cannot be written to a deepseek2 GGUF (only 1)",
+                                cfg.moe.layer_freq
+                            ),
+                        ));
+                    }
                     let n_mtp = mtp_layers(&cfg, src, &mut notes)?;
                     let kv = deepseek_metadata(&cfg, config, opts.legacy_mla, n_mtp);
                     let items = deepseek_items(&cfg, config, src, opts.legacy_mla, n_mtp)?;

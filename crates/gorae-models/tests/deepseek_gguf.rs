@@ -441,3 +441,23 @@ fn deepseek2_names_and_keys_match_llama_cpp() {
     assert_eq!(got, want);
     assert_eq!(names.len(), want.len());
 }
+
+/// Configs a deepseek2 GGUF cannot express, and architectures gorae does not convert, are clear
+/// errors before anything is written.
+#[test]
+fn unconvertible_configs_are_clear_errors() {
+    let mut hf = open("tiny-deepseek-v2-lite");
+    let opts = ConvertOptions::default();
+    hf.config["moe_layer_freq"] = serde_json::json!(2);
+    let err = ConversionPlan::from_hf(&hf.config, &hf.st, &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("moe_layer_freq"), "{err}");
+    hf.config["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+    let err = ConversionPlan::from_hf(&hf.config, &hf.st, &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("GPT2LMHeadModel"), "{err}");
+}
