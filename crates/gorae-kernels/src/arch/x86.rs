@@ -55,6 +55,15 @@ macro_rules! x86_kernels {
         /// Kernels for `n_tokens >= TILE_T` that keep an R x T tile of accumulators in
         /// registers (bit-identical to `rows_fn`'s per token).
         pub(crate) fn rows_tiled_fn(ty: GgmlType) -> Option<(RowsFn, usize)> {
+            // K-quants: 4 rows x 2 tokens (their accumulators come in pairs), and only where
+            // AVX-512VL's 32 vector registers hold the tile.
+            if TILE_T >= 4 {
+                match ty {
+                    GgmlType::Q4_K => return Some((rows_tiled_q4_k, 2)),
+                    GgmlType::Q6_K => return Some((rows_tiled_q6_k, 2)),
+                    _ => {}
+                }
+            }
             Some((
                 match ty {
                     GgmlType::Q4_0 => rows_tiled_q4_0,
@@ -752,6 +761,129 @@ macro_rules! x86_kernels {
             core::array::from_fn(|r| hsum(acc[r]))
         }
 
+        /// Q4_K on an R x T tile (batched): per block and row the scales and nibbles are
+        /// unpacked once and used for T tokens. Each (row, token) result goes through exactly
+        /// the operations of [`dotn_q4_k`], so it is bit-identical to decode.
+        #[target_feature(enable = $feat)]
+        fn tile_q4_k<const R: usize, const T: usize>(
+            w: [&[BlockQ4K]; R],
+            x: [&[BlockQ8K]; T],
+            pf: usize,
+        ) -> [[f32; R]; T] {
+            let n = x.iter().map(|x| x.len()).min().unwrap_or(0);
+            if !rows_cover(&w, n) {
+                return [[f32::NAN; R]; T];
+            }
+            let mut acc = [[_mm256_setzero_ps(); R]; T];
+            let mut accm = [[_mm256_setzero_ps(); R]; T];
+            let m4 = _mm256_set1_epi8(0x0f);
+            let bcast: [__m256i; 8] = core::array::from_fn(|j| {
+                _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8))
+            });
+            for i in 0..n {
+                // SAFETY: i < n and every row and token has at least n blocks.
+                let (bws, bxs) = unsafe { (blocks_at(&w, i), blocks_at(&x, i)) };
+                for r in 0..R {
+                    let bw = bws[r];
+                    prefetch_block(bw, pf);
+                    let (sc, m) = scales_mins_k4(&bw.scales);
+                    let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+                    let sc16 = _mm256_broadcastsi128_si256(sc16);
+                    let mut isum = [_mm256_setzero_si256(); T];
+                    for c in 0..4 {
+                        let q = load32_at(&bw.qs, 32 * c);
+                        let lo = _mm256_and_si256(q, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                        let slo = _mm256_shuffle_epi8(sc16, bcast[2 * c]);
+                        let shi = _mm256_shuffle_epi8(sc16, bcast[2 * c + 1]);
+                        for t in 0..T {
+                            let plo = _mm256_maddubs_epi16(lo, load32_at(&bxs[t].qs, 64 * c));
+                            let phi =
+                                _mm256_maddubs_epi16(hi, load32_at(&bxs[t].qs, 64 * c + 32));
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(plo, slo));
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(phi, shi));
+                        }
+                    }
+                    let mv = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
+                    let mins =
+                        _mm256_set_m128i(_mm_unpackhi_epi16(mv, mv), _mm_unpacklo_epi16(mv, mv));
+                    let (dw, dmw) = (f16s(bw.d), f16s(bw.dmin));
+                    for t in 0..T {
+                        let bx = bxs[t];
+                        let dx = bx.d();
+                        let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                        let summs = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mins));
+                        let is = _mm256_cvtepi32_ps(isum[t]);
+                        acc[t][r] = _mm256_fmadd_ps(is, _mm256_set1_ps(dw * dx), acc[t][r]);
+                        accm[t][r] =
+                            _mm256_fmadd_ps(summs, _mm256_set1_ps(dmw * dx), accm[t][r]);
+                    }
+                }
+            }
+            core::array::from_fn(|t| core::array::from_fn(|r| hsum(acc[t][r]) - hsum(accm[t][r])))
+        }
+
+        /// Q6_K on an R x T tile, bit-identical per (row, token) to [`dotn_q6_k`].
+        #[target_feature(enable = $feat)]
+        fn tile_q6_k<const R: usize, const T: usize>(
+            w: [&[BlockQ6K]; R],
+            x: [&[BlockQ8K]; T],
+            pf: usize,
+        ) -> [[f32; R]; T] {
+            let n = x.iter().map(|x| x.len()).min().unwrap_or(0);
+            if !rows_cover(&w, n) {
+                return [[f32::NAN; R]; T];
+            }
+            let mut acc = [[_mm256_setzero_ps(); R]; T];
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m2 = _mm256_set1_epi8(0x03);
+            let pair = pair_masks();
+            for i in 0..n {
+                // SAFETY: i < n and every row and token has at least n blocks.
+                let (bws, bxs) = unsafe { (blocks_at(&w, i), blocks_at(&x, i)) };
+                for r in 0..R {
+                    let bw = bws[r];
+                    prefetch_block(bw, pf);
+                    let sc16 = _mm256_cvtepi8_epi16(load16(bytemuck::cast_ref(&bw.scales)));
+                    let mut isum = [_mm256_setzero_si256(); T];
+                    for h in 0..2 {
+                        let qh = load32_at(&bw.qh, 32 * h);
+                        let ql0 = load32_at(&bw.ql, 64 * h);
+                        let ql1 = load32_at(&bw.ql, 64 * h + 32);
+                        let hb = |s: usize| _mm256_slli_epi16::<4>(bits(qh, s, m2));
+                        let v = [
+                            _mm256_or_si256(_mm256_and_si256(ql0, m4), hb(0)),
+                            _mm256_or_si256(_mm256_and_si256(ql1, m4), hb(2)),
+                            _mm256_or_si256(bits(ql0, 4, m4), hb(4)),
+                            _mm256_or_si256(bits(ql1, 4, m4), hb(6)),
+                        ];
+                        let scs = if h == 0 {
+                            _mm256_permute2x128_si256::<0x00>(sc16, sc16)
+                        } else {
+                            _mm256_permute2x128_si256::<0x11>(sc16, sc16)
+                        };
+                        for (k, v) in v.into_iter().enumerate() {
+                            let s = _mm256_shuffle_epi8(scs, pair[k]);
+                            for t in 0..T {
+                                let xv = load32_at(&bxs[t].qs, 128 * h + 32 * k);
+                                let p = _mm256_maddubs_epi16(v, xv);
+                                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, s));
+                            }
+                        }
+                    }
+                    let dw = f16s(bw.d);
+                    for t in 0..T {
+                        let bx = bxs[t];
+                        let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                        let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16));
+                        let is = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[t], corr));
+                        acc[t][r] = _mm256_fmadd_ps(is, _mm256_set1_ps(dw * bx.d()), acc[t][r]);
+                    }
+                }
+            }
+            core::array::from_fn(|t| core::array::from_fn(|r| hsum(acc[t][r])))
+        }
+
         /// Q5_K (layout in `quant/q5_k.rs`): Q4_K plus a fifth bit from `qh` (bit s of qh[l]
         /// for sub-block s), so the values reach 31 (pairs <= 2 * 31 * 127; per block at most
         /// 256 * 31 * 127 * 63 in i32). Otherwise exactly the Q4_K kernel.
@@ -1093,6 +1225,18 @@ macro_rules! x86_kernels {
         rows_tiled_entry!(rows_tiled_q5_0, BlockQ5_0, BlockQ8_0, dotn_q5_0, tile_q5_0);
         rows_tiled_entry!(rows_tiled_q5_1, BlockQ5_1, BlockQ8_1, dotn_q5_1, tile_q5_1);
         rows_tiled_entry!(rows_tiled_q8_0, BlockQ8_0, BlockQ8_0, dotn_q8_0, tile_q8_0);
+
+        macro_rules! rows_tiled_k_entry {
+            ($name:ident, $W:ty, $dotn:ident, $tile:ident) => {
+                /// SAFETY contract: as the plain entries.
+                #[target_feature(enable = $feat)]
+                unsafe fn $name(rows: Rows<'_>) {
+                    row_loop_tiled!(rows, $W, BlockQ8K, $dotn, $tile, 2)
+                }
+            };
+        }
+        rows_tiled_k_entry!(rows_tiled_q4_k, BlockQ4K, dotn_q4_k, tile_q4_k);
+        rows_tiled_k_entry!(rows_tiled_q6_k, BlockQ6K, dotn_q6_k, tile_q6_k);
 
         rows_entry!(rows_q4_0, BlockQ4_0, BlockQ8_0, dotn_q4_0);
         rows_entry!(rows_q4_1, BlockQ4_1, BlockQ8_1, dotn_q4_1);
