@@ -205,6 +205,8 @@ struct Meta {
     reasoning: bool,
     reasoning_field: ReasoningField,
     logprobs: bool,
+    /// Completions `echo`: the prompt text, sent before the generated text.
+    echo: Option<String>,
 }
 
 fn usage_json(u: &Usage) -> Value {
@@ -448,6 +450,7 @@ async fn chat_inner(app: App, body: Result<Bytes, BytesRejection>) -> Result<Res
         max_tokens,
         req.params,
         reasoning,
+        None,
         admitted,
     )
     .await
@@ -462,6 +465,14 @@ async fn completion_inner(
     let req = request::completion_request(&obj, app.n_vocab)?;
     app.check_model(req.model.as_deref())?;
     app.check_accepting()?;
+    let echo_ids = match (&req.prompt, req.echo) {
+        (Prompt::Ids(ids), true) => Some(ids.clone()),
+        _ => None,
+    };
+    let mut echo = match (&req.prompt, req.echo) {
+        (Prompt::Text(text), true) => Some(text.clone()),
+        _ => None,
+    };
     let ids = match req.prompt {
         Prompt::Ids(ids) => ids,
         Prompt::Text(text) => {
@@ -477,6 +488,13 @@ async fn completion_inner(
                 .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?
         }
     };
+    if let Some(ids) = echo_ids {
+        echo = Some(
+            app.tokenizer
+                .decode(&ids, false)
+                .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?,
+        );
+    }
     // OpenAI's default for completions.
     let max_tokens = app.max_tokens(ids.len(), req.params.max_tokens, Some(16))?;
     run(
@@ -486,6 +504,7 @@ async fn completion_inner(
         max_tokens,
         req.params,
         None,
+        echo,
         admitted,
     )
     .await
@@ -498,6 +517,7 @@ async fn run(
     max_tokens: usize,
     params: GenParams,
     reasoning: Option<bool>,
+    echo: Option<String>,
     admitted: Instant,
 ) -> Result<Response, ApiError> {
     let cancel = CancellationToken::new();
@@ -514,6 +534,7 @@ async fn run(
         reasoning: reasoning.is_some(),
         reasoning_field: app.config.reasoning_field,
         logprobs: params.logprobs.is_some(),
+        echo,
     };
     let stream = params.stream;
     let job = Job {
@@ -547,7 +568,7 @@ async fn collect(
     mut rx: UnboundedReceiver<Event>,
     _guard: DropGuard,
 ) -> Result<Response, ApiError> {
-    let mut content = String::new();
+    let mut content = meta.echo.clone().unwrap_or_default();
     let mut reasoning = String::new();
     let mut lps = Vec::new();
     while let Some(event) = rx.recv().await {
@@ -581,12 +602,20 @@ fn stream_response(meta: Meta, rx: UnboundedReceiver<Event>, guard: DropGuard) -
     if meta.kind == Kind::Chat {
         pending.push_back(meta.first_chunk());
     }
+    if let Some(echo) = meta.echo.as_deref().filter(|e| !e.is_empty()) {
+        let d = Delta {
+            content: echo.to_string(),
+            ..Delta::default()
+        };
+        pending.push_back(meta.delta_chunk(&d, 0));
+    }
+    let offset = meta.echo.as_ref().map_or(0, String::len);
     let state = StreamState {
         meta,
         rx,
         _guard: guard,
+        offset,
         pending,
-        offset: 0,
         done: false,
     };
     // Keep-alive comments matter during a long prefill: a disconnect is only noticed on a

@@ -45,6 +45,8 @@ pub enum Prompt {
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Prompt,
+    /// Return the prompt text before the completion.
+    pub echo: bool,
     pub params: GenParams,
 }
 
@@ -675,12 +677,7 @@ fn prompt(o: &Obj, n_vocab: usize) -> Result<Prompt, ApiError> {
 pub fn completion_request(o: &Obj, n_vocab: usize) -> Result<CompletionRequest, ApiError> {
     let model = model(o)?;
     let prompt = prompt(o, n_vocab)?;
-    if opt_bool(o, "echo")?.unwrap_or(false) {
-        return Err(ApiError::bad_request(
-            "'echo' is not supported yet",
-            Some("echo"),
-        ));
-    }
+    let echo = opt_bool(o, "echo")?.unwrap_or(false);
     if opt_str(o, "suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request(
             "'suffix' is not supported",
@@ -697,10 +694,18 @@ pub fn completion_request(o: &Obj, n_vocab: usize) -> Result<CompletionRequest, 
             ));
         }
     };
+    if echo && logprobs.is_some() {
+        // That needs the prompt's own log-probabilities, which prefill does not keep.
+        return Err(ApiError::bad_request(
+            "'echo' together with 'logprobs' is not supported",
+            Some("echo"),
+        ));
+    }
     let params = gen_params(o, n_vocab, &["max_tokens"], logprobs)?;
     Ok(CompletionRequest {
         model,
         prompt,
+        echo,
         params,
     })
 }

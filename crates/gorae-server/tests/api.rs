@@ -210,6 +210,25 @@ async fn completions_whole_streamed_and_logprobs() {
         "length"
     );
 
+    // echo: the prompt comes back before the completion, whole or streamed.
+    let mut echo = body.clone();
+    echo["echo"] = json!(true);
+    echo["stream"] = json!(false);
+    let (st, v) = s.post_json("/v1/completions", &echo).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["text"].as_str().unwrap(),
+        format!("The quick brown fox{text}")
+    );
+    echo["stream"] = json!(true);
+    let chunks = stream_chunks(&s, "/v1/completions", &echo).await;
+    assert_eq!(chunks[0]["choices"][0]["text"], "The quick brown fox");
+    let all: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(all, format!("The quick brown fox{text}"));
+
     // Token-id prompts are accepted too.
     let (st, v) = s
         .post_json(

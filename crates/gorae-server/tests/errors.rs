@@ -313,9 +313,9 @@ async fn bad_requests_get_400_with_openai_errors() {
             "logprobs",
         ),
         (
-            "echo",
+            "echo with logprobs",
             COMPLETIONS,
-            completion(json!({"echo": true})),
+            completion(json!({"echo": true, "logprobs": 1})),
             "echo",
         ),
         (
