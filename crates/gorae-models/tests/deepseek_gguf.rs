@@ -461,3 +461,28 @@ fn unconvertible_configs_are_clear_errors() {
         .to_string();
     assert!(err.contains("GPT2LMHeadModel"), "{err}");
 }
+
+/// The MTP block loads from the converted GGUF (`blk.4.nextn.*` + its decoder layer) and drafts
+/// the same logits as from the safetensors checkpoint, in both layouts.
+#[test]
+fn mtp_block_from_gguf_drafts_like_safetensors() {
+    let hf = open("tiny-deepseek-v3");
+    let draft = |m: &Model| -> Vec<f32> {
+        assert!(m.has_mtp());
+        let n = PROMPT.len();
+        let mut state = m.new_state(64, 64);
+        m.forward(&PROMPT, &mut state, Logits::All).unwrap();
+        let hidden = m.hidden_rows(&state, n).unwrap().to_vec();
+        let e = hidden.len() / n;
+        m.mtp_forward(&PROMPT[1..], &hidden[..(n - 1) * e], &mut state)
+            .unwrap()
+            .to_vec()
+    };
+    let reference = draft(&Model::from_hf(&hf.config, &hf.st).unwrap());
+    for legacy in [false, true] {
+        let gguf = to_gguf(&hf, OutType::F32, legacy);
+        let d = rel_diff(&draft(&Model::from_gguf(&gguf).unwrap()), &reference);
+        println!("MTP draft from GGUF F32 legacy={legacy}: max rel diff {d:.2e}");
+        assert!(d <= 1e-4, "legacy={legacy}: {d}");
+    }
+}
