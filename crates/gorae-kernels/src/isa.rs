@@ -76,7 +76,7 @@ pub fn available_isas() -> Vec<Isa> {
         .collect()
 }
 
-/// The ISA [`crate::matmul`] and friends use: the best available, or `GORAE_ISA`'s choice.
+/// The ISA [`crate::matmul::matmul`] and friends use: the best available, or `GORAE_ISA`'s choice.
 /// Decided on first call and fixed for the life of the process.
 pub fn detected_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();

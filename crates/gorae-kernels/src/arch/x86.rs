@@ -13,7 +13,9 @@
 //! Signed weights use the `vpsignb` trick: `|w| · sign(x, w) = w · x`.
 //!
 //! Vectors are 256 bits in both variants: decode streams weights from DRAM at a few bytes per
-//! cycle per core, which ymm code already outruns; VNNI's gain is fewer uops per block.
+//! cycle per core, which ymm code already outruns; VNNI's gain is fewer uops per block, and
+//! AVX-512VL's 32 registers are what let the batched kernels hold 4 x 4 (32-element types) or
+//! 4 x 2 (Q4_K, Q6_K) tiles of accumulators (AVX2 tiles 4 x 2 for Q4_0/Q4_1/Q5_0/Q5_1 only).
 //!
 //! `rows_fn` is `Some` for every stored weight type: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
 //! Q4_K, Q5_K, Q6_K, F32, F16 and BF16. Q8_1 and Q8_K (activation types, never stored weights
