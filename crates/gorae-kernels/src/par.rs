@@ -149,3 +149,84 @@ mod tests {
         assert!(matmul_par(&pool, &w, &[0.0; 32], 1, &mut y, &mut Vec::new()).is_err());
     }
 }
+
+/// Calls `f(row, out_row, thread_scratch)` for every `row_len`-long row of `out`, rows handed out
+/// to the pool's threads one at a time (an atomic counter, so uneven rows such as causal
+/// attention's balance themselves). Each thread gets its own `scratch_per_thread` slice of
+/// `scratch`, which must hold `pool.n_threads()` of them.
+pub fn par_rows<F>(
+    pool: &ThreadPool,
+    out: &mut [f32],
+    row_len: usize,
+    scratch: &mut [f32],
+    scratch_per_thread: usize,
+    f: F,
+) -> Result<(), KernelError>
+where
+    F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
+{
+    let nth = pool.n_threads();
+    if row_len == 0 || !out.len().is_multiple_of(row_len) {
+        return Err(KernelError::LengthMismatch {
+            what: "par_rows out",
+            unit: "f32",
+            expected: row_len,
+            got: out.len(),
+        });
+    }
+    let need = nth
+        .checked_mul(scratch_per_thread)
+        .ok_or(KernelError::SizeOverflow {
+            what: "par_rows scratch",
+        })?;
+    if scratch.len() < need {
+        return Err(KernelError::LengthMismatch {
+            what: "par_rows scratch",
+            unit: "f32",
+            expected: need,
+            got: scratch.len(),
+        });
+    }
+    let n_rows = out.len() / row_len;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out_ptr = OutPtr(out.as_mut_ptr(), out.len());
+    let scratch_ptr = OutPtr(scratch.as_mut_ptr(), scratch.len());
+    pool.run(&|ith, _| {
+        // SAFETY: thread `ith` alone uses scratch part `ith`; parts are disjoint and in bounds.
+        let mine =
+            unsafe { scratch_ptr.slice(ith * scratch_per_thread..(ith + 1) * scratch_per_thread) };
+        loop {
+            let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if r >= n_rows {
+                break;
+            }
+            // SAFETY: the counter hands each row index to exactly one thread; rows are disjoint.
+            let row = unsafe { out_ptr.slice(r * row_len..(r + 1) * row_len) };
+            f(r, row, mine);
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod par_rows_tests {
+    use super::*;
+
+    #[test]
+    fn every_row_is_written_once_with_per_thread_scratch() {
+        let pool = ThreadPool::new(2);
+        let mut out = vec![0.0f32; 37 * 5];
+        let mut scratch = vec![0.0f32; 2 * 3];
+        par_rows(&pool, &mut out, 5, &mut scratch, 3, |r, row, s| {
+            s[0] += 1.0;
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v += (r * 5 + i) as f32);
+        })
+        .unwrap();
+        assert!(out.iter().enumerate().all(|(i, v)| *v == i as f32));
+        assert_eq!(scratch[0] + scratch[3], 37.0);
+        assert!(par_rows(&pool, &mut out, 4, &mut scratch, 3, |_, _, _| {}).is_err());
+        assert!(par_rows(&pool, &mut out, 5, &mut scratch, 4, |_, _, _| {}).is_err());
+    }
+}

@@ -18,6 +18,8 @@ use crate::names::{TensorKey, TensorKind as K};
 use crate::rope::{self, RopeLayout};
 use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt};
 use gorae_kernels::GgmlType;
+use gorae_kernels::par::par_rows;
+use gorae_kernels::pool;
 use gorae_kernels::quant::{dequantize_row, quantize_row};
 
 /// Which attention path to use.
@@ -122,7 +124,8 @@ pub struct DeepseekScratch {
     route_scratch: RouteScratch,
     cos: Vec<f32>, // [n_batch, qk_rope / 2]
     sin: Vec<f32>,
-    scores: Vec<f32>, // [n_ctx]
+    scores: Vec<f32>, // [n_threads, n_ctx]
+    n_ctx: usize,
     logits: Vec<f32>, // [n_batch, n_vocab]
     /// Final-normed hidden state of every row of the last batch (what the MTP block consumes).
     hidden: Vec<f32>, // [n_batch, n_embd]
@@ -446,7 +449,8 @@ impl DeepseekModel {
             route_scratch: RouteScratch::new(m),
             cos: vec![0.0; nb * c.qk_rope_head_dim / 2],
             sin: vec![0.0; nb * c.qk_rope_head_dim / 2],
-            scores: vec![0.0; n_ctx],
+            scores: vec![0.0; pool::global().n_threads() * n_ctx],
+            n_ctx,
             logits: vec![0.0; nb * c.n_vocab],
             hidden: vec![0.0; nb * c.n_embd],
             eh: vec![
@@ -524,10 +528,10 @@ impl DeepseekModel {
             });
         }
         let pos0 = kv.len();
-        if pos0 + n > kv.n_ctx || pos0 + n > s.scores.len() {
+        if pos0 + n > kv.n_ctx || pos0 + n > s.n_ctx {
             return Err(ModelError::ContextOverflow {
                 pos: pos0 + n,
-                n_ctx: kv.n_ctx.min(s.scores.len()),
+                n_ctx: kv.n_ctx.min(s.n_ctx),
             });
         }
         let e = c.n_embd;
@@ -621,10 +625,10 @@ impl DeepseekModel {
             });
         }
         let pos0 = kv.mtp_len();
-        if pos0 + n > kv.n_ctx || pos0 + n > s.scores.len() {
+        if pos0 + n > kv.n_ctx || pos0 + n > s.n_ctx {
             return Err(ModelError::ContextOverflow {
                 pos: pos0 + n,
-                n_ctx: kv.n_ctx.min(s.scores.len()),
+                n_ctx: kv.n_ctx.min(s.n_ctx),
             });
         }
         let half = c.qk_rope_head_dim / 2;
@@ -758,30 +762,42 @@ impl DeepseekModel {
                 &mut s.kv_full[..n * h * per],
                 &mut s.qbuf,
             )?;
-            for t in 0..n {
-                for hh in 0..h {
-                    let qh = &s.q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-                    let scores = &mut s.scores[..t + 1];
+            // One (token, head) row per task: [n, h, dv].
+            let (q, kv_full, kva, n_ctx) = (
+                &s.q[..n * h * qk],
+                &s.kv_full[..n * h * per],
+                &s.kva[..n * width],
+                s.n_ctx,
+            );
+            par_rows(
+                pool::global(),
+                &mut s.attn[..n * h * dv],
+                dv,
+                &mut s.scores,
+                n_ctx,
+                |r, out, scores| {
+                    let (t, hh) = (r / h, r % h);
+                    let qh = &q[r * qk..(r + 1) * qk];
+                    let scores = &mut scores[..t + 1];
                     let mut max = f32::NEG_INFINITY;
                     for (j, sc) in scores.iter_mut().enumerate() {
-                        let kh = &s.kv_full[(j * h + hh) * per..(j * h + hh) * per + nope];
-                        let kpe = &s.kva[j * width + lora..(j + 1) * width];
+                        let kh = &kv_full[(j * h + hh) * per..(j * h + hh) * per + nope];
+                        let kpe = &kva[j * width + lora..(j + 1) * width];
                         let dot: f32 = qh[..nope].iter().zip(kh).map(|(x, y)| x * y).sum::<f32>()
                             + qh[nope..].iter().zip(kpe).map(|(x, y)| x * y).sum::<f32>();
                         *sc = dot * scale;
                         max = max.max(*sc);
                     }
                     softmax_in_place(scores, max);
-                    let out = &mut s.attn[(t * h + hh) * dv..(t * h + hh + 1) * dv];
                     out.fill(0.0);
                     for (j, p) in scores.iter().enumerate() {
-                        let vh = &s.kv_full[(j * h + hh) * per + nope..(j * h + hh + 1) * per];
+                        let vh = &kv_full[(j * h + hh) * per + nope..(j * h + hh + 1) * per];
                         for (o, v) in out.iter_mut().zip(vh) {
                             *o += p * v;
                         }
                     }
-                }
-            }
+                },
+            )?;
         } else {
             // Absorb W_UK into the queries: q_abs[t, h] = W_UK[h]ᵀ q_nope[t, h]  ([n, h, lora]).
             for hh in 0..h {
@@ -800,14 +816,21 @@ impl DeepseekModel {
                         .copy_from_slice(&s.head_out[t * lora..(t + 1) * lora]);
                 }
             }
-            // MQA over the latent cache: keys [c_kv; k_pe], values c_kv.
-            for t in 0..n {
-                let n_kv = pos0 + t + 1;
-                let cache = kv.rows(il, 0, n_kv);
-                for hh in 0..h {
-                    let qa = &s.q_abs[(t * h + hh) * lora..(t * h + hh + 1) * lora];
-                    let qpe = &s.q[(t * h + hh) * qk + nope..(t * h + hh + 1) * qk];
-                    let scores = &mut s.scores[..n_kv];
+            // MQA over the latent cache: keys [c_kv; k_pe], values c_kv; one (token, head) row
+            // per task: [n, h, lora].
+            let cache = kv.rows(il, 0, pos0 + n);
+            let (q, q_abs, n_ctx) = (&s.q[..n * h * qk], &s.q_abs[..n * h * lora], s.n_ctx);
+            par_rows(
+                pool::global(),
+                &mut s.o_lat[..n * h * lora],
+                lora,
+                &mut s.scores,
+                n_ctx,
+                |r, out, scores| {
+                    let n_kv = pos0 + r / h + 1;
+                    let qa = &q_abs[r * lora..(r + 1) * lora];
+                    let qpe = &q[r * qk + nope..(r + 1) * qk];
+                    let scores = &mut scores[..n_kv];
                     let mut max = f32::NEG_INFINITY;
                     for (j, sc) in scores.iter_mut().enumerate() {
                         let row = &cache[j * width..(j + 1) * width];
@@ -821,15 +844,14 @@ impl DeepseekModel {
                         max = max.max(*sc);
                     }
                     softmax_in_place(scores, max);
-                    let out = &mut s.o_lat[(t * h + hh) * lora..(t * h + hh + 1) * lora];
                     out.fill(0.0);
                     for (j, p) in scores.iter().enumerate() {
                         for (o, v) in out.iter_mut().zip(&cache[j * width..j * width + lora]) {
                             *o += p * v;
                         }
                     }
-                }
-            }
+                },
+            )?;
             // Un-absorb W_UV: o[t, h] = W_UV[h] o_lat[t, h]  ([n, h, dv]).
             for hh in 0..h {
                 for t in 0..n {

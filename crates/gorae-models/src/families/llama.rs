@@ -5,13 +5,15 @@
 //! `src/models/llama.cpp`. Pre-norm residual blocks:
 //! `x += Wo·attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then `x += Wd·(silu(Wg·n(x)) ⊙ Wu·n(x))`.
 
-use crate::blocks::{attention::attend_one, ffn::swiglu, norm};
+use crate::blocks::{attention::attend_head, ffn::swiglu, norm};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
 use crate::names::{TensorKey, TensorKind as K};
 use crate::rope;
 use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt};
+use gorae_kernels::par::par_rows;
+use gorae_kernels::pool;
 
 struct Layer {
     attn_norm: Vec<f32>,      // [n_embd]
@@ -54,7 +56,8 @@ pub struct LlamaScratch {
     up: Vec<f32>,     // [n_batch, n_ff]
     cos: Vec<f32>,    // [n_batch, n_rot / 2]
     sin: Vec<f32>,    // [n_batch, n_rot / 2]
-    scores: Vec<f32>, // [n_ctx]
+    scores: Vec<f32>, // [n_threads, n_ctx]
+    n_ctx: usize,
     logits: Vec<f32>, // [n_batch, n_vocab]
     qbuf: Vec<u8>,    // activations quantized for the matmul kernels
 }
@@ -155,7 +158,8 @@ impl LlamaModel {
             up: vec![0.0; n_batch * c.n_ff],
             cos: vec![0.0; n_batch * half],
             sin: vec![0.0; n_batch * half],
-            scores: vec![0.0; n_ctx],
+            scores: vec![0.0; pool::global().n_threads() * n_ctx],
+            n_ctx,
             logits: vec![0.0; n_batch * c.n_vocab],
             qbuf: Vec::new(),
         }
@@ -219,10 +223,10 @@ impl LlamaModel {
             });
         }
         let pos0 = kv.len();
-        if pos0 + n > kv.n_ctx || pos0 + n > s.scores.len() {
+        if pos0 + n > kv.n_ctx || pos0 + n > s.n_ctx {
             return Err(ModelError::ContextOverflow {
                 pos: pos0 + n,
-                n_ctx: kv.n_ctx.min(s.scores.len()),
+                n_ctx: kv.n_ctx.min(s.n_ctx),
             });
         }
         let (n_embd, hd) = (c.n_embd, c.head_dim);
@@ -284,21 +288,32 @@ impl LlamaModel {
                 .copy_from_slice(&s.k[..n * kv_dim]);
             kv.v_mut(il, pos0, pos0 + n)
                 .copy_from_slice(&s.v[..n * kv_dim]);
-            for t in 0..n {
-                let n_kv = pos0 + t + 1;
-                attend_one(
-                    &s.q[t * q_dim..(t + 1) * q_dim],
-                    kv.k(il, 0, n_kv),
-                    kv.v(il, 0, n_kv),
-                    n_kv,
-                    c.n_head,
-                    c.n_head_kv,
-                    hd,
-                    scale,
-                    &mut s.scores,
-                    &mut s.attn[t * q_dim..(t + 1) * q_dim],
-                );
-            }
+            // One (token, head) row per task: [n, n_head, head_dim].
+            let (keys, values) = (kv.k(il, 0, pos0 + n), kv.v(il, 0, pos0 + n));
+            let (q, n_ctx) = (&s.q[..n * q_dim], s.n_ctx);
+            let group = c.n_head / c.n_head_kv;
+            par_rows(
+                pool::global(),
+                &mut s.attn[..n * q_dim],
+                hd,
+                &mut s.scores,
+                n_ctx,
+                |r, out, scores| {
+                    let (t, h) = (r / c.n_head, r % c.n_head);
+                    let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    attend_head(
+                        qh,
+                        keys,
+                        values,
+                        pos0 + t + 1,
+                        h / group,
+                        kv_dim,
+                        scale,
+                        scores,
+                        out,
+                    );
+                },
+            )?;
             l.wo.matmul(
                 &s.attn[..n * q_dim],
                 n,
