@@ -57,12 +57,15 @@ macro_rules! x86_kernels {
         /// Kernels for `n_tokens >= TILE_T` that keep an R x T tile of accumulators in
         /// registers (bit-identical to `rows_fn`'s per token).
         pub(crate) fn rows_tiled_fn(ty: GgmlType) -> Option<(RowsFn, usize)> {
-            // K-quants: 4 rows x 2 tokens (their accumulators come in pairs), and only where
+            // K-quants and floats: 4 rows x 2 tokens (their accumulators come in pairs), only where
             // AVX-512VL's 32 vector registers hold the tile.
             if TILE_T >= 4 {
                 match ty {
                     GgmlType::Q4_K => return Some((rows_tiled_q4_k, 2)),
                     GgmlType::Q6_K => return Some((rows_tiled_q6_k, 2)),
+                    GgmlType::F32 => return Some((rows_tiled_f32, 2)),
+                    GgmlType::F16 => return Some((rows_tiled_f16, 2)),
+                    GgmlType::BF16 => return Some((rows_tiled_bf16, 2)),
                     _ => {}
                 }
             }
@@ -1092,7 +1095,55 @@ macro_rules! x86_kernels {
         /// 8-lane vectors (lanes 0..8 and 8..16 of the reference); the tail (< 16 elements)
         /// goes to lanes 0.. in scalar, then lanes are summed 0..16 in order.
         macro_rules! float_dotn {
-            ($name:ident, $wsize:literal, $widen:ident, $scalar:path) => {
+            ($name:ident, $tile:ident, $wsize:literal, $widen:ident, $scalar:path) => {
+                /// R rows x T tokens (batched): each 16-weight chunk is widened once for T
+                /// tokens; per (row, token) the same operations as the decode form.
+                #[target_feature(enable = $feat)]
+                fn $tile<const R: usize, const T: usize>(
+                    w: [&[u8]; R],
+                    x: [&[u8]; T],
+                    pf: usize,
+                ) -> [[f32; R]; T] {
+                    let n = x.iter().map(|x| x.len() / 4).min().unwrap_or(0);
+                    let full = n - n % 16;
+                    let mut a0 = [[_mm256_setzero_ps(); R]; T];
+                    let mut a1 = [[_mm256_setzero_ps(); R]; T];
+                    let mut e = 0;
+                    while e < full {
+                        let xs: [(__m256, __m256); T] =
+                            core::array::from_fn(|t| widen_f32(&x[t][4 * e..4 * (e + 16)]));
+                        for r in 0..R {
+                            prefetch(&w[r][$wsize * e], pf);
+                            let (w0, w1) = $widen(&w[r][$wsize * e..$wsize * (e + 16)]);
+                            for t in 0..T {
+                                let (x0, x1) = xs[t];
+                                a0[t][r] = _mm256_add_ps(a0[t][r], _mm256_mul_ps(w0, x0));
+                                a1[t][r] = _mm256_add_ps(a1[t][r], _mm256_mul_ps(w1, x1));
+                            }
+                        }
+                        e += 16;
+                    }
+                    core::array::from_fn(|t| {
+                        core::array::from_fn(|r| {
+                            let mut lanes = [0.0f32; 16];
+                            // SAFETY: `lanes` is 16 writable f32; storeu is unaligned.
+                            unsafe {
+                                _mm256_storeu_ps(lanes.as_mut_ptr(), a0[t][r]);
+                                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1[t][r]);
+                            }
+                            for k in 0..n - full {
+                                let wb = &w[r][$wsize * (full + k)..$wsize * (full + k + 1)];
+                                lanes[k] += $scalar(wb) * scalar_f32(&x[t][4 * (full + k)..]);
+                            }
+                            let mut s = 0.0f32;
+                            for l in lanes {
+                                s += l;
+                            }
+                            s
+                        })
+                    })
+                }
+
                 #[target_feature(enable = $feat)]
                 fn $name<const R: usize>(w: [&[u8]; R], x: &[u8], pf: usize) -> [f32; R] {
                     // `x` is f32 bytes at any alignment (matmul_rows takes bytes).
@@ -1195,9 +1246,9 @@ macro_rules! x86_kernels {
             crate::quant::reference::bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))
         }
 
-        float_dotn!(dotn_f32, 4, widen_f32, scalar_f32);
-        float_dotn!(dotn_f16, 2, widen_f16, scalar_f16);
-        float_dotn!(dotn_bf16, 2, widen_bf16, scalar_bf16);
+        float_dotn!(dotn_f32, tile_f32, 4, widen_f32, scalar_f32);
+        float_dotn!(dotn_f16, tile_f16, 2, widen_f16, scalar_f16);
+        float_dotn!(dotn_bf16, tile_bf16, 2, widen_bf16, scalar_bf16);
 
         // ---- row-range entry points ---------------------------------------------------------
 
@@ -1239,6 +1290,19 @@ macro_rules! x86_kernels {
         }
         rows_tiled_k_entry!(rows_tiled_q4_k, BlockQ4K, dotn_q4_k, tile_q4_k);
         rows_tiled_k_entry!(rows_tiled_q6_k, BlockQ6K, dotn_q6_k, tile_q6_k);
+
+        macro_rules! rows_tiled_f_entry {
+            ($name:ident, $dotn:ident, $tile:ident) => {
+                /// SAFETY contract: as the plain entries.
+                #[target_feature(enable = $feat)]
+                unsafe fn $name(rows: Rows<'_>) {
+                    row_loop_tiled!(rows, u8, u8, $dotn, $tile, 2)
+                }
+            };
+        }
+        rows_tiled_f_entry!(rows_tiled_f32, dotn_f32, tile_f32);
+        rows_tiled_f_entry!(rows_tiled_f16, dotn_f16, tile_f16);
+        rows_tiled_f_entry!(rows_tiled_bf16, dotn_bf16, tile_bf16);
 
         rows_entry!(rows_q4_0, BlockQ4_0, BlockQ8_0, dotn_q4_0);
         rows_entry!(rows_q4_1, BlockQ4_1, BlockQ8_1, dotn_q4_1);
