@@ -445,13 +445,15 @@ async fn chat_inner(app: App, body: Result<Bytes, BytesRejection>) -> Result<Res
     let reasoning = app.reasoning_template.then_some(starts_inside);
     run(
         app,
-        Kind::Chat,
-        ids,
-        max_tokens,
-        req.params,
-        reasoning,
-        None,
-        admitted,
+        Prepared {
+            kind: Kind::Chat,
+            prompt: ids,
+            max_tokens,
+            params: req.params,
+            reasoning,
+            echo: None,
+            admitted,
+        },
     )
     .await
 }
@@ -499,19 +501,21 @@ async fn completion_inner(
     let max_tokens = app.max_tokens(ids.len(), req.params.max_tokens, Some(16))?;
     run(
         app,
-        Kind::Completion,
-        ids,
-        max_tokens,
-        req.params,
-        None,
-        echo,
-        admitted,
+        Prepared {
+            kind: Kind::Completion,
+            prompt: ids,
+            max_tokens,
+            params: req.params,
+            reasoning: None,
+            echo,
+            admitted,
+        },
     )
     .await
 }
 
-async fn run(
-    app: App,
+/// A validated, tokenized request, ready for the engine.
+struct Prepared {
     kind: Kind,
     prompt: Vec<u32>,
     max_tokens: usize,
@@ -519,7 +523,18 @@ async fn run(
     reasoning: Option<bool>,
     echo: Option<String>,
     admitted: Instant,
-) -> Result<Response, ApiError> {
+}
+
+async fn run(app: App, req: Prepared) -> Result<Response, ApiError> {
+    let Prepared {
+        kind,
+        prompt,
+        max_tokens,
+        params,
+        reasoning,
+        echo,
+        admitted,
+    } = req;
     let cancel = CancellationToken::new();
     let (tx, rx) = unbounded_channel();
     let meta = Meta {

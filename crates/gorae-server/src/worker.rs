@@ -249,23 +249,23 @@ fn worker(
             let Some(generation) = slot.active.take() else {
                 continue;
             };
-            let events = &generation.job.events;
-            match step {
-                Step::Continue => {}
+            // Counters first, then the event: a client that reads /metrics right after its
+            // response must see its slot free and its request counted.
+            let event = match step {
+                Step::Continue => None,
                 Step::Finished(finish) => {
                     metrics.requests_finished.fetch_add(1, Ordering::Relaxed);
                     let u = finish.usage;
-                    let secs = generation.job.admitted.elapsed().as_secs_f64();
                     tracing::info!(
                         prompt_tokens = u.prompt_tokens,
                         cached_tokens = u.cached_tokens,
                         completion_tokens = u.completion_tokens,
                         reasoning_tokens = u.reasoning_tokens,
                         finish_reason = finish.reason.as_str(),
-                        seconds = secs,
+                        seconds = generation.job.admitted.elapsed().as_secs_f64(),
                         "request finished"
                     );
-                    let _ = events.send(Event::Done(finish));
+                    Some(Event::Done(finish))
                 }
                 Step::Cancelled => {
                     metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
@@ -273,15 +273,19 @@ fn worker(
                         completion_tokens = generation.n_gen,
                         "request cancelled (client gone)"
                     );
+                    None
                 }
                 Step::Failed(e) => {
                     tracing::error!("generation failed: {e}");
                     // The cache may hold a partial step: forget it.
                     slot.engine.truncate(0);
-                    let _ = events.send(Event::Error(e));
+                    Some(Event::Error(e))
                 }
-            }
+            };
             metrics.running.fetch_sub(1, Ordering::SeqCst);
+            if let Some(event) = event {
+                let _ = generation.job.events.send(event);
+            }
         }
         let used: usize = slots
             .iter()

@@ -364,7 +364,7 @@ async fn json_object_output_parses() {
     let s = start(|_| {}).await;
     let body = json!({
         "messages": user("Describe a cat as a JSON object with keys name and age."),
-        "max_tokens": 48,
+        "max_tokens": 100,
         "temperature": 0,
         "response_format": {"type": "json_object"},
     });

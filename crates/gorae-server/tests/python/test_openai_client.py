@@ -161,12 +161,12 @@ def test_invalid_json_and_non_object_bodies(server):
 
 def test_json_object_output_parses(client):
     msgs = [{"role": "user", "content": "Describe a cat as a JSON object with keys name and age."}]
-    r = client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=48,
+    r = client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=100,
                                        temperature=0, response_format={"type": "json_object"})
     assert r.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(r.choices[0].message.content), dict)
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model=MODEL_ID, messages=msgs, max_tokens=48, temperature=0.7, seed=3, stream=True,
+        model=MODEL_ID, messages=msgs, max_tokens=100, temperature=0.7, seed=3, stream=True,
         response_format={"type": "json_object"}) if c.choices)
     assert isinstance(json.loads(streamed), dict)
 
