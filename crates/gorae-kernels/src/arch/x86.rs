@@ -14,8 +14,9 @@
 //!
 //! Vectors are 256 bits in both variants: decode streams weights from DRAM at a few bytes per
 //! cycle per core, which ymm code already outruns; VNNI's gain is fewer uops per block, and
-//! AVX-512VL's 32 registers are what let the batched kernels hold 4 x 4 (32-element types) or
-//! 4 x 2 (Q4_K, Q6_K) tiles of accumulators (AVX2 tiles 4 x 2 for Q4_0/Q4_1/Q5_0/Q5_1 only).
+//! AVX-512VL's 32 registers are what let the batched kernels hold 4 x 4 (Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0) or 4 x 2 (K-quants, F32, F16, BF16) tiles of accumulators (AVX2 tiles 4 x 2 for
+//! Q4_0/Q4_1/Q5_0/Q5_1 only).
 //!
 //! `rows_fn` is `Some` for every stored weight type: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
 //! Q4_K, Q5_K, Q6_K, F32, F16 and BF16. Q8_1 and Q8_K (activation types, never stored weights
@@ -63,6 +64,9 @@ macro_rules! x86_kernels {
                 match ty {
                     GgmlType::Q4_K => return Some((rows_tiled_q4_k, 2)),
                     GgmlType::Q6_K => return Some((rows_tiled_q6_k, 2)),
+                    GgmlType::Q5_K => return Some((rows_tiled_q5_k, 2)),
+                    GgmlType::Q3_K => return Some((rows_tiled_q3_k, 2)),
+                    GgmlType::Q2_K => return Some((rows_tiled_q2_k, 2)),
                     GgmlType::F32 => return Some((rows_tiled_f32, 2)),
                     GgmlType::F16 => return Some((rows_tiled_f16, 2)),
                     GgmlType::BF16 => return Some((rows_tiled_bf16, 2)),
@@ -828,6 +832,75 @@ macro_rules! x86_kernels {
             core::array::from_fn(|t| core::array::from_fn(|r| hsum(acc[t][r]) - hsum(accm[t][r])))
         }
 
+        /// Q5_K on an R x T tile, bit-identical per (row, token) to [`dotn_q5_k`].
+        #[target_feature(enable = $feat)]
+        fn tile_q5_k<const R: usize, const T: usize>(
+            w: [&[BlockQ5K]; R],
+            x: [&[BlockQ8K]; T],
+            pf: usize,
+        ) -> [[f32; R]; T] {
+            let n = x.iter().map(|x| x.len()).min().unwrap_or(0);
+            if !rows_cover(&w, n) {
+                return [[f32::NAN; R]; T];
+            }
+            let mut acc = [[_mm256_setzero_ps(); R]; T];
+            let mut accm = [[_mm256_setzero_ps(); R]; T];
+            let m4 = _mm256_set1_epi8(0x0f);
+            let sixteen = _mm256_set1_epi8(16);
+            let fifth = |qh: __m256i, s: usize| {
+                let bit = _mm256_set1_epi8((1u8 << s) as i8);
+                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), sixteen)
+            };
+            let bcast: [__m256i; 8] = core::array::from_fn(|j| {
+                _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8))
+            });
+            for i in 0..n {
+                // SAFETY: i < n and every row and token has at least n blocks.
+                let (bws, bxs) = unsafe { (blocks_at(&w, i), blocks_at(&x, i)) };
+                for r in 0..R {
+                    let bw = bws[r];
+                    prefetch_block(bw, pf);
+                    let (sc, m) = scales_mins_k4(&bw.scales);
+                    let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+                    let sc16 = _mm256_broadcastsi128_si256(sc16);
+                    let qh = load32(&bw.qh);
+                    let mut isum = [_mm256_setzero_si256(); T];
+                    for c in 0..4 {
+                        let q = load32_at(&bw.qs, 32 * c);
+                        let lo = _mm256_or_si256(_mm256_and_si256(q, m4), fifth(qh, 2 * c));
+                        let hi = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
+                            fifth(qh, 2 * c + 1),
+                        );
+                        let slo = _mm256_shuffle_epi8(sc16, bcast[2 * c]);
+                        let shi = _mm256_shuffle_epi8(sc16, bcast[2 * c + 1]);
+                        for t in 0..T {
+                            let plo = _mm256_maddubs_epi16(lo, load32_at(&bxs[t].qs, 64 * c));
+                            let phi =
+                                _mm256_maddubs_epi16(hi, load32_at(&bxs[t].qs, 64 * c + 32));
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(plo, slo));
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(phi, shi));
+                        }
+                    }
+                    let mv = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
+                    let mins =
+                        _mm256_set_m128i(_mm_unpackhi_epi16(mv, mv), _mm_unpacklo_epi16(mv, mv));
+                    let (dw, dmw) = (f16s(bw.d), f16s(bw.dmin));
+                    for t in 0..T {
+                        let bx = bxs[t];
+                        let dx = bx.d();
+                        let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                        let summs = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mins));
+                        let is = _mm256_cvtepi32_ps(isum[t]);
+                        acc[t][r] = _mm256_fmadd_ps(is, _mm256_set1_ps(dw * dx), acc[t][r]);
+                        accm[t][r] =
+                            _mm256_fmadd_ps(summs, _mm256_set1_ps(dmw * dx), accm[t][r]);
+                    }
+                }
+            }
+            core::array::from_fn(|t| core::array::from_fn(|r| hsum(acc[t][r]) - hsum(accm[t][r])))
+        }
+
         /// Q6_K on an R x T tile, bit-identical per (row, token) to [`dotn_q6_k`].
         #[target_feature(enable = $feat)]
         fn tile_q6_k<const R: usize, const T: usize>(
@@ -1089,6 +1162,122 @@ macro_rules! x86_kernels {
             core::array::from_fn(|r| hsum(acc[r]))
         }
 
+        /// Q2_K on an R x T tile, bit-identical per (row, token) to [`dotn_q2_k`].
+        #[target_feature(enable = $feat)]
+        fn tile_q2_k<const R: usize, const T: usize>(
+            w: [&[BlockQ2K]; R],
+            x: [&[BlockQ8K]; T],
+            pf: usize,
+        ) -> [[f32; R]; T] {
+            let n = x.iter().map(|x| x.len()).min().unwrap_or(0);
+            if !rows_cover(&w, n) {
+                return [[f32::NAN; R]; T];
+            }
+            let mut acc = [[_mm256_setzero_ps(); R]; T];
+            let mut accm = [[_mm256_setzero_ps(); R]; T];
+            let m2 = _mm256_set1_epi8(0x03);
+            let pair = pair_masks();
+            for i in 0..n {
+                // SAFETY: i < n and every row and token has at least n blocks.
+                let (bws, bxs) = unsafe { (blocks_at(&w, i), blocks_at(&x, i)) };
+                for r in 0..R {
+                    let bw = bws[r];
+                    prefetch_block(bw, pf);
+                    let raw = load16(&bw.scales);
+                    let m4 = _mm_set1_epi8(0x0f);
+                    let sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+                    let m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m4));
+                    let mut isum = [_mm256_setzero_si256(); T];
+                    for h in 0..2 {
+                        let q = load32_at(&bw.qs, 32 * h);
+                        let scs = if h == 0 {
+                            _mm256_permute2x128_si256::<0x00>(sc16, sc16)
+                        } else {
+                            _mm256_permute2x128_si256::<0x11>(sc16, sc16)
+                        };
+                        for (j, pm) in pair.iter().enumerate() {
+                            let v = bits(q, 2 * j, m2);
+                            let s = _mm256_shuffle_epi8(scs, *pm);
+                            for t in 0..T {
+                                let xv = load32_at(&bxs[t].qs, 128 * h + 32 * j);
+                                let p = _mm256_maddubs_epi16(v, xv);
+                                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, s));
+                            }
+                        }
+                    }
+                    let (dw, dmw) = (f16s(bw.d), f16s(bw.dmin));
+                    for t in 0..T {
+                        let bx = bxs[t];
+                        let dx = bx.d();
+                        let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                        let summs = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, m16));
+                        let is = _mm256_cvtepi32_ps(isum[t]);
+                        acc[t][r] = _mm256_fmadd_ps(is, _mm256_set1_ps(dw * dx), acc[t][r]);
+                        accm[t][r] =
+                            _mm256_fmadd_ps(summs, _mm256_set1_ps(dmw * dx), accm[t][r]);
+                    }
+                }
+            }
+            core::array::from_fn(|t| core::array::from_fn(|r| hsum(acc[t][r]) - hsum(accm[t][r])))
+        }
+
+        /// Q3_K on an R x T tile, bit-identical per (row, token) to [`dotn_q3_k`].
+        #[target_feature(enable = $feat)]
+        fn tile_q3_k<const R: usize, const T: usize>(
+            w: [&[BlockQ3K]; R],
+            x: [&[BlockQ8K]; T],
+            pf: usize,
+        ) -> [[f32; R]; T] {
+            let n = x.iter().map(|x| x.len()).min().unwrap_or(0);
+            if !rows_cover(&w, n) {
+                return [[f32::NAN; R]; T];
+            }
+            let mut acc = [[_mm256_setzero_ps(); R]; T];
+            let m2 = _mm256_set1_epi8(0x03);
+            let m1 = _mm256_set1_epi8(0x01);
+            let pair = pair_masks();
+            for i in 0..n {
+                // SAFETY: i < n and every row and token has at least n blocks.
+                let (bws, bxs) = unsafe { (blocks_at(&w, i), blocks_at(&x, i)) };
+                for r in 0..R {
+                    let bw = bws[r];
+                    prefetch_block(bw, pf);
+                    let sc16 = _mm256_cvtepi8_epi16(scales_q3(&bw.scales));
+                    let hm = load32(&bw.hmask);
+                    let mut isum = [_mm256_setzero_si256(); T];
+                    for h in 0..2 {
+                        let q = load32_at(&bw.qs, 32 * h);
+                        let scs = if h == 0 {
+                            _mm256_permute2x128_si256::<0x00>(sc16, sc16)
+                        } else {
+                            _mm256_permute2x128_si256::<0x11>(sc16, sc16)
+                        };
+                        for (j, pm) in pair.iter().enumerate() {
+                            let k = 4 * h + j;
+                            let v = _mm256_or_si256(
+                                bits(q, 2 * j, m2),
+                                _mm256_slli_epi16::<2>(bits(hm, k, m1)),
+                            );
+                            let s = _mm256_shuffle_epi8(scs, *pm);
+                            for t in 0..T {
+                                let p = _mm256_maddubs_epi16(v, load32_at(&bxs[t].qs, 32 * k));
+                                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, s));
+                            }
+                        }
+                    }
+                    let dw = f16s(bw.d);
+                    for t in 0..T {
+                        let bx = bxs[t];
+                        let bsums = load32(bytemuck::cast_ref::<_, [u8; 32]>(&bx.bsums));
+                        let corr = _mm256_slli_epi32::<2>(_mm256_madd_epi16(bsums, sc16));
+                        let is = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[t], corr));
+                        acc[t][r] = _mm256_fmadd_ps(is, _mm256_set1_ps(dw * bx.d()), acc[t][r]);
+                    }
+                }
+            }
+            core::array::from_fn(|t| core::array::from_fn(|r| hsum(acc[t][r])))
+        }
+
         // ---- float types (bit-exact: the reference's 16 lanes, mul then add, no FMA) -------
 
         /// Shared float row dot: `widen` turns 16 weights starting at element `e` into two
@@ -1290,6 +1479,9 @@ macro_rules! x86_kernels {
         }
         rows_tiled_k_entry!(rows_tiled_q4_k, BlockQ4K, dotn_q4_k, tile_q4_k);
         rows_tiled_k_entry!(rows_tiled_q6_k, BlockQ6K, dotn_q6_k, tile_q6_k);
+        rows_tiled_k_entry!(rows_tiled_q5_k, BlockQ5K, dotn_q5_k, tile_q5_k);
+        rows_tiled_k_entry!(rows_tiled_q3_k, BlockQ3K, dotn_q3_k, tile_q3_k);
+        rows_tiled_k_entry!(rows_tiled_q2_k, BlockQ2K, dotn_q2_k, tile_q2_k);
 
         macro_rules! rows_tiled_f_entry {
             ($name:ident, $dotn:ident, $tile:ident) => {
