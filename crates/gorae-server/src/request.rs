@@ -585,7 +585,54 @@ fn refuse_tools(o: &Obj) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Fields read by both endpoints (or deliberately accepted and ignored, like `user`).
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "logprobs",
+    "n",
+    "best_of",
+    "stream",
+    "stream_options",
+    "response_format",
+    "user",
+];
+
+/// OpenAI's policy is to ignore unknown fields; log them so an operator can see what clients
+/// send that has no effect.
+fn log_unknown(o: &Obj, extra: &[&str]) {
+    for key in o.keys() {
+        if !COMMON_FIELDS.contains(&key.as_str()) && !extra.contains(&key.as_str()) {
+            tracing::debug!(field = %key, "ignoring unknown request field");
+        }
+    }
+}
+
 pub fn chat_request(o: &Obj, n_vocab: usize) -> Result<ChatRequest, ApiError> {
+    log_unknown(
+        o,
+        &[
+            "messages",
+            "max_completion_tokens",
+            "top_logprobs",
+            "tools",
+            "tool_choice",
+            "functions",
+            "chat_template_kwargs",
+            "reasoning_effort",
+            "parallel_tool_calls",
+        ],
+    );
     let model = model(o)?;
     let messages = messages(o)?;
     refuse_tools(o)?;
@@ -675,6 +722,7 @@ fn prompt(o: &Obj, n_vocab: usize) -> Result<Prompt, ApiError> {
 }
 
 pub fn completion_request(o: &Obj, n_vocab: usize) -> Result<CompletionRequest, ApiError> {
+    log_unknown(o, &["prompt", "echo", "suffix"]);
     let model = model(o)?;
     let prompt = prompt(o, n_vocab)?;
     let echo = opt_bool(o, "echo")?.unwrap_or(false);
