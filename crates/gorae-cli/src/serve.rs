@@ -25,8 +25,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Require `Authorization: Bearer KEY` on /v1/* (default: $GORAE_API_KEY when set).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "api_key_file")]
     pub api_key: Option<String>,
+    /// Read the API key from the first line of this file (keeps it out of the process list).
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
     /// Context size in tokens (default: the model's, capped at 4096).
     #[arg(short = 'c', long = "ctx", alias = "ctx-size")]
     pub ctx: Option<usize>,
@@ -74,9 +77,22 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let mut config = ServerConfig::new(alias);
     config.host = args.host.clone();
     config.port = args.port;
+    let key_from_file = match &args.api_key_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read `{}`", p.display()))?;
+            let key = text.lines().next().unwrap_or("").trim().to_string();
+            if key.is_empty() {
+                anyhow::bail!("`{}` holds no API key", p.display());
+            }
+            Some(key)
+        }
+        None => None,
+    };
     config.api_key = args
         .api_key
         .clone()
+        .or(key_from_file)
         .or_else(|| std::env::var("GORAE_API_KEY").ok())
         .filter(|k| !k.is_empty());
     config.n_ctx = args.ctx;
