@@ -681,3 +681,125 @@ fn events(state: StreamState) -> impl Stream<Item = Result<SseEvent, Infallible>
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure
+
+    use super::*;
+    use crate::worker::FinishReason;
+
+    fn meta(kind: Kind, include_usage: bool) -> Meta {
+        Meta {
+            kind,
+            id: "chatcmpl-test".into(),
+            created: 1,
+            model: "m".into(),
+            include_usage,
+            reasoning: true,
+            reasoning_field: ReasoningField::ReasoningContent,
+            logprobs: false,
+            echo: None,
+        }
+    }
+
+    async fn body_of(events: Vec<Event>, meta: Meta) -> String {
+        let (tx, rx) = unbounded_channel();
+        for e in events {
+            tx.send(e).unwrap();
+        }
+        drop(tx);
+        let guard = CancellationToken::new().drop_guard();
+        let resp = stream_response(meta, rx, guard);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn data_lines(body: &str) -> Vec<Value> {
+        body.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    /// An engine failure mid-stream becomes one `data: {"error": ...}` event and the stream
+    /// ends without `[DONE]` (openai-python raises APIError on it).
+    #[tokio::test]
+    async fn mid_stream_error_is_an_error_event() {
+        let delta = Delta {
+            content: "Hel".into(),
+            ..Delta::default()
+        };
+        let body = body_of(
+            vec![Event::Delta(delta), Event::Error("boom".into())],
+            meta(Kind::Chat, false),
+        )
+        .await;
+        assert!(!body.contains("[DONE]"), "{body}");
+        let data = data_lines(&body);
+        assert_eq!(data.len(), 3, "{body}");
+        assert_eq!(data[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(data[1]["choices"][0]["delta"]["content"], "Hel");
+        assert_eq!(data[2]["error"]["message"], "boom");
+        assert_eq!(data[2]["error"]["type"], "server_error");
+        // A worker that vanishes without a result is reported the same way.
+        let body = body_of(vec![], meta(Kind::Completion, false)).await;
+        assert!(data_lines(&body)[0]["error"]["message"].is_string());
+    }
+
+    /// Reasoning and content deltas, finish and usage chunks, in order, then `[DONE]`.
+    #[tokio::test]
+    async fn reasoning_deltas_and_usage_chunk() {
+        let d = |content: &str, reasoning: &str| {
+            Event::Delta(Delta {
+                content: content.into(),
+                reasoning: reasoning.into(),
+                logprobs: Vec::new(),
+            })
+        };
+        let usage = Usage {
+            prompt_tokens: 5,
+            completion_tokens: 3,
+            reasoning_tokens: 2,
+            cached_tokens: 4,
+        };
+        let body = body_of(
+            vec![
+                d("", "think"),
+                d("ok", "more"),
+                Event::Done(Finish {
+                    reason: FinishReason::Stop,
+                    usage,
+                }),
+            ],
+            meta(Kind::Chat, true),
+        )
+        .await;
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+        let data = data_lines(&body);
+        assert_eq!(data.len(), 5, "{body}");
+        let delta1 = &data[1]["choices"][0]["delta"];
+        assert_eq!(delta1["reasoning_content"], "think");
+        assert!(delta1.get("content").is_none(), "{delta1}");
+        let delta2 = &data[2]["choices"][0]["delta"];
+        assert_eq!(
+            (&delta2["content"], &delta2["reasoning_content"]),
+            (&json!("ok"), &json!("more"))
+        );
+        assert_eq!(data[3]["choices"][0]["finish_reason"], "stop");
+        assert!(data[3]["usage"].is_null());
+        assert_eq!(data[4]["choices"], json!([]));
+        assert_eq!(
+            data[4]["usage"]["completion_tokens_details"]["reasoning_tokens"],
+            2
+        );
+        assert_eq!(
+            data[4]["usage"]["prompt_tokens_details"]["cached_tokens"],
+            4
+        );
+        assert_eq!(data[4]["usage"]["total_tokens"], 8);
+    }
+}
