@@ -100,8 +100,8 @@ impl Loaded {
     }
 }
 
-/// Loads a model; `need_tokenizer: false` lets a HF directory without tokenizer files load (for
-/// `logits --ids`).
+/// Loads a model; `need_tokenizer: false` lets a model without a tokenizer (a HF directory without
+/// tokenizer files, a GGUF without `tokenizer.*` keys) load, for `logits --ids` and `bench`.
 pub fn load_model(path: &Path, need_tokenizer: bool) -> Result<Loaded> {
     match ModelPath::resolve(path)? {
         ModelPath::Gguf(p) => {
@@ -115,7 +115,11 @@ pub fn load_model(path: &Path, need_tokenizer: bool) -> Result<Loaded> {
             let model = Model::from_gguf_source(&file, &progress)
                 .with_context(|| format!("cannot load the model in `{}`", p.display()))?;
             progress.bar.finish_and_clear();
-            let tokenizer = Some(tokenizer(&ModelPath::Gguf(p.clone()), Some(&file))?);
+            let tokenizer = if need_tokenizer || file.get("tokenizer.ggml.model").is_some() {
+                Some(tokenizer(&ModelPath::Gguf(p.clone()), Some(&file))?)
+            } else {
+                None
+            };
             Ok(Loaded { model, tokenizer })
         }
         ModelPath::Dir(d) => {
