@@ -9,6 +9,75 @@ use serde_json::Value;
 /// Largest context gorae accepts from a file, so a hostile value cannot size an allocation.
 pub const MAX_CONTEXT: usize = 1 << 24;
 
+/// Typed reads of `{arch}.*` GGUF metadata; errors name the full key.
+pub(crate) struct GgufKeys<'a> {
+    pub file: &'a GgufFile,
+    pub arch: &'a str,
+}
+
+impl GgufKeys<'_> {
+    pub fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+
+    pub fn usize(&self, k: &str) -> Result<Option<usize>> {
+        match self.file.get(&self.key(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|x| usize::try_from(x).ok())
+                .map(Some)
+                .ok_or_else(|| bad_config(&self.key(k), "not an unsigned integer")),
+        }
+    }
+
+    pub fn need(&self, k: &str) -> Result<usize> {
+        self.usize(k)?
+            .ok_or_else(|| crate::error::ModelError::MissingConfig(self.key(k)))
+    }
+
+    pub fn f32(&self, k: &str) -> Result<Option<f32>> {
+        match self.file.get(&self.key(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f32()
+                .map(Some)
+                .ok_or_else(|| bad_config(&self.key(k), "not a number")),
+        }
+    }
+}
+
+/// Typed reads of a HF `config.json`; `null` counts as absent.
+pub(crate) struct HfKeys<'a>(pub &'a Value);
+
+impl HfKeys<'_> {
+    pub fn usize(&self, k: &str) -> Result<Option<usize>> {
+        match self.0.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|x| usize::try_from(x).ok())
+                .map(Some)
+                .ok_or_else(|| bad_config(k, "not an unsigned integer")),
+        }
+    }
+
+    pub fn need(&self, k: &str) -> Result<usize> {
+        self.usize(k)?
+            .ok_or_else(|| crate::error::ModelError::MissingConfig(k.to_string()))
+    }
+
+    pub fn f64(&self, k: &str) -> Result<Option<f64>> {
+        match self.0.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| bad_config(k, "not a number")),
+        }
+    }
+}
+
 /// Hyperparameters of the dense Llama-style family (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -84,29 +153,11 @@ impl LlamaConfig {
 
     /// From GGUF metadata for `general.architecture` = `arch` (llama, qwen2, qwen3).
     pub fn from_gguf(file: &GgufFile, arch: &str) -> Result<Self> {
-        let key = |k: &str| format!("{arch}.{k}");
-        let get_usize = |k: &str| -> Result<Option<usize>> {
-            match file.get(&key(k)) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|x| usize::try_from(x).ok())
-                    .map(Some)
-                    .ok_or_else(|| bad_config(&key(k), "not an unsigned integer")),
-            }
-        };
-        let need = |k: &str| -> Result<usize> {
-            get_usize(k)?.ok_or_else(|| crate::error::ModelError::MissingConfig(key(k)))
-        };
-        let get_f32 = |k: &str| -> Result<Option<f32>> {
-            match file.get(&key(k)) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_f32()
-                    .map(Some)
-                    .ok_or_else(|| bad_config(&key(k), "not a number")),
-            }
-        };
+        let g = GgufKeys { file, arch };
+        let key = |k: &str| g.key(k);
+        let get_usize = |k: &str| g.usize(k);
+        let need = |k: &str| g.need(k);
+        let get_f32 = |k: &str| g.f32(k);
         let n_embd = need("embedding_length")?;
         let n_head = need("attention.head_count")?;
         let n_head_kv = get_usize("attention.head_count_kv")?.unwrap_or(n_head);
@@ -181,28 +232,10 @@ impl LlamaConfig {
 
     /// From a HF `config.json` of a LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM model.
     pub fn from_hf(config: &Value, arch: &str) -> Result<Self> {
-        let get_usize = |k: &str| -> Result<Option<usize>> {
-            match config.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|x| usize::try_from(x).ok())
-                    .map(Some)
-                    .ok_or_else(|| bad_config(k, "not an unsigned integer")),
-            }
-        };
-        let need = |k: &str| -> Result<usize> {
-            get_usize(k)?.ok_or_else(|| crate::error::ModelError::MissingConfig(k.to_string()))
-        };
-        let get_f64 = |k: &str| -> Result<Option<f64>> {
-            match config.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v
-                    .as_f64()
-                    .map(Some)
-                    .ok_or_else(|| bad_config(k, "not a number")),
-            }
-        };
+        let h = HfKeys(config);
+        let get_usize = |k: &str| h.usize(k);
+        let need = |k: &str| h.need(k);
+        let get_f64 = |k: &str| h.f64(k);
         let n_embd = need("hidden_size")?;
         let n_head = need("num_attention_heads")?;
         let head_dim = match get_usize("head_dim")? {

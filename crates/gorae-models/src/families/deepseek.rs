@@ -561,29 +561,7 @@ impl DeepseekModel {
             MlaMode::Absorbed => false,
         };
         for (il, l) in self.layers.iter().enumerate() {
-            norm::rms_norm(&s.x[..n * e], &l.attn_norm, c.rms_eps, &mut s.xn[..n * e]);
-            self.attention(il, &l.mla, n, pos0, naive, kv, s)?;
-            for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
-                *a += b;
-            }
-            norm::rms_norm(&s.x[..n * e], &l.ffn_norm, c.rms_eps, &mut s.xn[..n * e]);
-            match &l.ffn {
-                Ffn::Dense(p) => {
-                    mlp_forward(
-                        p,
-                        n,
-                        &s.xn[..n * e],
-                        &mut s.gate,
-                        &mut s.up,
-                        &mut s.proj[..n * e],
-                        &mut s.qbuf,
-                    )?;
-                }
-                Ffn::Moe(m) => self.moe(m, n, s)?,
-            }
-            for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
-                *a += b;
-            }
+            self.block(il, l, n, pos0, naive, kv, s)?;
         }
         kv.set_len(pos0 + n);
         norm::rms_norm(
@@ -660,37 +638,52 @@ impl DeepseekModel {
         }
         m.eh_proj
             .matmul(&s.eh[..n * 2 * e], n, &mut s.x[..n * e], &mut s.qbuf)?;
-        let il = c.n_layer;
-        let l = &m.layer;
-        norm::rms_norm(&s.x[..n * e], &l.attn_norm, c.rms_eps, &mut s.xn[..n * e]);
-        self.attention(il, &l.mla, n, pos0, false, kv, s)?;
-        for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
-            *a += b;
-        }
-        norm::rms_norm(&s.x[..n * e], &l.ffn_norm, c.rms_eps, &mut s.xn[..n * e]);
-        match &l.ffn {
-            Ffn::Dense(p) => {
-                mlp_forward(
-                    p,
-                    n,
-                    &s.xn[..n * e],
-                    &mut s.gate,
-                    &mut s.up,
-                    &mut s.proj[..n * e],
-                    &mut s.qbuf,
-                )?;
-            }
-            Ffn::Moe(moe) => self.moe(moe, n, s)?,
-        }
-        for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
-            *a += b;
-        }
+        self.block(c.n_layer, &m.layer, n, pos0, false, kv, s)?;
         kv.set_mtp_len(pos0 + n);
         let last = &s.x[(n - 1) * e..n * e];
         norm::rms_norm(last, &m.head_norm, c.rms_eps, &mut s.xn[..e]);
         let head = m.head.as_ref().unwrap_or(&self.output);
         head.matmul(&s.xn[..e], 1, &mut s.logits[..c.n_vocab], &mut s.qbuf)?;
         Ok(&s.logits[..c.n_vocab])
+    }
+
+    /// One pre-norm decoder block on the residual stream `s.x` (`[n, n_embd]`):
+    /// `x += attn(norm(x)); x += ffn(norm(x))`, its latents at cache layer `il`.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        il: usize,
+        l: &Layer,
+        n: usize,
+        pos0: usize,
+        naive: bool,
+        kv: &mut LatentKvCache,
+        s: &mut DeepseekScratch,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let e = c.n_embd;
+        norm::rms_norm(&s.x[..n * e], &l.attn_norm, c.rms_eps, &mut s.xn[..n * e]);
+        self.attention(il, &l.mla, n, pos0, naive, kv, s)?;
+        for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
+            *a += b;
+        }
+        norm::rms_norm(&s.x[..n * e], &l.ffn_norm, c.rms_eps, &mut s.xn[..n * e]);
+        match &l.ffn {
+            Ffn::Dense(p) => mlp_forward(
+                p,
+                n,
+                &s.xn[..n * e],
+                &mut s.gate,
+                &mut s.up,
+                &mut s.proj[..n * e],
+                &mut s.qbuf,
+            )?,
+            Ffn::Moe(m) => self.moe(m, n, s)?,
+        }
+        for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
+            *a += b;
+        }
+        Ok(())
     }
 
     /// MLA for `n` tokens at `pos0..`: reads `s.xn`, writes the projected output to `s.proj`.

@@ -2,7 +2,8 @@
 //! `DeepseekV3ForCausalLM` in HF), with the YaRN scale rules of deepseek-spec §2 and the routing
 //! variants of §5.
 
-use crate::error::{ModelError, Result, bad_config};
+use crate::config::{GgufKeys, HfKeys};
+use crate::error::{Result, bad_config};
 use gorae_formats::gguf::GgufFile;
 use serde_json::Value;
 
@@ -216,23 +217,10 @@ impl DeepseekConfig {
     }
 
     pub fn from_hf(c: &Value, arch: &str) -> Result<Self> {
-        let get_usize = |k: &str| -> Result<Option<usize>> {
-            match c.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|x| usize::try_from(x).ok())
-                    .map(Some)
-                    .ok_or_else(|| bad_config(k, "not an unsigned integer")),
-            }
-        };
-        let need = |k: &str| get_usize(k)?.ok_or_else(|| ModelError::MissingConfig(k.to_string()));
-        let get_f64 = |k: &str, d: f64| -> Result<f64> {
-            match c.get(k) {
-                None | Some(Value::Null) => Ok(d),
-                Some(v) => v.as_f64().ok_or_else(|| bad_config(k, "not a number")),
-            }
-        };
+        let h = HfKeys(c);
+        let get_usize = |k: &str| h.usize(k);
+        let need = |k: &str| h.need(k);
+        let get_f64 = |k: &str, d: f64| -> Result<f64> { Ok(h.f64(k)?.unwrap_or(d)) };
         let is_v3 = arch == "DeepseekV3ForCausalLM";
         let topk_method = match c.get("topk_method").and_then(Value::as_str) {
             Some("greedy") => TopkMethod::Greedy,
@@ -326,27 +314,11 @@ impl DeepseekConfig {
 
     /// From llama.cpp's `deepseek2` metadata (deepseek-spec §10).
     pub fn from_gguf(file: &GgufFile, arch: &str) -> Result<Self> {
-        let key = |k: &str| format!("{arch}.{k}");
-        let get_usize = |k: &str| -> Result<Option<usize>> {
-            match file.get(&key(k)) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|x| usize::try_from(x).ok())
-                    .map(Some)
-                    .ok_or_else(|| bad_config(&key(k), "not an unsigned integer")),
-            }
-        };
-        let need = |k: &str| get_usize(k)?.ok_or_else(|| ModelError::MissingConfig(key(k)));
-        let get_f32 = |k: &str| -> Result<Option<f32>> {
-            match file.get(&key(k)) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_f32()
-                    .map(Some)
-                    .ok_or_else(|| bad_config(&key(k), "not a number")),
-            }
-        };
+        let g = GgufKeys { file, arch };
+        let key = |k: &str| g.key(k);
+        let get_usize = |k: &str| g.usize(k);
+        let need = |k: &str| g.need(k);
+        let get_f32 = |k: &str| g.f32(k);
         let n_head = need("attention.head_count")?;
         let kv_lora_rank = need("attention.kv_lora_rank")?;
         let n_rot = need("rope.dimension_count")?;
