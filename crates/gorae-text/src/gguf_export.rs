@@ -103,8 +103,20 @@ pub fn detect_pre(tokenizer_json: &Value, tokenizer_config: &Value) -> Option<&'
     if digits && byte_level_regex && steps.len() == 2 {
         return Some("smollm");
     }
+    // The explicit-regex forms gorae's own GGUF tokenizers save (`Tokenizer::inner().save`):
+    // every digit alone, then the GPT-2 regex, then byte level without a regex.
+    if has(GPT2_REGEX) {
+        return Some(if has(r"\p{N}") && steps.len() == 3 {
+            "smollm"
+        } else {
+            "gpt2"
+        });
+    }
     None
 }
+
+/// GPT-2's pre-tokenizer regex (the one `ByteLevel(use_regex=true)` applies).
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 
 /// A `<typ>_token` entry of tokenizer_config.json: a string or an AddedToken object.
 fn special_content(config: &Value, key: &str) -> Option<String> {
@@ -366,6 +378,12 @@ mod tests {
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
         ]}});
         assert_eq!(detect_pre(&smollm, &json!({})), Some("smollm"));
+        let split = |r: &str| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false});
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
+        let saved = json!({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [split(r"\p{N}"), split(GPT2_REGEX), byte_level.clone()]}});
+        assert_eq!(detect_pre(&saved, &json!({})), Some("smollm"));
+        let gpt2 = json!({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [split(GPT2_REGEX), byte_level]}});
+        assert_eq!(detect_pre(&gpt2, &json!({})), Some("gpt2"));
         let gpt2 = json!({"pre_tokenizer": {"type": "ByteLevel", "use_regex": true}});
         assert_eq!(detect_pre(&gpt2, &json!({})), None);
         assert_eq!(detect_pre(&json!({}), &json!({})), None);
