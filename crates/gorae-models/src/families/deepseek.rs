@@ -793,22 +793,16 @@ impl DeepseekModel {
             )?;
         } else {
             // Absorb W_UK into the queries: q_abs[t, h] = W_UK[h]ᵀ q_nope[t, h]  ([n, h, lora]).
-            for hh in 0..h {
-                for t in 0..n {
-                    let src = &s.q[(t * h + hh) * qk..(t * h + hh) * qk + nope];
-                    s.head_in[t * nope..(t + 1) * nope].copy_from_slice(src);
-                }
-                a.wk_b[hh].matmul(
-                    &s.head_in[..n * nope],
-                    n,
-                    &mut s.head_out[..n * lora],
-                    &mut s.qbuf,
-                )?;
-                for t in 0..n {
-                    s.q_abs[(t * h + hh) * lora..(t * h + hh + 1) * lora]
-                        .copy_from_slice(&s.head_out[t * lora..(t + 1) * lora]);
-                }
-            }
+            per_head_matmul(
+                &a.wk_b,
+                &s.q[..n * h * qk],
+                qk,
+                n,
+                &mut s.q_abs,
+                &mut s.head_in,
+                &mut s.head_out,
+                &mut s.qbuf,
+            )?;
             // MQA over the latent cache: keys [c_kv; k_pe], values c_kv; one (token, head) row
             // per task: [n, h, lora].
             let cache = kv.rows(il, 0, pos0 + n);
@@ -846,22 +840,16 @@ impl DeepseekModel {
                 },
             )?;
             // Un-absorb W_UV: o[t, h] = W_UV[h] o_lat[t, h]  ([n, h, dv]).
-            for hh in 0..h {
-                for t in 0..n {
-                    let src = &s.o_lat[(t * h + hh) * lora..(t * h + hh + 1) * lora];
-                    s.head_in[t * lora..(t + 1) * lora].copy_from_slice(src);
-                }
-                a.wv_b[hh].matmul(
-                    &s.head_in[..n * lora],
-                    n,
-                    &mut s.head_out[..n * dv],
-                    &mut s.qbuf,
-                )?;
-                for t in 0..n {
-                    s.attn[(t * h + hh) * dv..(t * h + hh + 1) * dv]
-                        .copy_from_slice(&s.head_out[t * dv..(t + 1) * dv]);
-                }
-            }
+            per_head_matmul(
+                &a.wv_b,
+                &s.o_lat[..n * h * lora],
+                lora,
+                n,
+                &mut s.attn,
+                &mut s.head_in,
+                &mut s.head_out,
+                &mut s.qbuf,
+            )?;
         }
         a.wo.matmul(&s.attn[..n * h * dv], n, &mut s.proj[..n * e], &mut s.qbuf)?;
         Ok(())
@@ -973,6 +961,36 @@ impl DeepseekModel {
         }
         Ok(())
     }
+}
+
+/// One matrix per head applied to that head's slice of each token's row: for every token `t` and
+/// head `h`, `y[t, h, :] = ws[h] · x[(t·n_head + h)·x_stride ..][..ws[h].n_cols]` (`y`:
+/// `[n, n_head, n_rows]`). Each head's inputs are gathered so its matrix runs once over all tokens.
+#[allow(clippy::too_many_arguments)]
+fn per_head_matmul(
+    ws: &[QMatrix],
+    x: &[f32],
+    x_stride: usize,
+    n: usize,
+    y: &mut [f32],
+    head_in: &mut [f32],
+    head_out: &mut [f32],
+    qbuf: &mut Vec<u8>,
+) -> Result<()> {
+    let h = ws.len();
+    for (hh, w) in ws.iter().enumerate() {
+        let (d_in, d_out) = (w.n_cols, w.n_rows);
+        for t in 0..n {
+            let at = (t * h + hh) * x_stride;
+            head_in[t * d_in..(t + 1) * d_in].copy_from_slice(&x[at..at + d_in]);
+        }
+        w.matmul(&head_in[..n * d_in], n, &mut head_out[..n * d_out], qbuf)?;
+        for t in 0..n {
+            y[(t * h + hh) * d_out..(t * h + hh + 1) * d_out]
+                .copy_from_slice(&head_out[t * d_out..(t + 1) * d_out]);
+        }
+    }
+    Ok(())
 }
 
 fn softmax_in_place(scores: &mut [f32], max: f32) {
