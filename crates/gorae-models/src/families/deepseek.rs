@@ -10,7 +10,7 @@
 
 use crate::Logits;
 use crate::blocks::moe::{RouteScratch, route};
-use crate::blocks::{ffn::swiglu, norm};
+use crate::blocks::{check_batch, ffn::swiglu, norm};
 use crate::error::{ModelError, Result};
 use crate::families::deepseek_config::DeepseekConfig;
 use crate::kv::LatentKvCache;
@@ -521,19 +521,8 @@ impl DeepseekModel {
     ) -> Result<&'s [f32]> {
         let c = &self.cfg;
         let n = tokens.len();
-        if n == 0 || n > s.n_batch {
-            return Err(ModelError::BatchTooLarge {
-                n_tokens: n,
-                n_batch: s.n_batch,
-            });
-        }
         let pos0 = kv.len();
-        if pos0 + n > kv.n_ctx || pos0 + n > s.n_ctx {
-            return Err(ModelError::ContextOverflow {
-                pos: pos0 + n,
-                n_ctx: kv.n_ctx.min(s.n_ctx),
-            });
-        }
+        check_batch(n, s.n_batch, pos0, kv.n_ctx.min(s.n_ctx))?;
         let e = c.n_embd;
         let half = c.qk_rope_head_dim / 2;
         for (t, &id) in tokens.iter().enumerate() {
@@ -596,19 +585,14 @@ impl DeepseekModel {
         })?;
         let n = tokens.len();
         let e = c.n_embd;
-        if n == 0 || n > s.n_batch || hidden.len() != n * e {
+        if hidden.len() != n * e {
             return Err(ModelError::BatchTooLarge {
                 n_tokens: n,
                 n_batch: s.n_batch,
             });
         }
         let pos0 = kv.mtp_len();
-        if pos0 + n > kv.n_ctx || pos0 + n > s.n_ctx {
-            return Err(ModelError::ContextOverflow {
-                pos: pos0 + n,
-                n_ctx: kv.n_ctx.min(s.n_ctx),
-            });
-        }
+        check_batch(n, s.n_batch, pos0, kv.n_ctx.min(s.n_ctx))?;
         let half = c.qk_rope_head_dim / 2;
         let embed = m.embed.as_ref().unwrap_or(&self.tok_embd);
         for (t, &id) in tokens.iter().enumerate() {

@@ -5,7 +5,7 @@
 //! `src/models/llama.cpp`. Pre-norm residual blocks:
 //! `x += Wo·attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then `x += Wd·(silu(Wg·n(x)) ⊙ Wu·n(x))`.
 
-use crate::blocks::{attention::attend_head, ffn::swiglu, norm};
+use crate::blocks::{attention::attend_head, check_batch, ffn::swiglu, norm};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
@@ -216,19 +216,8 @@ impl LlamaModel {
     ) -> Result<&'s [f32]> {
         let c = &self.cfg;
         let n = tokens.len();
-        if n == 0 || n > s.n_batch {
-            return Err(ModelError::BatchTooLarge {
-                n_tokens: n,
-                n_batch: s.n_batch,
-            });
-        }
         let pos0 = kv.len();
-        if pos0 + n > kv.n_ctx || pos0 + n > s.n_ctx {
-            return Err(ModelError::ContextOverflow {
-                pos: pos0 + n,
-                n_ctx: kv.n_ctx.min(s.n_ctx),
-            });
-        }
+        check_batch(n, s.n_batch, pos0, kv.n_ctx.min(s.n_ctx))?;
         let (n_embd, hd) = (c.n_embd, c.head_dim);
         let q_dim = c.n_head * hd;
         let kv_dim = c.n_head_kv * hd;
