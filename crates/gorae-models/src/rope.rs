@@ -230,6 +230,22 @@ pub fn fill_cos_sin(inv_freq: &[f32], mscale: f32, pos: usize, cos: &mut [f32], 
     }
 }
 
+/// Fills `cos`/`sin` (`[n, n_rot/2]` each) for positions `pos0..pos0 + n`.
+pub fn fill_cos_sin_rows(
+    inv_freq: &[f32],
+    mscale: f32,
+    pos0: usize,
+    n: usize,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
+    let half = inv_freq.len();
+    for t in 0..n {
+        let r = t * half..(t + 1) * half;
+        fill_cos_sin(inv_freq, mscale, pos0 + t, &mut cos[r.clone()], &mut sin[r]);
+    }
+}
+
 /// Rotates the leading `2 * cos.len()` values of one head in place.
 pub fn apply(head: &mut [f32], cos: &[f32], sin: &[f32], layout: RopeLayout) {
     let half = cos.len();

@@ -10,7 +10,7 @@
 
 use crate::Logits;
 use crate::blocks::moe::{RouteScratch, route};
-use crate::blocks::{check_batch, ffn::swiglu, norm};
+use crate::blocks::{check_batch, embed_tokens, ffn::swiglu, norm};
 use crate::error::{ModelError, Result};
 use crate::families::deepseek_config::DeepseekConfig;
 use crate::kv::LatentKvCache;
@@ -524,26 +524,15 @@ impl DeepseekModel {
         let pos0 = kv.len();
         check_batch(n, s.n_batch, pos0, kv.n_ctx.min(s.n_ctx))?;
         let e = c.n_embd;
-        let half = c.qk_rope_head_dim / 2;
-        for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= c.n_vocab {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    n_vocab: c.n_vocab,
-                });
-            }
-            self.tok_embd
-                .row(id as usize, &mut s.x[t * e..(t + 1) * e])?;
-        }
-        for t in 0..n {
-            rope::fill_cos_sin(
-                &self.inv_freq,
-                self.rope_mscale,
-                pos0 + t,
-                &mut s.cos[t * half..(t + 1) * half],
-                &mut s.sin[t * half..(t + 1) * half],
-            );
-        }
+        embed_tokens(&self.tok_embd, tokens, &mut s.x[..n * e])?;
+        rope::fill_cos_sin_rows(
+            &self.inv_freq,
+            self.rope_mscale,
+            pos0,
+            n,
+            &mut s.cos,
+            &mut s.sin,
+        );
         let naive = match self.mla_mode {
             MlaMode::Auto => pos0 == 0 && n > 1,
             MlaMode::Naive => pos0 == 0,
@@ -593,7 +582,6 @@ impl DeepseekModel {
         }
         let pos0 = kv.mtp_len();
         check_batch(n, s.n_batch, pos0, kv.n_ctx.min(s.n_ctx))?;
-        let half = c.qk_rope_head_dim / 2;
         let embed = m.embed.as_ref().unwrap_or(&self.tok_embd);
         for (t, &id) in tokens.iter().enumerate() {
             if id as usize >= c.n_vocab {
@@ -612,14 +600,15 @@ impl DeepseekModel {
                 c.rms_eps,
                 &mut row[e..],
             );
-            rope::fill_cos_sin(
-                &self.inv_freq,
-                self.rope_mscale,
-                pos0 + t,
-                &mut s.cos[t * half..(t + 1) * half],
-                &mut s.sin[t * half..(t + 1) * half],
-            );
         }
+        rope::fill_cos_sin_rows(
+            &self.inv_freq,
+            self.rope_mscale,
+            pos0,
+            n,
+            &mut s.cos,
+            &mut s.sin,
+        );
         m.eh_proj
             .matmul(&s.eh[..n * 2 * e], n, &mut s.x[..n * e], &mut s.qbuf)?;
         self.block(c.n_layer, &m.layer, n, pos0, false, kv, s)?;

@@ -5,9 +5,9 @@
 //! `src/models/llama.cpp`. Pre-norm residual blocks:
 //! `x += Wo·attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then `x += Wd·(silu(Wg·n(x)) ⊙ Wu·n(x))`.
 
-use crate::blocks::{attention::attend_head, check_batch, ffn::swiglu, norm};
+use crate::blocks::{attention::attend_head, check_batch, embed_tokens, ffn::swiglu, norm};
 use crate::config::LlamaConfig;
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::kv::KvCache;
 use crate::names::{TensorKey, TensorKind as K};
 use crate::rope;
@@ -225,25 +225,15 @@ impl LlamaModel {
         let scale = 1.0 / (hd as f32).sqrt();
 
         // [n, n_embd] token embeddings
-        for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= c.n_vocab {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    n_vocab: c.n_vocab,
-                });
-            }
-            self.tok_embd
-                .row(id as usize, &mut s.x[t * n_embd..(t + 1) * n_embd])?;
-        }
-        for t in 0..n {
-            rope::fill_cos_sin(
-                &self.inv_freq,
-                self.rope_mscale,
-                pos0 + t,
-                &mut s.cos[t * half..(t + 1) * half],
-                &mut s.sin[t * half..(t + 1) * half],
-            );
-        }
+        embed_tokens(&self.tok_embd, tokens, &mut s.x[..n * n_embd])?;
+        rope::fill_cos_sin_rows(
+            &self.inv_freq,
+            self.rope_mscale,
+            pos0,
+            n,
+            &mut s.cos,
+            &mut s.sin,
+        );
 
         for (il, l) in self.layers.iter().enumerate() {
             let x = &s.x[..n * n_embd];
