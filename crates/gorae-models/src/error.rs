@@ -10,6 +10,8 @@ pub enum ModelError {
     Kernel(#[from] gorae_kernels::quant::KernelError),
     #[error("unsupported architecture `{0}`")]
     UnsupportedArchitecture(String),
+    #[error("a sequence cache or scratch made by a different model")]
+    ForeignState,
     #[error("missing config value `{0}`")]
     MissingConfig(String),
     #[error("config value `{key}` is invalid: {reason}")]

@@ -150,3 +150,74 @@ impl LatentKvCache {
         &mut self.data[r]
     }
 }
+
+/// One sequence's cache, whichever kind its model keeps.
+pub enum SeqCache {
+    Standard(KvCache),
+    Latent(LatentKvCache),
+}
+
+impl SeqCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        match self {
+            SeqCache::Standard(kv) => kv.len(),
+            SeqCache::Latent(kv) => kv.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        match self {
+            SeqCache::Standard(kv) => kv.n_ctx,
+            SeqCache::Latent(kv) => kv.n_ctx,
+        }
+    }
+
+    /// Forgets every position from `len` on (reuse of a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            SeqCache::Standard(kv) => kv.truncate(len),
+            SeqCache::Latent(kv) => kv.truncate(len),
+        }
+    }
+
+    /// Bytes held per token, all layers.
+    pub fn bytes_per_token(&self) -> usize {
+        match self {
+            SeqCache::Standard(kv) => kv.bytes_per_token(),
+            SeqCache::Latent(kv) => kv.bytes_per_token(),
+        }
+    }
+
+    pub(crate) fn standard(&self) -> Option<&KvCache> {
+        match self {
+            SeqCache::Standard(kv) => Some(kv),
+            SeqCache::Latent(_) => None,
+        }
+    }
+
+    pub(crate) fn standard_mut(&mut self) -> Option<&mut KvCache> {
+        match self {
+            SeqCache::Standard(kv) => Some(kv),
+            SeqCache::Latent(_) => None,
+        }
+    }
+
+    pub(crate) fn latent(&self) -> Option<&LatentKvCache> {
+        match self {
+            SeqCache::Latent(kv) => Some(kv),
+            SeqCache::Standard(_) => None,
+        }
+    }
+
+    pub(crate) fn latent_mut(&mut self) -> Option<&mut LatentKvCache> {
+        match self {
+            SeqCache::Latent(kv) => Some(kv),
+            SeqCache::Standard(_) => None,
+        }
+    }
+}

@@ -16,7 +16,9 @@ pub mod registry;
 pub mod rope;
 pub mod weights;
 
+pub use blocks::batch::SeqInput;
 pub use error::{ModelError, Result};
 pub use families::deepseek::MlaMode;
 pub use families::llama::Logits;
-pub use registry::{Family, Model, ModelInfo, State};
+pub use kv::SeqCache;
+pub use registry::{Family, Model, ModelInfo, State, Workspace};

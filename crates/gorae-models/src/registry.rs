@@ -1,12 +1,13 @@
 //! Maps a file's declared architecture to a family and loads it. The `Family` match is exhaustive,
 //! so adding a family is a compile error everywhere it must be handled.
 
+use crate::blocks::batch::SeqInput;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::families::deepseek::{DeepseekModel, DeepseekScratch, MlaMode};
 use crate::families::deepseek_config::DeepseekConfig;
 use crate::families::llama::{LlamaModel, LlamaScratch, Logits};
-use crate::kv::{KvCache, LatentKvCache};
+use crate::kv::{LatentKvCache, SeqCache};
 use crate::weights::WeightSource;
 use gorae_formats::gguf::GgufFile;
 use gorae_formats::safetensors::SafetensorsModel;
@@ -47,21 +48,31 @@ pub enum Model {
     Deepseek(DeepseekModel),
 }
 
-/// Per-sequence state: the KV cache and the preallocated activations.
+/// One sequence's state for single-sequence use: its cache and its own preallocated
+/// activations. A server keeps one `SeqCache` per sequence and one `Workspace` for all of them
+/// (`Model::forward_batch`).
 pub struct State {
-    cache: Cache,
-    scratch: Scratch,
+    cache: SeqCache,
+    scratch: Workspace,
 }
 
-enum Cache {
-    Standard(KvCache),
-    Latent(LatentKvCache),
-}
+/// Preallocated activations for batches of up to `n_batch` rows over contexts of up to `n_ctx`.
+pub struct Workspace(Scratch);
 
 enum Scratch {
-    // Boxed: both are large and a state moves by value.
+    // Boxed: both are large and a workspace moves by value.
     Llama(Box<LlamaScratch>),
     Deepseek(Box<DeepseekScratch>),
+}
+
+impl Workspace {
+    /// Rows one pass can hold, all sequences together.
+    pub fn n_batch(&self) -> usize {
+        match &self.0 {
+            Scratch::Llama(s) => s.n_batch(),
+            Scratch::Deepseek(s) => s.n_batch(),
+        }
+    }
 }
 
 /// Hyperparameters every caller may want, whatever the family.
@@ -208,16 +219,26 @@ impl Model {
 
     /// A fresh sequence state holding up to `n_ctx` positions, fed in batches of up to `n_batch`.
     pub fn new_state(&self, n_ctx: usize, n_batch: usize) -> State {
-        match self {
-            Model::Llama(m) => State {
-                cache: Cache::Standard(m.new_cache(n_ctx)),
-                scratch: Scratch::Llama(Box::new(m.new_scratch(n_batch, n_ctx))),
-            },
-            Model::Deepseek(m) => State {
-                cache: Cache::Latent(m.new_cache(n_ctx)),
-                scratch: Scratch::Deepseek(Box::new(m.new_scratch(n_batch, n_ctx))),
-            },
+        State {
+            cache: self.new_cache(n_ctx),
+            scratch: self.new_workspace(n_batch, n_ctx),
         }
+    }
+
+    /// An empty cache for one sequence of up to `n_ctx` positions.
+    pub fn new_cache(&self, n_ctx: usize) -> SeqCache {
+        match self {
+            Model::Llama(m) => SeqCache::Standard(m.new_cache(n_ctx)),
+            Model::Deepseek(m) => SeqCache::Latent(m.new_cache(n_ctx)),
+        }
+    }
+
+    /// Activations for passes of up to `n_batch` rows over caches of up to `n_ctx` positions.
+    pub fn new_workspace(&self, n_batch: usize, n_ctx: usize) -> Workspace {
+        Workspace(match self {
+            Model::Llama(m) => Scratch::Llama(Box::new(m.new_scratch(n_batch, n_ctx))),
+            Model::Deepseek(m) => Scratch::Deepseek(Box::new(m.new_scratch(n_batch, n_ctx))),
+        })
     }
 
     /// Runs `tokens` after what `state` holds and returns their logits (`[n_vocab]` for
@@ -228,16 +249,27 @@ impl Model {
         state: &'s mut State,
         want: Logits,
     ) -> Result<&'s [f32]> {
-        match (self, &mut state.cache, &mut state.scratch) {
-            (Model::Llama(m), Cache::Standard(kv), Scratch::Llama(s)) => {
-                m.forward(tokens, kv, s, want)
-            }
-            (Model::Deepseek(m), Cache::Latent(kv), Scratch::Deepseek(s)) => {
-                m.forward(tokens, kv, s, want)
-            }
-            _ => Err(ModelError::MissingConfig(
-                "a state made by this model".into(),
-            )),
+        let mut seqs = [SeqInput {
+            tokens,
+            cache: &mut state.cache,
+        }];
+        self.forward_batch(&mut seqs, &mut state.scratch, want)
+    }
+
+    /// One pass over several sequences (continuous batching): each runs its tokens after what
+    /// its cache holds. Returns `[n_seqs, n_vocab]` (each sequence's last token) for
+    /// `Logits::Last`, `[n_rows, n_vocab]` (every token, sequences in order) for `Logits::All`.
+    /// A row's logits do not depend on which other sequences share the pass.
+    pub fn forward_batch<'s>(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        work: &'s mut Workspace,
+        want: Logits,
+    ) -> Result<&'s [f32]> {
+        match (self, &mut work.0) {
+            (Model::Llama(m), Scratch::Llama(s)) => m.forward(seqs, s, want),
+            (Model::Deepseek(m), Scratch::Deepseek(s)) => m.forward(seqs, s, want),
+            _ => Err(ModelError::ForeignState),
         }
     }
 }
@@ -260,9 +292,9 @@ impl Model {
         hidden: &[f32],
         state: &'s mut State,
     ) -> Result<&'s [f32]> {
-        match (self, &mut state.cache, &mut state.scratch) {
-            (Model::Deepseek(m), Cache::Latent(kv), Scratch::Deepseek(s)) => {
-                m.mtp_forward(tokens, hidden, kv, s)
+        match (self, &mut state.scratch.0) {
+            (Model::Deepseek(m), Scratch::Deepseek(s)) => {
+                m.mtp_forward(tokens, hidden, &mut state.cache, s)
             }
             _ => Err(ModelError::MissingConfig(
                 "a multi-token-prediction block".into(),
@@ -272,7 +304,7 @@ impl Model {
 
     /// Final-normed hidden states of the last `forward`'s `n_tokens` rows (families with MTP).
     pub fn hidden_rows<'s>(&self, state: &'s State, n_tokens: usize) -> Option<&'s [f32]> {
-        match &state.scratch {
+        match &state.scratch.0 {
             Scratch::Deepseek(s) => Some(s.hidden_rows(n_tokens)),
             Scratch::Llama(_) => None,
         }
@@ -282,31 +314,22 @@ impl Model {
 impl State {
     /// Positions the MTP block's cache holds.
     pub fn mtp_len(&self) -> usize {
-        match &self.cache {
-            Cache::Latent(kv) => kv.mtp_len(),
-            Cache::Standard(_) => 0,
-        }
+        self.cache.latent().map_or(0, LatentKvCache::mtp_len)
     }
 
     pub fn truncate_mtp(&mut self, len: usize) {
-        if let Cache::Latent(kv) = &mut self.cache {
+        if let Some(kv) = self.cache.latent_mut() {
             kv.truncate_mtp(len);
         }
     }
 
     pub fn n_batch(&self) -> usize {
-        match &self.scratch {
-            Scratch::Llama(s) => s.n_batch(),
-            Scratch::Deepseek(s) => s.n_batch(),
-        }
+        self.scratch.n_batch()
     }
 
     /// Positions held.
     pub fn len(&self) -> usize {
-        match &self.cache {
-            Cache::Standard(kv) => kv.len(),
-            Cache::Latent(kv) => kv.len(),
-        }
+        self.cache.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -314,26 +337,17 @@ impl State {
     }
 
     pub fn n_ctx(&self) -> usize {
-        match &self.cache {
-            Cache::Standard(kv) => kv.n_ctx,
-            Cache::Latent(kv) => kv.n_ctx,
-        }
+        self.cache.n_ctx()
     }
 
     /// Forgets every position from `len` on (reuse of a shared prefix).
     pub fn truncate(&mut self, len: usize) {
-        match &mut self.cache {
-            Cache::Standard(kv) => kv.truncate(len),
-            Cache::Latent(kv) => kv.truncate(len),
-        }
+        self.cache.truncate(len);
     }
 
     /// Bytes the cache holds per token, all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
-        match &self.cache {
-            Cache::Standard(kv) => kv.bytes_per_token(),
-            Cache::Latent(kv) => kv.bytes_per_token(),
-        }
+        self.cache.bytes_per_token()
     }
 }
 

@@ -2,11 +2,9 @@
 //! (llama2.c's `RunState` discipline), checked with a counting global allocator.
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
-use gorae_formats::gguf::{GgufFile, GgufWriter, MetaValue};
-use gorae_kernels::GgmlType;
-use gorae_kernels::quant::quantize_row;
-use gorae_models::names::{TensorKey, TensorKind as K};
-use gorae_models::{Logits, Model};
+mod common;
+
+use gorae_models::{Logits, SeqInput};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -35,74 +33,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn tensor(w: &mut GgufWriter, key: TensorKey, ty: GgmlType, shape: &[usize], seed: u32) {
-    let n: usize = shape.iter().product();
-    let values: Vec<f32> = (0..n)
-        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 4000.0 - 0.125)
-        .collect();
-    let mut bytes = vec![0u8; ty.bytes_for(n as u64).unwrap() as usize];
-    quantize_row(ty, &values, &mut bytes).unwrap();
-    w.add_tensor(key.gguf_name(), ty, shape, bytes);
-}
-
 #[test]
 fn decode_step_allocates_nothing_after_warm_up() {
-    let (n_embd, n_ff, n_vocab, n_layer) = (64usize, 128usize, 256usize, 2usize);
-    let mut w = GgufWriter::new();
-    for (k, v) in [
-        ("general.architecture", MetaValue::String("llama".into())),
-        ("llama.context_length", MetaValue::U32(128)),
-        ("llama.embedding_length", MetaValue::U32(n_embd as u32)),
-        ("llama.block_count", MetaValue::U32(n_layer as u32)),
-        ("llama.feed_forward_length", MetaValue::U32(n_ff as u32)),
-        ("llama.attention.head_count", MetaValue::U32(4)),
-        ("llama.attention.head_count_kv", MetaValue::U32(2)),
-        ("llama.vocab_size", MetaValue::U32(n_vocab as u32)),
-    ] {
-        w.add_kv(k, v);
-    }
-    tensor(
-        &mut w,
-        TensorKey::global(K::TokenEmbd),
-        GgmlType::Q8_0,
-        &[n_vocab, n_embd],
-        1,
-    );
-    tensor(
-        &mut w,
-        TensorKey::global(K::OutputNorm),
-        GgmlType::F32,
-        &[n_embd],
-        2,
-    );
-    for il in 0..n_layer {
-        let l = |k| TensorKey::layer(k, il);
-        tensor(&mut w, l(K::AttnNorm), GgmlType::F32, &[n_embd], 3);
-        tensor(&mut w, l(K::AttnQ), GgmlType::Q4_0, &[n_embd, n_embd], 4);
-        tensor(
-            &mut w,
-            l(K::AttnK),
-            GgmlType::Q4_1,
-            &[n_embd / 2, n_embd],
-            5,
-        );
-        tensor(
-            &mut w,
-            l(K::AttnV),
-            GgmlType::Q8_0,
-            &[n_embd / 2, n_embd],
-            6,
-        );
-        tensor(&mut w, l(K::AttnOut), GgmlType::F16, &[n_embd, n_embd], 7);
-        tensor(&mut w, l(K::FfnNorm), GgmlType::F32, &[n_embd], 8);
-        tensor(&mut w, l(K::FfnGate), GgmlType::Q5_0, &[n_ff, n_embd], 9);
-        tensor(&mut w, l(K::FfnUp), GgmlType::Q5_1, &[n_ff, n_embd], 10);
-        tensor(&mut w, l(K::FfnDown), GgmlType::BF16, &[n_embd, n_ff], 11);
-    }
-    let mut bytes = Vec::new();
-    w.write_to(&mut bytes).unwrap();
-    let file = GgufFile::from_bytes(bytes).unwrap();
-    let model = Model::from_gguf(&file).unwrap();
+    let model = common::quantized_llama();
     let mut state = model.new_state(64, 8);
     model
         .forward(&[1, 2, 3, 4, 5, 6, 7, 8], &mut state, Logits::Last)
@@ -115,4 +48,65 @@ fn decode_step_allocates_nothing_after_warm_up() {
     }
     let allocs = ALLOCS.load(Ordering::Relaxed) - before;
     assert_eq!(allocs, 0, "20 decode steps allocated {allocs} times");
+}
+
+/// Continuous batching keeps the discipline: four sequences decoding together in one shared
+/// workspace allocate nothing per step either.
+#[test]
+fn batched_decode_step_allocates_nothing_after_warm_up() {
+    let model = common::quantized_llama();
+    let mut work = model.new_workspace(8, 64);
+    let mut caches: Vec<_> = (0..4).map(|_| model.new_cache(64)).collect();
+    let prompts: [&[u32]; 4] = [&[1, 2], &[3], &[4, 5], &[6]];
+    let mut next = [0u32; 4];
+    let mut step = |inputs: &[&[u32]; 4], next: &mut [u32; 4]| {
+        let [a, b, c, d] = &mut caches[..] else {
+            unreachable!()
+        };
+        let mut seqs = [
+            SeqInput {
+                tokens: inputs[0],
+                cache: a,
+            },
+            SeqInput {
+                tokens: inputs[1],
+                cache: b,
+            },
+            SeqInput {
+                tokens: inputs[2],
+                cache: c,
+            },
+            SeqInput {
+                tokens: inputs[3],
+                cache: d,
+            },
+        ];
+        let logits = model
+            .forward_batch(&mut seqs, &mut work, Logits::Last)
+            .unwrap();
+        for (i, row) in logits.chunks_exact(256).enumerate() {
+            next[i] =
+                row.iter()
+                    .enumerate()
+                    .fold(0, |best, (j, &v)| if v > row[best] { j } else { best })
+                    as u32;
+        }
+    };
+    step(&prompts, &mut next);
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        let cur = next;
+        let inputs: [&[u32]; 4] = [
+            std::slice::from_ref(&cur[0]),
+            std::slice::from_ref(&cur[1]),
+            std::slice::from_ref(&cur[2]),
+            std::slice::from_ref(&cur[3]),
+        ];
+        step(&inputs, &mut next);
+    }
+    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        allocs, 0,
+        "20 batched decode steps allocated {allocs} times"
+    );
 }

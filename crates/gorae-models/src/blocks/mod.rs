@@ -2,6 +2,7 @@
 //! No architecture `match` lives here; families pass what differs as arguments.
 
 pub mod attention;
+pub mod batch;
 pub mod ffn;
 pub mod moe;
 pub mod norm;
@@ -21,24 +22,6 @@ pub(crate) fn embed_tokens(table: &QMatrix, tokens: &[u32], x: &mut [f32]) -> Re
             });
         }
         table.row(id as usize, &mut x[t * e..(t + 1) * e])?;
-    }
-    Ok(())
-}
-
-/// Rejects a batch that is empty, larger than the scratch buffers hold, or that would run past
-/// the context (`n_ctx`: the smaller of the cache's and the scratch's).
-pub(crate) fn check_batch(n: usize, n_batch: usize, pos0: usize, n_ctx: usize) -> Result<()> {
-    if n == 0 || n > n_batch {
-        return Err(ModelError::BatchTooLarge {
-            n_tokens: n,
-            n_batch,
-        });
-    }
-    if pos0 + n > n_ctx {
-        return Err(ModelError::ContextOverflow {
-            pos: pos0 + n,
-            n_ctx,
-        });
     }
     Ok(())
 }

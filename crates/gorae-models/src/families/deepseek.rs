@@ -9,11 +9,12 @@
 //! `kv_lora_rank + qk_rope_head_dim` values per token per layer.
 
 use crate::Logits;
+use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::moe::{RouteScratch, route};
-use crate::blocks::{check_batch, embed_tokens, ffn::swiglu, norm};
+use crate::blocks::{embed_tokens, ffn::swiglu, norm};
 use crate::error::{ModelError, Result};
 use crate::families::deepseek_config::DeepseekConfig;
-use crate::kv::LatentKvCache;
+use crate::kv::{LatentKvCache, SeqCache};
 use crate::names::{TensorKey, TensorKind as K};
 use crate::rope::{self, RopeLayout};
 use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt};
@@ -131,6 +132,7 @@ pub struct DeepseekScratch {
     hidden: Vec<f32>, // [n_batch, n_embd]
     eh: Vec<f32>,     // [n_batch, 2 * n_embd] MTP input [enorm(emb); hnorm(h)]
     qbuf: Vec<u8>,
+    rows: BatchRows,
 }
 
 /// A derived matrix in a type the kernels can multiply: F32 stays F32; a quantized source becomes
@@ -462,6 +464,7 @@ impl DeepseekModel {
                 }
             ],
             qbuf: Vec::new(),
+            rows: BatchRows::new(nb),
         }
     }
 
@@ -511,61 +514,99 @@ impl DeepseekModel {
         self.weight_bytes() - self.tok_embd.n_bytes() - unused - naive_only
     }
 
-    /// Runs `tokens` at positions `kv.len()..`, appending their latents to `kv`.
+    /// Runs each sequence's tokens at its positions `cache.len()..`, appending their latents to
+    /// its cache; logits as `LlamaModel::forward` returns them (one row per sequence for
+    /// `Logits::Last`, one per token for `Logits::All`).
     pub fn forward<'s>(
         &self,
-        tokens: &[u32],
-        kv: &mut LatentKvCache,
+        seqs: &mut [SeqInput<'_>],
         s: &'s mut DeepseekScratch,
         want: Logits,
     ) -> Result<&'s [f32]> {
         let c = &self.cfg;
-        let n = tokens.len();
-        let pos0 = kv.len();
-        check_batch(n, s.n_batch, pos0, kv.n_ctx.min(s.n_ctx))?;
+        if seqs.iter().any(|q| q.cache.latent().is_none()) {
+            return Err(ModelError::ForeignState);
+        }
+        let n = s.rows.plan(
+            seqs.iter().map(|q| {
+                let kv = q.cache.latent();
+                (
+                    q.tokens.len(),
+                    kv.map_or(0, LatentKvCache::len),
+                    kv.map_or(0, |k| k.n_ctx),
+                )
+            }),
+            s.n_ctx,
+        )?;
         let e = c.n_embd;
-        embed_tokens(&self.tok_embd, tokens, &mut s.x[..n * e])?;
-        rope::fill_cos_sin_rows(
-            &self.inv_freq,
-            self.rope_mscale,
-            pos0,
-            n,
-            &mut s.cos,
-            &mut s.sin,
-        );
+        let half = c.qk_rope_head_dim / 2;
+        for (q, sp) in seqs.iter().zip(&s.rows.spans) {
+            let rows = sp.rows();
+            embed_tokens(
+                &self.tok_embd,
+                q.tokens,
+                &mut s.x[rows.start * e..rows.end * e],
+            )?;
+            rope::fill_cos_sin_rows(
+                &self.inv_freq,
+                self.rope_mscale,
+                sp.pos0,
+                sp.n,
+                &mut s.cos[rows.start * half..rows.end * half],
+                &mut s.sin[rows.start * half..rows.end * half],
+            );
+        }
+        // The naive path attends within the batch's own rows: one sequence from position 0.
+        let from_zero = seqs.len() == 1 && s.rows.spans[0].pos0 == 0;
         let naive = match self.mla_mode {
-            MlaMode::Auto => pos0 == 0 && n > 1,
-            MlaMode::Naive => pos0 == 0,
+            MlaMode::Auto => from_zero && n > 1,
+            MlaMode::Naive => from_zero,
             MlaMode::Absorbed => false,
         };
         for (il, l) in self.layers.iter().enumerate() {
-            self.block(il, l, n, pos0, naive, kv, s)?;
+            self.block(il, l, n, naive, seqs, s)?;
         }
-        kv.set_len(pos0 + n);
+        for (q, sp) in seqs.iter_mut().zip(&s.rows.spans) {
+            if let Some(kv) = q.cache.latent_mut() {
+                kv.set_len(sp.pos0 + sp.n);
+            }
+        }
         norm::rms_norm(
             &s.x[..n * e],
             &self.output_norm,
             c.rms_eps,
             &mut s.hidden[..n * e],
         );
-        let (first, rows) = match want {
-            Logits::Last => (n - 1, 1),
-            Logits::All => (0, n),
+        let rows = match want {
+            Logits::Last => {
+                for (i, sp) in s.rows.spans.iter().enumerate() {
+                    let last = sp.start + sp.n - 1;
+                    s.xn[i * e..(i + 1) * e].copy_from_slice(&s.hidden[last * e..(last + 1) * e]);
+                }
+                s.rows.spans.len()
+            }
+            Logits::All => {
+                s.xn[..n * e].copy_from_slice(&s.hidden[..n * e]);
+                n
+            }
         };
-        let h = &s.hidden[first * e..(first + rows) * e];
-        self.output
-            .matmul(h, rows, &mut s.logits[..rows * c.n_vocab], &mut s.qbuf)?;
+        self.output.matmul(
+            &s.xn[..rows * e],
+            rows,
+            &mut s.logits[..rows * c.n_vocab],
+            &mut s.qbuf,
+        )?;
         Ok(&s.logits[..rows * c.n_vocab])
     }
 
     /// Runs the MTP block over `tokens` (token `i + 1` for each trunk position `i`) and the
     /// trunk's final hidden states `hidden` (`[n_tokens, n_embd]`, as `forward` left them in
-    /// `hidden_rows`), at MTP positions `kv.mtp_len()..`; returns the last row's draft logits.
+    /// `hidden_rows`), at MTP positions `mtp_len()..`; returns the last row's draft logits.
     pub fn mtp_forward<'s>(
         &self,
         tokens: &[u32],
         hidden: &[f32],
-        kv: &mut LatentKvCache,
+        cache: &mut SeqCache,
         s: &'s mut DeepseekScratch,
     ) -> Result<&'s [f32]> {
         let c = &self.cfg;
@@ -580,8 +621,9 @@ impl DeepseekModel {
                 n_batch: s.n_batch,
             });
         }
+        let kv = cache.latent().ok_or(ModelError::ForeignState)?;
         let pos0 = kv.mtp_len();
-        check_batch(n, s.n_batch, pos0, kv.n_ctx.min(s.n_ctx))?;
+        s.rows.plan(std::iter::once((n, pos0, kv.n_ctx)), s.n_ctx)?;
         let embed = m.embed.as_ref().unwrap_or(&self.tok_embd);
         for (t, &id) in tokens.iter().enumerate() {
             if id as usize >= c.n_vocab {
@@ -611,8 +653,11 @@ impl DeepseekModel {
         );
         m.eh_proj
             .matmul(&s.eh[..n * 2 * e], n, &mut s.x[..n * e], &mut s.qbuf)?;
-        self.block(c.n_layer, &m.layer, n, pos0, false, kv, s)?;
-        kv.set_mtp_len(pos0 + n);
+        let mut seqs = [SeqInput { tokens, cache }];
+        self.block(c.n_layer, &m.layer, n, false, &mut seqs, s)?;
+        if let Some(kv) = seqs[0].cache.latent_mut() {
+            kv.set_mtp_len(pos0 + n);
+        }
         let last = &s.x[(n - 1) * e..n * e];
         norm::rms_norm(last, &m.head_norm, c.rms_eps, &mut s.xn[..e]);
         let head = m.head.as_ref().unwrap_or(&self.output);
@@ -621,22 +666,21 @@ impl DeepseekModel {
     }
 
     /// One pre-norm decoder block on the residual stream `s.x` (`[n, n_embd]`):
-    /// `x += attn(norm(x)); x += ffn(norm(x))`, its latents at cache layer `il`.
-    #[allow(clippy::too_many_arguments)]
+    /// `x += attn(norm(x)); x += ffn(norm(x))`, its latents at cache layer `il` of each
+    /// sequence, at the positions `s.rows` planned.
     fn block(
         &self,
         il: usize,
         l: &Layer,
         n: usize,
-        pos0: usize,
         naive: bool,
-        kv: &mut LatentKvCache,
+        seqs: &mut [SeqInput<'_>],
         s: &mut DeepseekScratch,
     ) -> Result<()> {
         let c = &self.cfg;
         let e = c.n_embd;
         norm::rms_norm(&s.x[..n * e], &l.attn_norm, c.rms_eps, &mut s.xn[..n * e]);
-        self.attention(il, &l.mla, n, pos0, naive, kv, s)?;
+        self.attention(il, &l.mla, n, naive, seqs, s)?;
         for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
             *a += b;
         }
@@ -659,16 +703,14 @@ impl DeepseekModel {
         Ok(())
     }
 
-    /// MLA for `n` tokens at `pos0..`: reads `s.xn`, writes the projected output to `s.proj`.
-    #[allow(clippy::too_many_arguments)]
+    /// MLA for the `n` batch rows: reads `s.xn`, writes the projected output to `s.proj`.
     fn attention(
         &self,
         il: usize,
         a: &Mla,
         n: usize,
-        pos0: usize,
         naive: bool,
-        kv: &mut LatentKvCache,
+        seqs: &mut [SeqInput<'_>],
         s: &mut DeepseekScratch,
     ) -> Result<()> {
         let c = &self.cfg;
@@ -711,8 +753,12 @@ impl DeepseekModel {
                 rope::apply(&mut qh[nope..], cs, sn, RopeLayout::Normal);
             }
         }
-        kv.rows_mut(il, pos0, pos0 + n)
-            .copy_from_slice(&s.kva[..n * width]);
+        for (q, sp) in seqs.iter_mut().zip(&s.rows.spans) {
+            let kv = q.cache.latent_mut().ok_or(ModelError::ForeignState)?;
+            let rows = sp.rows();
+            kv.rows_mut(il, sp.pos0, sp.pos0 + sp.n)
+                .copy_from_slice(&s.kva[rows.start * width..rows.end * width]);
+        }
         let scale = self.kq_scale;
 
         if naive {
@@ -778,8 +824,8 @@ impl DeepseekModel {
             )?;
             // MQA over the latent cache: keys [c_kv; k_pe], values c_kv; one (token, head) row
             // per task: [n, h, lora].
-            let cache = kv.rows(il, 0, pos0 + n);
             let (q, q_abs, n_ctx) = (&s.q[..n * h * qk], &s.q_abs[..n * h * lora], s.n_ctx);
+            let (seqs_ro, rows) = (&*seqs, &s.rows);
             par_rows(
                 pool::global(),
                 &mut s.o_lat[..n * h * lora],
@@ -787,7 +833,14 @@ impl DeepseekModel {
                 &mut s.scores,
                 n_ctx,
                 |r, out, scores| {
-                    let n_kv = pos0 + r / h + 1;
+                    let t = r / h;
+                    let n_kv = rows.row_pos[t] + 1;
+                    let Some(kv) = seqs_ro[rows.row_seq[t]].cache.latent() else {
+                        // Unreachable: every cache was checked by `forward`.
+                        out.fill(0.0);
+                        return;
+                    };
+                    let cache = kv.rows(il, 0, n_kv);
                     let qa = &q_abs[r * lora..(r + 1) * lora];
                     let qpe = &q[r * qk + nope..(r + 1) * qk];
                     let scores = &mut scores[..n_kv];

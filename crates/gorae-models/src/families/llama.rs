@@ -5,9 +5,10 @@
 //! `src/models/llama.cpp`. Pre-norm residual blocks:
 //! `x += Wo·attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then `x += Wd·(silu(Wg·n(x)) ⊙ Wu·n(x))`.
 
-use crate::blocks::{attention::attend_head, check_batch, embed_tokens, ffn::swiglu, norm};
+use crate::blocks::batch::{BatchRows, SeqInput};
+use crate::blocks::{attention::attend_head, embed_tokens, ffn::swiglu, norm};
 use crate::config::LlamaConfig;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
 use crate::names::{TensorKey, TensorKind as K};
 use crate::rope;
@@ -60,6 +61,7 @@ pub struct LlamaScratch {
     n_ctx: usize,
     logits: Vec<f32>, // [n_batch, n_vocab]
     qbuf: Vec<u8>,    // activations quantized for the matmul kernels
+    rows: BatchRows,
 }
 
 /// Which positions of a batch need logits.
@@ -162,6 +164,7 @@ impl LlamaModel {
             n_ctx,
             logits: vec![0.0; n_batch * c.n_vocab],
             qbuf: Vec::new(),
+            rows: BatchRows::new(n_batch),
         }
     }
 
@@ -205,35 +208,54 @@ impl LlamaModel {
         self.weight_bytes() - embd
     }
 
-    /// Runs `tokens` at positions `kv.len()..`, appends their keys/values to `kv`, and returns the
-    /// logits (`[n_vocab]` for `Logits::Last`, `[n_tokens, n_vocab]` for `Logits::All`).
+    /// Runs each sequence's tokens at its positions `cache.len()..`, appends their keys/values
+    /// to its cache, and returns the logits: one `[n_vocab]` row per sequence (its last token)
+    /// for `Logits::Last`, one per token (`[n_rows, n_vocab]`, sequences in order) for
+    /// `Logits::All`. All sequences share every weight read; attention stays per sequence.
     pub fn forward<'s>(
         &self,
-        tokens: &[u32],
-        kv: &mut KvCache,
+        seqs: &mut [SeqInput<'_>],
         s: &'s mut LlamaScratch,
         want: Logits,
     ) -> Result<&'s [f32]> {
         let c = &self.cfg;
-        let n = tokens.len();
-        let pos0 = kv.len();
-        check_batch(n, s.n_batch, pos0, kv.n_ctx.min(s.n_ctx))?;
+        if seqs.iter().any(|q| q.cache.standard().is_none()) {
+            return Err(ModelError::ForeignState);
+        }
+        let n = s.rows.plan(
+            seqs.iter().map(|q| {
+                let kv = q.cache.standard();
+                (
+                    q.tokens.len(),
+                    kv.map_or(0, KvCache::len),
+                    kv.map_or(0, |k| k.n_ctx),
+                )
+            }),
+            s.n_ctx,
+        )?;
         let (n_embd, hd) = (c.n_embd, c.head_dim);
         let q_dim = c.n_head * hd;
         let kv_dim = c.n_head_kv * hd;
         let half = c.rope.n_rot / 2;
         let scale = 1.0 / (hd as f32).sqrt();
 
-        // [n, n_embd] token embeddings
-        embed_tokens(&self.tok_embd, tokens, &mut s.x[..n * n_embd])?;
-        rope::fill_cos_sin_rows(
-            &self.inv_freq,
-            self.rope_mscale,
-            pos0,
-            n,
-            &mut s.cos,
-            &mut s.sin,
-        );
+        for (q, sp) in seqs.iter().zip(&s.rows.spans) {
+            let rows = sp.rows();
+            // [n_tokens, n_embd] token embeddings
+            embed_tokens(
+                &self.tok_embd,
+                q.tokens,
+                &mut s.x[rows.start * n_embd..rows.end * n_embd],
+            )?;
+            rope::fill_cos_sin_rows(
+                &self.inv_freq,
+                self.rope_mscale,
+                sp.pos0,
+                sp.n,
+                &mut s.cos[rows.start * half..rows.end * half],
+                &mut s.sin[rows.start * half..rows.end * half],
+            );
+        }
 
         for (il, l) in self.layers.iter().enumerate() {
             let x = &s.x[..n * n_embd];
@@ -263,13 +285,17 @@ impl LlamaModel {
                     rope::apply(head, cs, sn, c.rope.layout);
                 }
             }
-            kv.k_mut(il, pos0, pos0 + n)
-                .copy_from_slice(&s.k[..n * kv_dim]);
-            kv.v_mut(il, pos0, pos0 + n)
-                .copy_from_slice(&s.v[..n * kv_dim]);
-            // One (token, head) row per task: [n, n_head, head_dim].
-            let (keys, values) = (kv.k(il, 0, pos0 + n), kv.v(il, 0, pos0 + n));
-            let (q, n_ctx) = (&s.q[..n * q_dim], s.n_ctx);
+            for (q, sp) in seqs.iter_mut().zip(&s.rows.spans) {
+                let kv = q.cache.standard_mut().ok_or(ModelError::ForeignState)?;
+                let rows = sp.rows();
+                kv.k_mut(il, sp.pos0, sp.pos0 + sp.n)
+                    .copy_from_slice(&s.k[rows.start * kv_dim..rows.end * kv_dim]);
+                kv.v_mut(il, sp.pos0, sp.pos0 + sp.n)
+                    .copy_from_slice(&s.v[rows.start * kv_dim..rows.end * kv_dim]);
+            }
+            // One (row, head) per task: [n, n_head, head_dim]; each row attends over its own
+            // sequence's cache up to its own position.
+            let (q, n_ctx, seqs_ro, rows) = (&s.q[..n * q_dim], s.n_ctx, &*seqs, &s.rows);
             let group = c.n_head / c.n_head_kv;
             par_rows(
                 pool::global(),
@@ -279,12 +305,18 @@ impl LlamaModel {
                 n_ctx,
                 |r, out, scores| {
                     let (t, h) = (r / c.n_head, r % c.n_head);
+                    let n_kv = rows.row_pos[t] + 1;
+                    let Some(kv) = seqs_ro[rows.row_seq[t]].cache.standard() else {
+                        // Unreachable: every cache was checked above.
+                        out.fill(0.0);
+                        return;
+                    };
                     let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
                     attend_head(
                         qh,
-                        keys,
-                        values,
-                        pos0 + t + 1,
+                        kv.k(il, 0, n_kv),
+                        kv.v(il, 0, n_kv),
+                        n_kv,
                         h / group,
                         kv_dim,
                         scale,
@@ -320,14 +352,36 @@ impl LlamaModel {
             )?;
             add_in_place(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
         }
-        kv.set_len(pos0 + n);
+        for (q, sp) in seqs.iter_mut().zip(&s.rows.spans) {
+            if let Some(kv) = q.cache.standard_mut() {
+                kv.set_len(sp.pos0 + sp.n);
+            }
+        }
 
-        let (first, rows) = match want {
-            Logits::Last => (n - 1, 1),
-            Logits::All => (0, n),
+        // [rows, n_embd] normalized rows that need logits
+        let rows = match want {
+            Logits::Last => {
+                for (i, sp) in s.rows.spans.iter().enumerate() {
+                    let last = sp.start + sp.n - 1;
+                    norm::rms_norm(
+                        &s.x[last * n_embd..(last + 1) * n_embd],
+                        &self.output_norm,
+                        c.rms_eps,
+                        &mut s.xn[i * n_embd..(i + 1) * n_embd],
+                    );
+                }
+                s.rows.spans.len()
+            }
+            Logits::All => {
+                norm::rms_norm(
+                    &s.x[..n * n_embd],
+                    &self.output_norm,
+                    c.rms_eps,
+                    &mut s.xn[..n * n_embd],
+                );
+                n
+            }
         };
-        let x = &s.x[first * n_embd..(first + rows) * n_embd];
-        norm::rms_norm(x, &self.output_norm, c.rms_eps, &mut s.xn[..rows * n_embd]);
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         let out = &mut s.logits[..rows * c.n_vocab];
         head.matmul(&s.xn[..rows * n_embd], rows, out, &mut s.qbuf)?;

@@ -1,0 +1,179 @@
+//! Continuous batching must not change any sequence's numbers: sequences that join, prefill and
+//! decode together in one shared workspace get, row for row, the logits each gets alone. The
+//! comparison is exact (bit for bit): every kernel computes a row the same way whatever the
+//! batch holds (the batched matmul tiles are bit-identical to the decode path, and attention
+//! and routing are per row), so any difference is a bug in the row bookkeeping, not rounding.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
+
+mod common;
+
+use gorae_formats::hf::load_hf_configs;
+use gorae_formats::safetensors::SafetensorsModel;
+use gorae_models::{Logits, MlaMode, Model, SeqInput};
+use std::path::PathBuf;
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Each sequence: (step it joins at, prompt). Greedy for `n_steps` after its prompt.
+const SCHEDULE: [(usize, &[u32]); 4] = [
+    (0, &[1, 2, 3, 4, 5]),
+    (0, &[7, 8, 9]),
+    (2, &[11, 12, 13, 14, 15, 16, 17]),
+    (3, &[20]),
+];
+const N_STEPS: usize = 6;
+
+/// Logits after the prompt and after each greedy token, one sequence at a time.
+fn solo(model: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
+    let mut state = model.new_state(64, 16);
+    let mut out = vec![
+        model
+            .forward(prompt, &mut state, Logits::Last)
+            .unwrap()
+            .to_vec(),
+    ];
+    for _ in 0..N_STEPS {
+        let next = argmax(out.last().unwrap());
+        out.push(
+            model
+                .forward(&[next], &mut state, Logits::Last)
+                .unwrap()
+                .to_vec(),
+        );
+    }
+    out
+}
+
+/// The same sequences run together: a joining sequence's prompt shares its pass with the
+/// others' decode tokens.
+fn batched(model: &Model) -> Vec<Vec<Vec<f32>>> {
+    let n_vocab = model.n_vocab();
+    let mut work = model.new_workspace(16, 64);
+    let mut caches: Vec<_> = SCHEDULE.iter().map(|_| model.new_cache(64)).collect();
+    let mut out: Vec<Vec<Vec<f32>>> = SCHEDULE.iter().map(|_| Vec::new()).collect();
+    let mut step = 0;
+    while out.iter().any(|o| o.len() < N_STEPS + 1) {
+        let mut pending: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (i, (join, prompt)) in SCHEDULE.iter().enumerate() {
+            if step < *join || out[i].len() == N_STEPS + 1 {
+                continue;
+            }
+            let tokens = match out[i].last() {
+                None => prompt.to_vec(),
+                Some(l) => vec![argmax(l)],
+            };
+            pending.push((i, tokens));
+        }
+        let mut seqs: Vec<SeqInput<'_>> = Vec::new();
+        let mut rest: &mut [gorae_models::SeqCache] = &mut caches;
+        let mut taken = 0;
+        for (i, tokens) in &pending {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - taken);
+            let (cache, tail) = tail.split_first_mut().unwrap();
+            rest = tail;
+            taken = i + 1;
+            seqs.push(SeqInput { tokens, cache });
+        }
+        let logits = model
+            .forward_batch(&mut seqs, &mut work, Logits::Last)
+            .unwrap();
+        assert_eq!(logits.len(), pending.len() * n_vocab);
+        for ((i, _), row) in pending.iter().zip(logits.chunks_exact(n_vocab)) {
+            out[*i].push(row.to_vec());
+        }
+        step += 1;
+    }
+    out
+}
+
+fn check(model: &Model) {
+    let together = batched(model);
+    for (i, (_, prompt)) in SCHEDULE.iter().enumerate() {
+        let alone = solo(model, prompt);
+        for (s, (a, b)) in alone.iter().zip(&together[i]).enumerate() {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "sequence {i}, step {s}: batched logits differ from solo"
+            );
+        }
+    }
+}
+
+#[test]
+fn quantized_llama_rows_do_not_depend_on_the_batch() {
+    check(&common::quantized_llama());
+}
+
+#[test]
+fn deepseek_rows_do_not_depend_on_the_batch() {
+    let root = std::env::var_os("GORAE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    let d = root.join("fixtures/tiny-deepseek-v3");
+    assert!(
+        d.join("model.safetensors").exists(),
+        "{} is missing: run `python3 scripts/fetch_models.py` first",
+        d.display()
+    );
+    let cfg = load_hf_configs(&d).unwrap();
+    let st = SafetensorsModel::open(&d).unwrap();
+    let mut model = Model::from_hf(&cfg.config, &st).unwrap();
+    // Solo prefill would take the naive path, which rounds differently; a server runs absorbed.
+    model.set_mla_mode(MlaMode::Absorbed);
+    check(&model);
+}
+
+#[test]
+fn batch_errors_are_clear() {
+    let model = common::quantized_llama();
+    let mut work = model.new_workspace(4, 8);
+    let (mut a, mut b) = (model.new_cache(8), model.new_cache(8));
+    let mut seqs = [
+        SeqInput {
+            tokens: &[1, 2, 3],
+            cache: &mut a,
+        },
+        SeqInput {
+            tokens: &[4, 5],
+            cache: &mut b,
+        },
+    ];
+    let e = model
+        .forward_batch(&mut seqs, &mut work, Logits::Last)
+        .unwrap_err();
+    assert!(e.to_string().contains("batch"), "{e}");
+    let mut seqs = [SeqInput {
+        tokens: &[],
+        cache: &mut a,
+    }];
+    assert!(
+        model
+            .forward_batch(&mut seqs, &mut work, Logits::Last)
+            .is_err()
+    );
+    assert!(
+        model
+            .forward_batch(&mut [], &mut work, Logits::Last)
+            .is_err()
+    );
+    // Nothing was written by the failed passes.
+    assert_eq!((a.len(), b.len()), (0, 0));
+    let mut seqs = [SeqInput {
+        tokens: &[1; 9],
+        cache: &mut a,
+    }];
+    let mut big = model.new_workspace(16, 8);
+    let e = model
+        .forward_batch(&mut seqs, &mut big, Logits::Last)
+        .unwrap_err();
+    assert!(e.to_string().contains("context"), "{e}");
+}
