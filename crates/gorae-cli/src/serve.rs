@@ -36,16 +36,21 @@ pub struct ServeArgs {
     /// The model id clients use (default: the file or directory name).
     #[arg(long)]
     pub alias: Option<String>,
-    /// Sequences served at once, each with its own KV cache of --ctx tokens. They take turns
-    /// token by token (fair, but not yet sharing forward passes).
+    /// Sequences served at once, each with its own KV cache of --ctx tokens. They share every
+    /// forward pass (continuous batching): each pass carries one token of every decoding
+    /// sequence plus prompt chunks, up to --batch rows.
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
     /// Requests allowed to wait for the engine; more get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
-    /// Prompt tokens per forward pass during prefill.
-    #[arg(long, default_value_t = 64)]
+    /// Rows (tokens, all sequences together) per forward pass.
+    #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Take the tokenizer (and its chat template) from this GGUF file or directory instead of
+    /// the model's (vLLM's `--tokenizer`), for checkpoints that ship without one.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// A Jinja chat template file that replaces the model's.
     #[arg(long)]
     pub chat_template_file: Option<PathBuf>,
@@ -61,8 +66,23 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         ),
         None => None,
     };
-    let loaded = crate::load::load_model(&args.model, true)?;
-    let tokenizer = loaded.tokenizer()?.clone();
+    let loaded = crate::load::load_model(&args.model, args.tokenizer.is_none())?;
+    let tokenizer = match &args.tokenizer {
+        Some(p) => {
+            let path = crate::load::ModelPath::resolve(p)?;
+            let tok = crate::load::tokenizer(&path, None)?;
+            let n_vocab = loaded.model.n_vocab();
+            if tok.n_vocab() > n_vocab {
+                anyhow::bail!(
+                    "the tokenizer in `{}` has {} tokens but the model only {n_vocab}",
+                    p.display(),
+                    tok.n_vocab()
+                );
+            }
+            tok
+        }
+        None => loaded.tokenizer()?.clone(),
+    };
     let alias = args.alias.clone().unwrap_or_else(|| {
         let p = args.model.as_path();
         let name = if p.is_dir() {

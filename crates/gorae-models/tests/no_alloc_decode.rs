@@ -85,11 +85,11 @@ fn batched_decode_step_allocates_nothing_after_warm_up() {
             .forward_batch(&mut seqs, &mut work, Logits::Last)
             .unwrap();
         for (i, row) in logits.chunks_exact(256).enumerate() {
-            next[i] =
-                row.iter()
-                    .enumerate()
-                    .fold(0, |best, (j, &v)| if v > row[best] { j } else { best })
-                    as u32;
+            next[i] = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (j, &v)| if v > row[best] { j } else { best })
+                as u32;
         }
     };
     step(&prompts, &mut next);

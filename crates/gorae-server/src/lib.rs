@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use gorae_models::Model;
+use gorae_models::{MlaMode, Model};
 use gorae_text::{ChatTemplate, Tokenizer};
 use tokio::net::TcpListener;
 
@@ -66,13 +66,13 @@ pub struct ServerConfig {
     /// Context length in tokens; `None`: the model's training context, capped at
     /// [`DEFAULT_CTX_CAP`].
     pub n_ctx: Option<usize>,
-    /// Prompt tokens per forward pass during prefill.
+    /// Rows per forward pass, all sequences together (decode tokens and prompt chunks).
     pub n_batch: usize,
     /// The id clients name in `model` and `/v1/models`.
     pub model_id: String,
     /// Sequences generated at once (slots), each with a KV cache of `n_ctx` positions, so
-    /// memory for the cache grows with `parallel × n_ctx`. Slots take turns step by step; they
-    /// do not share forward passes yet.
+    /// memory for the cache grows with `parallel × n_ctx`. All active slots share each forward
+    /// pass (continuous batching).
     pub parallel: usize,
     /// Requests that may wait for the engine; past this, 503 with Retry-After.
     pub queue_size: usize,
@@ -90,7 +90,7 @@ impl ServerConfig {
             port: 8080,
             api_key: None,
             n_ctx: None,
-            n_batch: 64,
+            n_batch: 256,
             model_id: model_id.into(),
             parallel: 1,
             queue_size: 64,
@@ -278,9 +278,13 @@ pub async fn shutdown_signal() {
 /// Binds `config.host:config.port` and serves until SIGTERM/Ctrl-C; returns after draining.
 pub async fn serve(
     config: ServerConfig,
-    model: Model,
+    mut model: Model,
     tokenizer: Tokenizer,
 ) -> Result<(), ServerError> {
+    // One attention path for every pass, so a request's output does not depend on whether its
+    // prompt was prefilled alone or beside other sequences (DeepSeek's naive path, taken for a
+    // lone prefill, rounds differently).
+    model.set_mla_mode(MlaMode::Absorbed);
     let addr = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&addr).await?;
     let local: SocketAddr = listener.local_addr()?;

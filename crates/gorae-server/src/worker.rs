@@ -1,17 +1,16 @@
-//! The engine worker: one OS thread owns the model's sequence states (slots, one KV cache
-//! each) and serves jobs from a bounded queue, so the async runtime never blocks on a forward
-//! pass.
+//! The engine worker: one OS thread owns the model's sequence caches (slots) and serves jobs
+//! from a bounded queue, so the async runtime never blocks on a forward pass.
 //!
-//! Each iteration admits queued jobs into free slots and advances every active slot by one
-//! step (a prefill chunk or one token), so `--parallel N` requests progress together. Today
-//! each slot runs its own forward pass; a batched forward over all active slots (continuous
-//! batching proper) needs a multi-sequence forward in gorae-models and replaces the per-slot
-//! calls in `worker` without touching jobs, events or the HTTP side. Prefix reuse: a slot
-//! keeps its last sequence's tokens, a job goes to the free slot sharing the longest prefix
-//! with its prompt, and only the rest is recomputed.
+//! Continuous batching: each iteration admits queued jobs into free slots and then runs ONE
+//! forward pass over every active slot (`Model::forward_batch`): each decoding slot brings its
+//! next token, each prefilling slot a chunk of its prompt, within a budget of `n_batch` rows.
+//! The weights are read once for all of them, so N streams cost far less than N times one, and a
+//! row's logits do not depend on what shares its pass (so a request's output equals its solo
+//! run). Prefix reuse: a slot keeps its last sequence's tokens, a job goes to the free slot
+//! sharing the longest prefix with its prompt, and only the rest is computed.
 //!
-//! Cancellation is per job, never global: a job stops at the next prefill chunk or token once
-//! its token is cancelled (the HTTP side holds a `DropGuard`) or its event receiver is gone.
+//! Cancellation is per job, never global: a job stops before the next pass once its token is
+//! cancelled (the HTTP side holds a `DropGuard`) or its event receiver is gone.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -19,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::Instant;
 
-use gorae_models::Model;
-use gorae_runtime::{Engine, Sampler, StopMatcher, StopOutcome};
+use gorae_models::{Logits, Model, SeqCache, SeqInput, Workspace};
+use gorae_runtime::{Sampler, StopMatcher, StopOutcome};
 use gorae_text::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -176,15 +175,31 @@ pub fn spawn(
 }
 
 /// One sequence's KV cache and, while it serves a job, that job's generation.
-struct Slot<'m, 't> {
-    engine: Engine<'m>,
+struct Slot<'t> {
+    cache: SeqCache,
+    /// Every token the cache holds, in order.
+    tokens: Vec<u32>,
     active: Option<Generation<'t>>,
 }
 
-/// The scheduler: admit queued jobs into free slots, then advance every active slot by one
-/// step (a prefill chunk or one token), round-robin, so concurrent requests all make progress.
-/// A batched forward pass over the active slots slots in here: the step structure and the
-/// job/event boundary stay as they are.
+impl Slot<'_> {
+    fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+        self.tokens.truncate(len);
+    }
+}
+
+/// What one iteration shares with every step: the model, the tokenizer, the counters.
+struct Ctx<'a> {
+    model: &'a Model,
+    tok: &'a Tokenizer,
+    metrics: &'a Metrics,
+    /// Token texts for JSON-constrained requests, built on the first one that needs them.
+    json_vocab: std::cell::OnceCell<JsonVocab>,
+}
+
+/// The scheduler: admit queued jobs into free slots, drop cancelled ones, then advance every
+/// active slot in one batched forward pass.
 fn worker(
     model: &Model,
     tok: &Tokenizer,
@@ -193,24 +208,39 @@ fn worker(
     metrics: &Metrics,
     ready: &AtomicBool,
 ) {
-    let mut slots: Vec<Slot<'_, '_>> = (0..cfg.n_slots.max(1))
+    // Every slot must fit one decode row in a pass.
+    let n_batch = cfg.n_batch.max(cfg.n_slots).max(1);
+    let mut work = model.new_workspace(n_batch, cfg.n_ctx);
+    let mut slots: Vec<Slot<'_>> = (0..cfg.n_slots.max(1))
         .map(|_| Slot {
-            engine: Engine::new(model, cfg.n_ctx, cfg.n_batch.max(1)),
+            cache: model.new_cache(cfg.n_ctx),
+            tokens: Vec::with_capacity(cfg.n_ctx),
             active: None,
         })
         .collect();
-    // Warm-up: touch the weights and the scratch buffers once before declaring readiness.
+    // Warm-up: touch the weights and the workspace once before declaring readiness.
     if let Some(slot) = slots.first_mut() {
-        if let Err(e) = slot.engine.feed(&[tok.bos_id().unwrap_or(0)]) {
+        let bos = [tok.bos_id().unwrap_or(0)];
+        let mut seqs = [SeqInput {
+            tokens: &bos,
+            cache: &mut slot.cache,
+        }];
+        if let Err(e) = model.forward_batch(&mut seqs, &mut work, Logits::Last) {
             tracing::error!("warm-up forward pass failed: {e}");
         }
-        slot.engine.truncate(0);
+        slot.truncate(0);
     }
     ready.store(true, Ordering::SeqCst);
-    tracing::info!(slots = slots.len(), "engine ready");
-    // Token texts for JSON-constrained requests, built on the first one that needs them.
-    let json_vocab: std::cell::OnceCell<JsonVocab> = std::cell::OnceCell::new();
+    tracing::info!(slots = slots.len(), n_batch, "engine ready");
+    let ctx = Ctx {
+        model,
+        tok,
+        metrics,
+        json_vocab: std::cell::OnceCell::new(),
+    };
     let mut open = true;
+    // Where each pass starts handing out its row budget, so no slot starves.
+    let mut rotate = 0usize;
     loop {
         // Admission: block only when there is nothing to run.
         let busy = slots.iter().any(|s| s.active.is_some());
@@ -231,90 +261,195 @@ fn worker(
             }
         }
         for slot in &mut slots {
-            let Some(generation) = slot.active.as_mut() else {
-                continue;
-            };
-            let vocab = generation
-                .json
-                .is_some()
-                .then(|| json_vocab.get_or_init(|| JsonVocab::new(tok, model.n_vocab())));
-            // A panic in the model must cost one request, not the server.
-            let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                generation.step(&mut slot.engine, tok, vocab, metrics)
-            }))
-            .unwrap_or_else(|_| Step::Failed("the engine failed on this request".into()));
-            if matches!(step, Step::Continue) {
-                continue;
+            if slot.active.as_ref().is_some_and(Generation::cancelled) {
+                end(slot, Step::Cancelled, metrics);
             }
-            let Some(generation) = slot.active.take() else {
-                continue;
-            };
-            // Counters first, then the event: a client that reads /metrics right after its
-            // response must see its slot free and its request counted.
-            let event = match step {
-                Step::Continue => None,
-                Step::Finished(finish) => {
-                    metrics.requests_finished.fetch_add(1, Ordering::Relaxed);
-                    let u = finish.usage;
-                    tracing::info!(
-                        prompt_tokens = u.prompt_tokens,
-                        cached_tokens = u.cached_tokens,
-                        completion_tokens = u.completion_tokens,
-                        reasoning_tokens = u.reasoning_tokens,
-                        finish_reason = finish.reason.as_str(),
-                        seconds = generation.job.admitted.elapsed().as_secs_f64(),
-                        "request finished"
-                    );
-                    Some(Event::Done(finish))
-                }
-                Step::Cancelled => {
-                    metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        completion_tokens = generation.n_gen,
-                        "request cancelled (client gone)"
-                    );
-                    None
-                }
-                Step::Failed(e) => {
-                    tracing::error!("generation failed: {e}");
-                    // The cache may hold a partial step: forget it.
-                    slot.engine.truncate(0);
-                    Some(Event::Error(e))
-                }
-            };
-            metrics.running.fetch_sub(1, Ordering::SeqCst);
-            if let Some(event) = event {
-                let _ = generation.job.events.send(event);
+        }
+        let plan = plan_pass(&slots, n_batch, rotate);
+        rotate = rotate.wrapping_add(1);
+        for (i, step) in run_pass(&ctx, &mut slots, &plan, &mut work) {
+            if !matches!(step, Step::Continue) {
+                end(&mut slots[i], step, metrics);
             }
         }
         let used: usize = slots
             .iter()
             .filter(|s| s.active.is_some())
-            .map(|s| s.engine.tokens.len())
+            .map(|s| s.tokens.len())
             .sum();
         metrics.kv_used.store(used as u64, Ordering::Relaxed);
     }
     tracing::info!("engine stopped");
 }
 
+/// Rows each slot feeds in the next pass, `(slot, n_rows)`, within `n_batch` rows: decoding
+/// slots (one row each) first, then prompt chunks, each pass starting at a different slot.
+fn plan_pass(slots: &[Slot<'_>], n_batch: usize, rotate: usize) -> Vec<(usize, usize)> {
+    let n = slots.len();
+    let mut budget = n_batch;
+    let mut plan = Vec::with_capacity(n);
+    for decoding in [true, false] {
+        for k in 0..n {
+            let i = (rotate + k) % n;
+            let Some(g) = slots[i].active.as_ref() else {
+                continue;
+            };
+            let want = g.rows_wanted();
+            if budget == 0 || want == 0 || g.is_decoding() != decoding {
+                continue;
+            }
+            let take = want.min(budget);
+            budget -= take;
+            plan.push((i, take));
+        }
+    }
+    plan
+}
+
+/// Runs one forward pass over the planned slots and hands each its logits. When a batched pass
+/// fails (or panics), its sequences are retried one by one, so a failure costs only the request
+/// that causes it, never the others or the server.
+fn run_pass(
+    ctx: &Ctx<'_>,
+    slots: &mut [Slot<'_>],
+    plan: &[(usize, usize)],
+    work: &mut Workspace,
+) -> Vec<(usize, Step)> {
+    if plan.is_empty() {
+        return Vec::new();
+    }
+    let passed = {
+        let mut refs: Vec<Option<&mut Slot<'_>>> = slots.iter_mut().map(Some).collect();
+        let mut seqs = Vec::with_capacity(plan.len());
+        for &(i, n) in plan {
+            let Some(Slot { cache, active, .. }) = refs.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            if let Some(g) = active.as_ref() {
+                seqs.push(SeqInput {
+                    tokens: g.input(n),
+                    cache,
+                });
+            }
+        }
+        let (model, work) = (ctx.model, &mut *work);
+        std::panic::catch_unwind(AssertUnwindSafe(move || {
+            // Moving `work` out makes this closure FnOnce, so the logits may borrow it.
+            let work = work;
+            model.forward_batch(&mut seqs, work, Logits::Last)
+        }))
+        .map_err(|_| "the engine failed on this request".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    };
+    let logits = match passed {
+        Ok(logits) => logits,
+        Err(e) => {
+            // A failed pass may have written rows past what each cache had: forget them.
+            for &(i, _) in plan {
+                let held = slots[i].tokens.len();
+                slots[i].cache.truncate(held);
+            }
+            if let [(i, _)] = plan {
+                return vec![(*i, Step::Failed(e))];
+            }
+            tracing::warn!("a batched pass failed ({e}); retrying its sequences one by one");
+            return plan
+                .iter()
+                .flat_map(|&p| run_pass(ctx, slots, &[p], work))
+                .collect();
+        }
+    };
+    let n_vocab = ctx.model.n_vocab();
+    let mut steps = Vec::with_capacity(plan.len());
+    for (&(i, n), row) in plan.iter().zip(logits.chunks_exact(n_vocab)) {
+        let Slot { tokens, active, .. } = &mut slots[i];
+        let Some(g) = active.as_mut() else {
+            continue;
+        };
+        tokens.extend_from_slice(g.input(n));
+        let vocab = g.json.is_some().then(|| {
+            ctx.json_vocab
+                .get_or_init(|| JsonVocab::new(ctx.tok, n_vocab))
+        });
+        let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            g.after_pass(n, row, tokens, ctx.tok, vocab, ctx.metrics)
+        }))
+        .unwrap_or_else(|_| Step::Failed("the engine failed on this request".into()));
+        steps.push((i, step));
+    }
+    steps
+}
+
+/// Ends the slot's job: counters first, then the event, so a client that reads /metrics right
+/// after its response sees its slot free and its request counted.
+fn end(slot: &mut Slot<'_>, step: Step, metrics: &Metrics) {
+    let Some(generation) = slot.active.take() else {
+        return;
+    };
+    let event = match step {
+        Step::Continue => None,
+        Step::Finished(finish) => {
+            metrics.requests_finished.fetch_add(1, Ordering::Relaxed);
+            let u = finish.usage;
+            tracing::info!(
+                prompt_tokens = u.prompt_tokens,
+                cached_tokens = u.cached_tokens,
+                completion_tokens = u.completion_tokens,
+                reasoning_tokens = u.reasoning_tokens,
+                finish_reason = finish.reason.as_str(),
+                seconds = generation.job.admitted.elapsed().as_secs_f64(),
+                "request finished"
+            );
+            Some(Event::Done(finish))
+        }
+        Step::Cancelled => {
+            metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                completion_tokens = generation.n_gen,
+                "request cancelled (client gone)"
+            );
+            None
+        }
+        Step::Failed(e) => {
+            tracing::error!("generation failed: {e}");
+            // The cache may hold a partial step: forget it.
+            slot.truncate(0);
+            Some(Event::Error(e))
+        }
+    };
+    metrics.running.fetch_sub(1, Ordering::SeqCst);
+    if let Some(event) = event {
+        let _ = generation.job.events.send(event);
+    }
+}
+
 /// Puts `job` in the free slot whose cache shares the longest prefix with its prompt.
-fn admit<'t>(slots: &mut [Slot<'_, 't>], job: Job, tok: &'t Tokenizer, metrics: &Metrics) {
+fn admit<'t>(slots: &mut [Slot<'t>], job: Job, tok: &'t Tokenizer, metrics: &Metrics) {
     metrics.waiting.fetch_sub(1, Ordering::SeqCst);
     if job.cancel.is_cancelled() || job.events.is_closed() {
         metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    if job.prompt.is_empty() {
+        let _ = job.events.send(Event::Error("empty prompt".into()));
+        return;
+    }
     let best = slots
         .iter_mut()
         .filter(|s| s.active.is_none())
-        .max_by_key(|s| common_prefix(&s.engine.tokens, &job.prompt));
+        .max_by_key(|s| common_prefix(&s.tokens, &job.prompt));
     let Some(slot) = best else {
         // Callers only admit when a slot is free; refuse rather than drop silently.
         let _ = job.events.send(Event::Error("no free slot".into()));
         return;
     };
+    // Prefix reuse: keep what the cache shares with the prompt, but always feed at least the
+    // last prompt token, whose logits start the generation.
+    let cached = common_prefix(&slot.tokens, &job.prompt).min(job.prompt.len() - 1);
+    slot.truncate(cached);
     metrics.running.fetch_add(1, Ordering::SeqCst);
-    slot.active = Some(Generation::new(job, &mut slot.engine, tok, metrics));
+    let n_ctx = slot.cache.n_ctx();
+    slot.active = Some(Generation::new(job, cached, n_ctx, tok, metrics));
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -361,8 +496,12 @@ enum Step {
 /// One job's generation, advanced a step at a time by the scheduler.
 struct Generation<'t> {
     job: Job,
-    /// Prompt tokens not fed yet.
+    /// Prompt tokens fed so far (the rest is still to prefill).
     prefill_at: usize,
+    /// The sampled token the next pass feeds.
+    pending: Option<u32>,
+    /// The slot's context: generation stops before it is full.
+    n_ctx: usize,
     cached: usize,
     logits: Vec<f32>,
     raw_logits: Vec<f32>,
@@ -380,12 +519,8 @@ struct Generation<'t> {
 }
 
 impl<'t> Generation<'t> {
-    /// Prefix reuse: keep what the slot's cache shares with the prompt, but always feed at
-    /// least the last prompt token, whose logits start the generation.
-    fn new(job: Job, engine: &mut Engine<'_>, tok: &'t Tokenizer, metrics: &Metrics) -> Self {
-        let common = common_prefix(&engine.tokens, &job.prompt);
-        let cached = common.min(job.prompt.len().saturating_sub(1));
-        engine.truncate(cached);
+    /// A generation whose slot already holds the prompt's first `cached` tokens.
+    fn new(job: Job, cached: usize, n_ctx: usize, tok: &'t Tokenizer, metrics: &Metrics) -> Self {
         metrics
             .prompt_tokens
             .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
@@ -394,6 +529,8 @@ impl<'t> Generation<'t> {
             .fetch_add(cached as u64, Ordering::Relaxed);
         Generation {
             prefill_at: cached,
+            pending: None,
+            n_ctx,
             cached,
             logits: Vec::new(),
             raw_logits: Vec::new(),
@@ -426,44 +563,67 @@ impl<'t> Generation<'t> {
         }
     }
 
-    fn step(
+    /// Rows this generation wants in the next pass: the rest of its prompt, or its sampled
+    /// token.
+    fn rows_wanted(&self) -> usize {
+        let left = self.job.prompt.len() - self.prefill_at.min(self.job.prompt.len());
+        if left > 0 {
+            left
+        } else {
+            usize::from(self.pending.is_some())
+        }
+    }
+
+    fn is_decoding(&self) -> bool {
+        self.prefill_at >= self.job.prompt.len()
+    }
+
+    /// The `n` tokens the next pass feeds (`n` as `plan_pass` granted).
+    fn input(&self, n: usize) -> &[u32] {
+        if self.is_decoding() {
+            self.pending.as_slice()
+        } else {
+            let end = (self.prefill_at + n).min(self.job.prompt.len());
+            &self.job.prompt[self.prefill_at..end]
+        }
+    }
+
+    /// Takes the logits of the last of the `n` tokens just fed (`history`: every token the
+    /// cache now holds): a finished prompt or a fed token samples the next one.
+    fn after_pass(
         &mut self,
-        engine: &mut Engine<'_>,
+        n: usize,
+        logits: &[f32],
+        history: &[u32],
         tok: &Tokenizer,
         vocab: Option<&JsonVocab>,
         metrics: &Metrics,
     ) -> Step {
-        if self.cancelled() {
-            return Step::Cancelled;
+        if self.is_decoding() {
+            self.pending = None;
+        } else {
+            self.prefill_at += n;
+            if !self.is_decoding() {
+                return Step::Continue;
+            }
         }
-        match self.try_step(engine, tok, vocab, metrics) {
+        self.logits.clear();
+        self.logits.extend_from_slice(logits);
+        match self.sample(history, tok, vocab, metrics) {
             Ok(step) => step,
             Err(e) => Step::Failed(e),
         }
     }
 
-    fn try_step(
+    /// Samples the next token from `self.logits`, reports it, and either ends the generation
+    /// or leaves the token pending for the next pass.
+    fn sample(
         &mut self,
-        engine: &mut Engine<'_>,
+        history: &[u32],
         tok: &Tokenizer,
         vocab: Option<&JsonVocab>,
         metrics: &Metrics,
     ) -> Result<Step, String> {
-        let prompt_len = self.job.prompt.len();
-        if prompt_len == 0 {
-            return Err("empty prompt".into());
-        }
-        if self.prefill_at < prompt_len {
-            let n_batch = engine.state.n_batch().max(1);
-            let end = (self.prefill_at + n_batch).min(prompt_len);
-            let out = engine
-                .feed(&self.job.prompt[self.prefill_at..end])
-                .map_err(|e| e.to_string())?;
-            self.logits.clear();
-            self.logits.extend_from_slice(out);
-            self.prefill_at = end;
-            return Ok(Step::Continue);
-        }
         if self.n_gen >= self.job.max_tokens {
             return self.finish(FinishReason::Length);
         }
@@ -487,7 +647,7 @@ impl<'t> Generation<'t> {
             self.raw_logits.clear();
             self.raw_logits.extend_from_slice(&self.logits);
         }
-        let mut id = self.sampler.sample(&mut self.logits, &engine.tokens);
+        let mut id = self.sampler.sample(&mut self.logits, history);
         if let (Some(json), Some(vocab)) = (self.json.as_mut(), vocab) {
             // Rounding in the sampler's final draw could in principle land on a masked
             // token; fall back to the most likely allowed one rather than break the JSON.
@@ -565,11 +725,10 @@ impl<'t> Generation<'t> {
         if self.stopped_by_string {
             return self.finish(FinishReason::Stop);
         }
-        if engine.tokens.len() + 1 >= engine.n_ctx() {
+        if history.len() + 1 >= self.n_ctx {
             return self.finish(FinishReason::Length);
         }
-        let next = engine.feed(&[id]).map_err(|e| e.to_string())?;
-        self.logits.copy_from_slice(next);
+        self.pending = Some(id);
         Ok(Step::Continue)
     }
 

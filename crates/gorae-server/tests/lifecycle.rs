@@ -212,13 +212,15 @@ async fn parallel_slots_serve_requests_side_by_side() {
     s.stop().await.unwrap();
 }
 
-/// 16 concurrent streaming clients on 4 slots (the rest queue): every stream completes, and
-/// each equals its solo run with the same seed.
+/// 16 concurrent streaming clients on 8 slots (the rest queue) sharing forward passes of at
+/// most 12 rows, so prompts are split into chunks that ride beside other streams' decode
+/// tokens: every stream completes, and each equals its solo run with the same seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_streams_match_their_solo_runs() {
     let s = start(|c| {
         c.n_ctx = Some(256);
-        c.parallel = 4;
+        c.parallel = 8;
+        c.n_batch = 12;
         c.queue_size = 16;
     })
     .await;

@@ -40,9 +40,17 @@ THINK_TEMPLATE = (
 )
 
 
-def _start(extra_args):
+def _deepseek_path() -> pathlib.Path:
+    models = pathlib.Path(os.environ.get("GORAE_MODELS_DIR", ROOT / "models"))
+    path = models / "fixtures" / "tiny-deepseek-v3"
+    if not (path / "model.safetensors").exists():
+        pytest.fail(f"{path} is missing: run `python3 scripts/fetch_models.py` first")
+    return path
+
+
+def _start(extra_args, model=None):
     proc = subprocess.Popen(
-        [_binary(), "serve", str(_model_path()), "--port", "0", "--ctx", "512",
+        [_binary(), "serve", str(model or _model_path()), "--port", "0", "--ctx", "512",
          "--alias", MODEL_ID, "--api-key", API_KEY, *extra_args],
         stderr=subprocess.PIPE, text=True,
     )
@@ -100,3 +108,14 @@ def think_client(tmp_path_factory):
 @pytest.fixture(scope="session")
 def client(server):
     return openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def deepseek_client():
+    """The tiny random DeepSeek-V3 fixture (MLA, MoE, MTP layer present) with SmolLM2's
+    tokenizer, which it was made for, serving 4 sequences at once."""
+    proc, base, log = _start(
+        ["--tokenizer", str(_model_path()), "--parallel", "4"], model=_deepseek_path()
+    )
+    yield openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    _stop(proc, log)
