@@ -7,9 +7,11 @@
 //! - [`quant`]: block structs, `dequantize_row` / `quantize_row` / `vec_dot` per type, and the
 //!   scalar reference kernels SIMD variants are checked against.
 //! - [`matmul`]: the matrix product of the forward pass, built on `vec_dot`.
+//! - [`attn`]: attention's score and weighted-sum loops over an f32 cache.
 //! - [`pool`] and [`par`]: the persistent thread pool and the matrix product split over it.
 
 mod arch;
+pub mod attn;
 pub mod error;
 pub mod isa;
 pub mod matmul;

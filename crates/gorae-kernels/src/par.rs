@@ -1,8 +1,9 @@
 //! The matrix product split over the thread pool: activations are quantized once by the caller,
-//! then each thread computes its share. One token (decode): contiguous row ranges, so each thread
-//! streams its own part of the weights, which is what saturates DRAM bandwidth on a machine whose
-//! single core cannot. Several tokens (prefill): contiguous token ranges, each thread writing its
-//! own rows of `y`.
+//! then each thread computes its share. Up to [`ROW_SPLIT_MAX_TOKENS`] tokens (decode, and the
+//! batched decode of several sequences): contiguous weight-row ranges, so each thread streams its
+//! own part of the weights once for all tokens, which is what saturates DRAM bandwidth on a
+//! machine whose single core cannot (split by tokens, every thread would read every weight).
+//! More tokens (prefill): contiguous token ranges, each thread writing its own rows of `y`.
 
 use crate::error::KernelError;
 use crate::matmul::{WeightRef, matmul_rows, quantize_activations};
@@ -10,6 +11,15 @@ use crate::pool::{ThreadPool, split};
 
 /// Rows per split unit: a multiple of every kernel's row group.
 const ROW_ALIGN: usize = 16;
+
+/// Most tokens a product splits by weight rows (beyond, compute dominates and tokens split).
+pub const ROW_SPLIT_MAX_TOKENS: usize = 32;
+
+thread_local! {
+    /// A thread's `[n_tokens, its rows]` block of a row-split multi-token product, before it is
+    /// scattered into `y`'s strided columns. Grows to the largest block once, then is reused.
+    static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A pointer to `y` that threads write through at disjoint ranges.
 struct OutPtr(*mut f32, usize);
@@ -61,24 +71,46 @@ pub fn matmul_par(
     let xq_row = xq.len() / n_tokens.max(1);
     let out = OutPtr(y.as_mut_ptr(), y.len());
     let first_err: std::sync::Mutex<Option<KernelError>> = std::sync::Mutex::new(None);
+    let n_rows = w.n_rows;
+    let by_rows = n_tokens <= ROW_SPLIT_MAX_TOKENS && n_rows >= 2 * ROW_ALIGN;
     pool.run(&|ith, nth| {
         let r = if n_tokens == 1 {
-            let rows = split(w.n_rows, ith, nth, ROW_ALIGN);
+            let rows = split(n_rows, ith, nth, ROW_ALIGN);
             if rows.is_empty() {
                 return;
             }
             // SAFETY: row ranges from `split` are disjoint across threads and within `0..n_rows`.
             let ys = unsafe { out.slice(rows.clone()) };
             matmul_rows(w, xq, 1, rows, ys)
+        } else if by_rows {
+            let rows = split(n_rows, ith, nth, ROW_ALIGN);
+            if rows.is_empty() {
+                return;
+            }
+            let len = rows.len();
+            BLOCK.with_borrow_mut(|block| {
+                if block.len() < n_tokens * len {
+                    block.resize(n_tokens * len, 0.0);
+                }
+                let block = &mut block[..n_tokens * len];
+                matmul_rows(w, xq, n_tokens, rows.clone(), block)?;
+                for (t, part) in block.chunks_exact(len).enumerate() {
+                    let at = t * n_rows + rows.start;
+                    // SAFETY: this thread's columns `rows` of token `t`: disjoint from every
+                    // other thread's (row ranges from `split` do not overlap), within `y`.
+                    unsafe { out.slice(at..at + len) }.copy_from_slice(part);
+                }
+                Ok(())
+            })
         } else {
             let toks = split(n_tokens, ith, nth, 1);
             if toks.is_empty() {
                 return;
             }
             // SAFETY: token ranges are disjoint, so their output rows are too.
-            let ys = unsafe { out.slice(toks.start * w.n_rows..toks.end * w.n_rows) };
+            let ys = unsafe { out.slice(toks.start * n_rows..toks.end * n_rows) };
             let xs = &xq[toks.start * xq_row..toks.end * xq_row];
-            matmul_rows(w, xs, toks.len(), 0..w.n_rows, ys)
+            matmul_rows(w, xs, toks.len(), 0..n_rows, ys)
         };
         if let Err(e) = r {
             let mut slot = first_err.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,7 +151,8 @@ mod tests {
                 n_rows,
                 n_cols,
             };
-            for n_tokens in [1, 2, 5] {
+            // 1: decode rows; 2, 5, 32: row split with per-thread blocks; 33, 40: token split.
+            for n_tokens in [1, 2, 5, 32, 33, 40] {
                 let x: Vec<f32> = (0..n_tokens * n_cols)
                     .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
                     .collect();

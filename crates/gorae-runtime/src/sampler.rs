@@ -128,37 +128,56 @@ impl Sampler {
             self.cand.select_nth_unstable_by(k - 1, by_logit_desc);
             self.cand.truncate(k);
         }
-        self.cand.sort_unstable_by(by_logit_desc);
-
+        // No full sort: OpenAI's default (no top_k) leaves the whole vocabulary, and sorting
+        // 50-150k candidates per token would cost more than a batched decode step. Only top-p
+        // needs order, and only of the prefix that holds its mass.
+        let max = self
+            .cand
+            .iter()
+            .map(|c| c.0)
+            .fold(f32::NEG_INFINITY, f32::max);
         // Softmax at temperature 1 for top-p / min-p (llama.cpp filters before temperature).
-        let max = self.cand[0].0;
-        let mut probs_sum = 0.0f64;
-        for c in self.cand.iter() {
-            probs_sum += ((c.0 - max) as f64).exp();
-        }
         if self.cfg.top_p < 1.0 {
-            let mut cum = 0.0f64;
-            let mut keep = self.cand.len();
-            for (i, c) in self.cand.iter().enumerate() {
-                cum += ((c.0 - max) as f64).exp() / probs_sum;
-                if cum >= self.cfg.top_p as f64 {
-                    keep = i + 1;
-                    break;
+            let probs_sum: f64 = self.cand.iter().map(|c| ((c.0 - max) as f64).exp()).sum();
+            let target = self.cfg.top_p as f64 * probs_sum;
+            let mut m = 64;
+            loop {
+                let all = m >= self.cand.len();
+                if all {
+                    self.cand.sort_unstable_by(by_logit_desc);
+                } else {
+                    // The m largest first (unordered), then in order.
+                    self.cand.select_nth_unstable_by(m - 1, by_logit_desc);
+                    self.cand[..m].sort_unstable_by(by_logit_desc);
+                }
+                let head = if all { self.cand.len() } else { m };
+                let mut cum = 0.0f64;
+                let cut = self.cand[..head].iter().position(|c| {
+                    cum += ((c.0 - max) as f64).exp();
+                    cum >= target
+                });
+                match cut {
+                    Some(i) => {
+                        self.cand.truncate(i + 1);
+                        break;
+                    }
+                    None if all => break,
+                    None => m *= 8,
                 }
             }
-            self.cand.truncate(keep.max(1));
         }
         if self.cfg.min_p > 0.0 {
             // p_i / p_max = exp(l_i - l_max) ≥ min_p
             let threshold = max + self.cfg.min_p.ln();
-            let keep = self.cand.iter().take_while(|c| c.0 >= threshold).count();
-            self.cand.truncate(keep.max(1));
+            self.cand.retain(|c| c.0 >= threshold);
+        }
+        if self.cand.is_empty() {
+            return 0;
         }
         let t = self.cfg.temperature;
-        let top = self.cand[0].0;
         let mut total = 0.0f64;
         for c in self.cand.iter_mut() {
-            c.0 = (((c.0 - top) / t) as f64).exp() as f32;
+            c.0 = (((c.0 - max) / t) as f64).exp() as f32;
             total += c.0 as f64;
         }
         let mut r = self.rng.random::<f64>() * total;

@@ -2,6 +2,8 @@
 //! time, spread over the thread pool: no `[n_head, n_ctx, n_ctx]` score matrix is ever built, each
 //! thread needs `[n_ctx]` scores.
 
+use gorae_kernels::attn;
+
 /// Attends one query head over cached keys/values of positions `0..n_kv` of KV head `kvh`.
 ///
 /// `q`: `[head_dim]`; `k`, `v`: `[n_kv, kv_dim]` (all KV heads); `out`: `[head_dim]`;
@@ -20,25 +22,20 @@ pub fn attend_head(
 ) {
     let head_dim = q.len();
     let scores = &mut scores[..n_kv];
-    let mut max = f32::NEG_INFINITY;
-    for (j, s) in scores.iter_mut().enumerate() {
-        let kj = &k[j * kv_dim + kvh * head_dim..j * kv_dim + (kvh + 1) * head_dim];
-        let dot: f32 = q.iter().zip(kj).map(|(a, b)| a * b).sum();
-        *s = dot * scale;
-        max = max.max(*s);
-    }
+    let off = kvh * head_dim;
+    attn::qk_scores(q, &k[off..], kv_dim, scale, scores);
+    softmax(scores);
+    attn::weighted_sum(scores, &v[off..], kv_dim, out);
+}
+
+/// Normalizes `scores` into probabilities in place (max-subtracted, so no overflow).
+pub fn softmax(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
     for s in scores.iter_mut() {
         *s = (*s - max).exp();
         sum += *s;
     }
     let inv = 1.0 / sum;
-    out.fill(0.0);
-    for (j, s) in scores.iter().enumerate() {
-        let w = s * inv;
-        let vj = &v[j * kv_dim + kvh * head_dim..j * kv_dim + (kvh + 1) * head_dim];
-        for (o, x) in out.iter_mut().zip(vj) {
-            *o += w * x;
-        }
-    }
+    scores.iter_mut().for_each(|s| *s *= inv);
 }

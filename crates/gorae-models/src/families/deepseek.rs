@@ -9,6 +9,7 @@
 //! `kv_lora_rank + qk_rope_head_dim` values per token per layer.
 
 use crate::Logits;
+use crate::blocks::attention::softmax;
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::moe::{RouteScratch, route};
 use crate::blocks::{embed_tokens, ffn::swiglu, norm};
@@ -19,6 +20,7 @@ use crate::names::{TensorKey, TensorKind as K};
 use crate::rope::{self, RopeLayout};
 use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt};
 use gorae_kernels::GgmlType;
+use gorae_kernels::attn;
 use gorae_kernels::par::par_rows;
 use gorae_kernels::pool;
 use gorae_kernels::quant::{dequantize_row, quantize_row};
@@ -451,7 +453,8 @@ impl DeepseekModel {
             route_scratch: RouteScratch::new(m),
             cos: vec![0.0; nb * c.qk_rope_head_dim / 2],
             sin: vec![0.0; nb * c.qk_rope_head_dim / 2],
-            scores: vec![0.0; pool::global().n_threads() * n_ctx],
+            // Per thread: scores and the rope part of the keys' dot products.
+            scores: vec![0.0; pool::global().n_threads() * 2 * n_ctx],
             n_ctx,
             logits: vec![0.0; nb * c.n_vocab],
             hidden: vec![0.0; nb * c.n_embd],
@@ -786,28 +789,18 @@ impl DeepseekModel {
                 &mut s.attn[..n * h * dv],
                 dv,
                 &mut s.scores,
-                n_ctx,
+                2 * n_ctx,
                 |r, out, scores| {
                     let (t, hh) = (r / h, r % h);
                     let qh = &q[r * qk..(r + 1) * qk];
-                    let scores = &mut scores[..t + 1];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, sc) in scores.iter_mut().enumerate() {
-                        let kh = &kv_full[(j * h + hh) * per..(j * h + hh) * per + nope];
-                        let kpe = &kva[j * width + lora..(j + 1) * width];
-                        let dot: f32 = qh[..nope].iter().zip(kh).map(|(x, y)| x * y).sum::<f32>()
-                            + qh[nope..].iter().zip(kpe).map(|(x, y)| x * y).sum::<f32>();
-                        *sc = dot * scale;
-                        max = max.max(*sc);
-                    }
-                    softmax_in_place(scores, max);
-                    out.fill(0.0);
-                    for (j, p) in scores.iter().enumerate() {
-                        let vh = &kv_full[(j * h + hh) * per + nope..(j * h + hh + 1) * per];
-                        for (o, v) in out.iter_mut().zip(vh) {
-                            *o += p * v;
-                        }
-                    }
+                    // Keys [k_nope (per head); k_pe (shared)]: two passes, summed.
+                    let (scores, pe) = scores.split_at_mut(n_ctx);
+                    let (scores, pe) = (&mut scores[..t + 1], &mut pe[..t + 1]);
+                    attn::qk_scores(&qh[..nope], &kv_full[hh * per..], h * per, scale, scores);
+                    attn::qk_scores(&qh[nope..], &kva[lora..], width, scale, pe);
+                    scores.iter_mut().zip(pe.iter()).for_each(|(s, p)| *s += p);
+                    softmax(scores);
+                    attn::weighted_sum(scores, &kv_full[hh * per + nope..], h * per, out);
                 },
             )?;
         } else {
@@ -831,7 +824,7 @@ impl DeepseekModel {
                 &mut s.o_lat[..n * h * lora],
                 lora,
                 &mut s.scores,
-                n_ctx,
+                2 * n_ctx,
                 |r, out, scores| {
                     let t = r / h;
                     let n_kv = rows.row_pos[t] + 1;
@@ -843,26 +836,15 @@ impl DeepseekModel {
                     let cache = kv.rows(il, 0, n_kv);
                     let qa = &q_abs[r * lora..(r + 1) * lora];
                     let qpe = &q[r * qk + nope..(r + 1) * qk];
-                    let scores = &mut scores[..n_kv];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, sc) in scores.iter_mut().enumerate() {
-                        let row = &cache[j * width..(j + 1) * width];
-                        let dot: f32 = qa.iter().zip(&row[..lora]).map(|(x, y)| x * y).sum::<f32>()
-                            + qpe
-                                .iter()
-                                .zip(&row[lora..])
-                                .map(|(x, y)| x * y)
-                                .sum::<f32>();
-                        *sc = dot * scale;
-                        max = max.max(*sc);
-                    }
-                    softmax_in_place(scores, max);
-                    out.fill(0.0);
-                    for (j, p) in scores.iter().enumerate() {
-                        for (o, v) in out.iter_mut().zip(&cache[j * width..j * width + lora]) {
-                            *o += p * v;
-                        }
-                    }
+                    // Keys are the cached rows [c_kv; k_pe]: latent and rope parts, summed.
+                    let (scores, pe) = scores.split_at_mut(n_ctx);
+                    let (scores, pe) = (&mut scores[..n_kv], &mut pe[..n_kv]);
+                    attn::qk_scores(qa, cache, width, scale, scores);
+                    attn::qk_scores(qpe, &cache[lora..], width, scale, pe);
+                    scores.iter_mut().zip(pe.iter()).for_each(|(s, p)| *s += p);
+                    softmax(scores);
+                    // Values are the latents themselves.
+                    attn::weighted_sum(scores, cache, width, out);
                 },
             )?;
             // Un-absorb W_UV: o[t, h] = W_UV[h] o_lat[t, h]  ([n, h, dv]).
@@ -1017,16 +999,6 @@ fn per_head_matmul(
         }
     }
     Ok(())
-}
-
-fn softmax_in_place(scores: &mut [f32], max: f32) {
-    let mut sum = 0.0f32;
-    for sc in scores.iter_mut() {
-        *sc = (*sc - max).exp();
-        sum += *sc;
-    }
-    let inv = 1.0 / sum;
-    scores.iter_mut().for_each(|sc| *sc *= inv);
 }
 
 /// `out = down(silu(gate(x)) ⊙ up(x))` for `n` rows.
