@@ -172,15 +172,56 @@ pub fn quantize_activations_with<'s>(
     if xq_ty == GgmlType::F32 {
         return Ok(bytemuck::cast_slice(x));
     }
-    let row = row_bytes(xq_ty, n_cols, "activation n_cols")?;
-    let need = mul(row, n_tokens, "quantized activations")?;
+    let need = quantized_bytes(w_ty, n_tokens, n_cols)?;
     if scratch.len() < need {
         scratch.resize(need, 0);
     }
-    let xq = &mut scratch[..need];
+    quantize_activations_into(isa, w_ty, x, n_tokens, n_cols, &mut scratch[..need])?;
+    Ok(&scratch[..need])
+}
+
+/// Bytes `[n_tokens, n_cols]` activations take in `vec_dot_type(w_ty)` (f32 for float weights).
+pub fn quantized_bytes(
+    w_ty: GgmlType,
+    n_tokens: usize,
+    n_cols: usize,
+) -> Result<usize, KernelError> {
+    let row = row_bytes(vec_dot_type(w_ty), n_cols, "activation n_cols")?;
+    mul(row, n_tokens, "quantized activations")
+}
+
+/// [`quantize_activations_with`] into `dst`, which must be exactly
+/// [`quantized_bytes`]`(w_ty, n_tokens, n_cols)` long; float weight types get `x`'s own bytes.
+pub fn quantize_activations_into(
+    isa: Isa,
+    w_ty: GgmlType,
+    x: &[f32],
+    n_tokens: usize,
+    n_cols: usize,
+    dst: &mut [u8],
+) -> Result<(), KernelError> {
+    check_isa(isa)?;
+    check_len(
+        "activations",
+        "f32",
+        mul(n_tokens, n_cols, "activations")?,
+        x.len(),
+    )?;
+    check_len(
+        "quantized activations",
+        "bytes",
+        quantized_bytes(w_ty, n_tokens, n_cols)?,
+        dst.len(),
+    )?;
+    let xq_ty = vec_dot_type(w_ty);
+    if xq_ty == GgmlType::F32 {
+        dst.copy_from_slice(bytemuck::cast_slice(x));
+        return Ok(());
+    }
+    let row = row_bytes(xq_ty, n_cols, "activation n_cols")?;
     if row > 0 {
         let simd = arch::quant_fn(isa, xq_ty);
-        for (xt, qt) in x.chunks_exact(n_cols).zip(xq.chunks_exact_mut(row)) {
+        for (xt, qt) in x.chunks_exact(n_cols).zip(dst.chunks_exact_mut(row)) {
             match simd {
                 // SAFETY: `check_isa` above confirmed the CPU runs `isa`'s kernels; `qt` is
                 // exactly the row's bytes of `xq_ty` for `xt` (row_bytes checked n_cols).
@@ -189,7 +230,7 @@ pub fn quantize_activations_with<'s>(
             }
         }
     }
-    Ok(&scratch[..need])
+    Ok(())
 }
 
 /// Output rows `rows` of the product for all tokens, from activations already quantized by

@@ -6,7 +6,9 @@
 //! More tokens (prefill): contiguous token ranges, each thread writing its own rows of `y`.
 
 use crate::error::KernelError;
-use crate::matmul::{WeightRef, matmul_rows, quantize_activations};
+use crate::matmul::{
+    WeightRef, matmul_rows, quantize_activations, quantize_activations_into, quantized_bytes,
+};
 use crate::pool::{ThreadPool, split};
 
 /// Rows per split unit: a multiple of every kernel's row group.
@@ -87,21 +89,7 @@ pub fn matmul_par(
             if rows.is_empty() {
                 return;
             }
-            let len = rows.len();
-            BLOCK.with_borrow_mut(|block| {
-                if block.len() < n_tokens * len {
-                    block.resize(n_tokens * len, 0.0);
-                }
-                let block = &mut block[..n_tokens * len];
-                matmul_rows(w, xq, n_tokens, rows.clone(), block)?;
-                for (t, part) in block.chunks_exact(len).enumerate() {
-                    let at = t * n_rows + rows.start;
-                    // SAFETY: this thread's columns `rows` of token `t`: disjoint from every
-                    // other thread's (row ranges from `split` do not overlap), within `y`.
-                    unsafe { out.slice(at..at + len) }.copy_from_slice(part);
-                }
-                Ok(())
-            })
+            product_rows(w, xq, n_tokens, rows, &out)
         } else {
             let toks = split(n_tokens, ith, nth, 1);
             if toks.is_empty() {
@@ -121,6 +109,159 @@ pub fn matmul_par(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// One product of a group: `y = x · wᵀ` (`x: [n_tokens, n_cols]`, `y: [n_tokens, n_rows]`).
+pub struct GroupItem<'a> {
+    pub w: WeightRef<'a>,
+    pub x: &'a [f32],
+    pub n_tokens: usize,
+    pub y: &'a mut [f32],
+}
+
+/// Products one [`matmul_par_group`] pass runs together (more are run in passes of this many).
+pub const MAX_GROUP: usize = 64;
+
+/// Each item's quantized activations (offset into the shared buffer) and output.
+#[derive(Clone, Copy)]
+struct GroupSlot {
+    xq_at: usize,
+    xq_len: usize,
+    y: *mut f32,
+    y_len: usize,
+}
+
+/// The slots, shared by the threads of one pass.
+struct GroupSlots([GroupSlot; MAX_GROUP]);
+
+// SAFETY: the raw outputs are written at disjoint ranges only (each thread owns a distinct range
+// of the group's concatenated rows, see `matmul_par_group`), and the pass ends before the
+// caller's `&mut` borrows of the outputs do.
+unsafe impl Sync for GroupSlots {}
+
+/// Several independent small products in ONE pool job: the rows of all of them are concatenated
+/// and split between the threads, so e.g. a decoded token's routed experts, or MLA's per-head
+/// matrices, cost one hand-off to the pool instead of one each. Same results, bit for bit, as
+/// [`matmul_par`] on each item. Items with more than [`ROW_SPLIT_MAX_TOKENS`] tokens (prefill,
+/// compute-bound) simply run one after another through `matmul_par`.
+pub fn matmul_par_group(
+    pool: &ThreadPool,
+    items: &mut [GroupItem<'_>],
+    scratch: &mut Vec<u8>,
+) -> Result<(), KernelError> {
+    if items.len() > MAX_GROUP {
+        for chunk in items.chunks_mut(MAX_GROUP) {
+            matmul_par_group(pool, chunk, scratch)?;
+        }
+        return Ok(());
+    }
+    if items.iter().any(|it| it.n_tokens > ROW_SPLIT_MAX_TOKENS) || pool.n_threads() == 1 {
+        for it in items.iter_mut() {
+            matmul_par(pool, &it.w, it.x, it.n_tokens, it.y, scratch)?;
+        }
+        return Ok(());
+    }
+    let isa = crate::isa::detected_isa();
+    let mut slots = GroupSlots(
+        [GroupSlot {
+            xq_at: 0,
+            xq_len: 0,
+            y: std::ptr::null_mut(),
+            y_len: 0,
+        }; MAX_GROUP],
+    );
+    let mut total = 0usize;
+    for (slot, it) in slots.0.iter_mut().zip(items.iter()) {
+        let want = it
+            .n_tokens
+            .checked_mul(it.w.n_rows)
+            .ok_or(KernelError::SizeOverflow {
+                what: "matmul_par_group y",
+            })?;
+        if it.y.len() != want {
+            return Err(KernelError::LengthMismatch {
+                what: "matmul_par_group y",
+                unit: "f32",
+                expected: want,
+                got: it.y.len(),
+            });
+        }
+        let len = quantized_bytes(it.w.ty, it.n_tokens, it.w.n_cols)?;
+        slot.xq_at = total;
+        slot.xq_len = len;
+        total = total.checked_add(len).ok_or(KernelError::SizeOverflow {
+            what: "matmul_par_group activations",
+        })?;
+    }
+    if scratch.len() < total {
+        scratch.resize(total, 0);
+    }
+    for (slot, it) in slots.0.iter_mut().zip(items.iter_mut()) {
+        let dst = &mut scratch[slot.xq_at..slot.xq_at + slot.xq_len];
+        quantize_activations_into(isa, it.w.ty, it.x, it.n_tokens, it.w.n_cols, dst)?;
+        slot.y = it.y.as_mut_ptr();
+        slot.y_len = it.y.len();
+    }
+    let xq_all: &[u8] = &scratch[..total];
+    let items: &[GroupItem<'_>] = items;
+    let n_items = items.len();
+    let total_rows: usize = items.iter().map(|it| it.w.n_rows).sum();
+    let slots = &slots;
+    let first_err: std::sync::Mutex<Option<KernelError>> = std::sync::Mutex::new(None);
+    pool.run(&|ith, nth| {
+        let mine = split(total_rows, ith, nth, ROW_ALIGN);
+        let mut base = 0;
+        for (it, slot) in items.iter().zip(&slots.0[..n_items]) {
+            let (lo, hi) = (mine.start.max(base), mine.end.min(base + it.w.n_rows));
+            base += it.w.n_rows;
+            if lo >= hi {
+                continue;
+            }
+            let rows = lo - (base - it.w.n_rows)..hi - (base - it.w.n_rows);
+            let xq = &xq_all[slot.xq_at..slot.xq_at + slot.xq_len];
+            let out = OutPtr(slot.y, slot.y_len);
+            let r = product_rows(&it.w, xq, it.n_tokens, rows, &out);
+            if let Err(e) = r {
+                let mut first = first_err.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert(e);
+            }
+        }
+    });
+    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Output columns `rows` of every token of one product, written into `out` (`[n_tokens,
+/// n_rows]`): directly for one token, through the thread's block buffer for several.
+fn product_rows(
+    w: &WeightRef,
+    xq: &[u8],
+    n_tokens: usize,
+    rows: std::ops::Range<usize>,
+    out: &OutPtr,
+) -> Result<(), KernelError> {
+    let (n_rows, len) = (w.n_rows, rows.len());
+    if n_tokens == 1 {
+        // SAFETY: the caller hands each thread a distinct row range of this product.
+        let ys = unsafe { out.slice(rows.clone()) };
+        return matmul_rows(w, xq, 1, rows, ys);
+    }
+    BLOCK.with_borrow_mut(|block| {
+        if block.len() < n_tokens * len {
+            block.resize(n_tokens * len, 0.0);
+        }
+        let block = &mut block[..n_tokens * len];
+        matmul_rows(w, xq, n_tokens, rows.clone(), block)?;
+        for (t, part) in block.chunks_exact(len).enumerate() {
+            let at = t * n_rows + rows.start;
+            // SAFETY: this thread's columns `rows` of token `t`: disjoint from every other
+            // thread's (their row ranges do not overlap), within the output.
+            unsafe { out.slice(at..at + len) }.copy_from_slice(part);
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -163,6 +304,78 @@ mod tests {
                 assert!(
                     a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
                     "{ty} n_tokens {n_tokens}"
+                );
+            }
+        }
+    }
+
+    /// A group equals its items run one by one, bit for bit, whatever the mix of types, shapes
+    /// and token counts (one token, several, and past the row-split limit).
+    #[test]
+    fn group_equals_its_items_one_by_one() {
+        let pool = ThreadPool::new(3);
+        let shapes = [
+            (GgmlType::Q4_0, 40, 64, 1),
+            (GgmlType::Q8_0, 77, 96, 1),
+            (GgmlType::Q4_K, 33, 256, 3),
+            (GgmlType::F32, 18, 32, 5),
+            (GgmlType::Q6_K, 64, 256, 2),
+        ];
+        let mut weights = Vec::new();
+        for (i, &(ty, n_rows, n_cols, _)) in shapes.iter().enumerate() {
+            let vals: Vec<f32> = (0..n_rows * n_cols)
+                .map(|j| (((j + 7 * i) * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let mut data = vec![0u8; ty.bytes_for((n_rows * n_cols) as u64).unwrap() as usize];
+            quantize_row(ty, &vals, &mut data).unwrap();
+            weights.push(data);
+        }
+        for scale_tokens in [1usize, 12] {
+            let xs: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|&(_, _, n_cols, nt)| {
+                    (0..nt * scale_tokens * n_cols)
+                        .map(|j| ((j * 13 % 29) as f32 - 14.0) / 7.0)
+                        .collect()
+                })
+                .collect();
+            let mut want = Vec::new();
+            for (k, &(ty, n_rows, n_cols, nt)) in shapes.iter().enumerate() {
+                let n = nt * scale_tokens;
+                let w = WeightRef {
+                    ty,
+                    data: &weights[k],
+                    n_rows,
+                    n_cols,
+                };
+                let mut y = vec![0.0; n * n_rows];
+                matmul_par(&pool, &w, &xs[k], n, &mut y, &mut Vec::new()).unwrap();
+                want.push(y);
+            }
+            let mut got: Vec<Vec<f32>> = want.iter().map(|y| vec![f32::NAN; y.len()]).collect();
+            let mut items: Vec<GroupItem<'_>> = shapes
+                .iter()
+                .zip(&weights)
+                .zip(&xs)
+                .zip(got.iter_mut())
+                .map(|(((&(ty, n_rows, n_cols, nt), data), x), y)| GroupItem {
+                    w: WeightRef {
+                        ty,
+                        data,
+                        n_rows,
+                        n_cols,
+                    },
+                    x,
+                    n_tokens: nt * scale_tokens,
+                    y,
+                })
+                .collect();
+            matmul_par_group(&pool, &mut items, &mut Vec::new()).unwrap();
+            drop(items);
+            for (k, (a, b)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "item {k}, tokens x{scale_tokens}"
                 );
             }
         }
