@@ -281,6 +281,8 @@ pub fn chat(
             .count();
         let common = common.min(ids.len().saturating_sub(1));
         engine.truncate(common);
+        // What the cache could keep (a sliding-window cache may have had to drop everything).
+        let common = engine.tokens.len();
         let starts_in_think = text.trim_end().ends_with("<think>");
         let mut splitter = ThinkSplitter::new(starts_in_think);
         let mut answer = String::new();

@@ -67,7 +67,10 @@ fn exaone_templates_render_as_transformers_does() {
         total += n;
         failures.extend(f);
     }
-    assert!(total >= 20, "only {total} cases: the goldens are incomplete");
+    assert!(
+        total >= 20,
+        "only {total} cases: the goldens are incomplete"
+    );
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
