@@ -43,8 +43,15 @@ fn print_timings(g: &generate::Generation) {
             0.0
         }
     };
+    // Korean output also in syllables per second: what a reader sees, whatever the tokenizer.
+    let korean = g
+        .syllables
+        .per_second(g.gen_time.as_secs_f64())
+        .map_or(String::new(), |r| {
+            format!(", {} Hangul syllables, {r:.1} syl/s", g.syllables.syllables)
+        });
     eprintln!(
-        "\n[prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | stop: {:?}]",
+        "\n[prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s{korean} | stop: {:?}]",
         g.n_prompt,
         tps(g.n_prompt, g.prompt_time),
         g.n_generated,
@@ -154,6 +161,7 @@ fn run_mtp(
     let mut decoder = gorae_text::StreamDecoder::new(tok, true);
     let mut stop = gorae_runtime::StopMatcher::new(sampling.stop.clone());
     let mut splitter = ThinkSplitter::new(starts_in_think);
+    let mut syllables = gorae_text::SyllableCounter::default();
     let stdout = std::io::stdout();
     let mut failed: Option<anyhow::Error> = None;
     let t0 = std::time::Instant::now();
@@ -170,6 +178,7 @@ fn run_mtp(
                     gorae_runtime::StopOutcome::Continue(t) => (t, false),
                     gorae_runtime::StopOutcome::Stop(t) => (t, true),
                 };
+                syllables.push(&text);
                 let mut out = stdout.lock();
                 splitter.push(&text, |p| show(&mut out, p))?;
                 out.flush()?;
@@ -188,12 +197,16 @@ fn run_mtp(
     }
     let mut rest = decoder.flush()?.unwrap_or_default();
     rest.push_str(&stop.flush());
+    syllables.push(&rest);
     splitter.push(&rest, |p| show(&mut stdout.lock(), p))?;
     splitter.finish(|p| show(&mut stdout.lock(), p))?;
     println!();
     let secs = t0.elapsed().as_secs_f64();
+    let korean = syllables.per_second(secs).map_or(String::new(), |r| {
+        format!(", {} Hangul syllables, {r:.1} syl/s", syllables.syllables)
+    });
     eprintln!(
-        "\n[mtp: {} tokens, {:.1} t/s (prompt included) | {} trunk passes | draft acceptance {}/{} = {:.1} %]",
+        "\n[mtp: {} tokens, {:.1} t/s (prompt included){korean} | {} trunk passes | draft acceptance {}/{} = {:.1} %]",
         tokens.len(),
         if secs > 0.0 {
             tokens.len() as f64 / secs
@@ -268,6 +281,8 @@ pub fn chat(
             .count();
         let common = common.min(ids.len().saturating_sub(1));
         engine.truncate(common);
+        // What the cache could keep (a sliding-window cache may have had to drop everything).
+        let common = engine.tokens.len();
         let starts_in_think = text.trim_end().ends_with("<think>");
         let mut splitter = ThinkSplitter::new(starts_in_think);
         let mut answer = String::new();

@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail};
 use gorae_runtime::{Engine, Sampler, SamplerConfig, StopMatcher, StopOutcome};
-use gorae_text::{StreamDecoder, Tokenizer};
+use gorae_text::{StreamDecoder, SyllableCounter, Tokenizer};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct Generation {
     pub reason: StopReason,
     pub prompt_time: Duration,
     pub gen_time: Duration,
+    /// Hangul syllables in the generated text (reasoning included: it took the same time).
+    pub syllables: SyllableCounter,
 }
 
 pub struct GenParams<'a> {
@@ -81,6 +83,11 @@ pub fn generate(
     let mut decoder = StreamDecoder::new(tok, true);
     let mut stop = StopMatcher::new(params.stops.to_vec());
     let mut n_generated = 0;
+    let mut syllables = SyllableCounter::default();
+    let mut on_text = |s: &str| -> Result<()> {
+        syllables.push(s);
+        on_text(s)
+    };
     let reason = loop {
         if n_generated >= params.n_predict {
             break StopReason::Length;
@@ -120,6 +127,7 @@ pub fn generate(
         reason,
         prompt_time,
         gen_time: t1.elapsed(),
+        syllables,
     })
 }
 

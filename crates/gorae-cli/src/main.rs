@@ -72,6 +72,9 @@ pub enum Speculative {
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt, streaming it to stdout.
+    ///
+    /// Timings go to stderr at the end: prompt and generated tokens per second and, when the
+    /// generated text is Korean, its Hangul syllables (가..힣) per second.
     Run {
         model: PathBuf,
         #[arg(short = 'p', long = "prompt")]
@@ -155,6 +158,11 @@ enum Command {
         /// Only measure this machine's DRAM read bandwidth.
         #[arg(long)]
         membw: bool,
+        /// Feed the model's tokens of a built-in Korean passage instead of arbitrary ids, and
+        /// report Hangul syllables per second (syllables in the decoded tokens over the same
+        /// time) beside tokens per second. Needs the model's tokenizer.
+        #[arg(long)]
+        korean: bool,
     },
     /// Write the model's f32 logits for a prompt as .npy.
     Logits {
@@ -239,6 +247,7 @@ fn main() -> ExitCode {
             reps,
             json,
             membw,
+            korean,
         } => {
             if let Some(t) = threads {
                 gorae_kernels::pool::init_global(t);
@@ -248,6 +257,7 @@ fn main() -> ExitCode {
                 n_gen,
                 reps,
                 json,
+                korean,
             };
             bench::bench(
                 model.as_deref().unwrap_or(std::path::Path::new("")),

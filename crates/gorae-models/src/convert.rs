@@ -35,7 +35,7 @@ use crate::names::{TensorKey, TensorKind as K};
 use crate::registry::{Family, hf_architecture};
 use crate::rope::{RopeScaling, permute_rows_to_normal};
 use crate::weights::WeightSource;
-use gorae_formats::gguf::{GgufFile, GgufWriter, MetaValue};
+use gorae_formats::gguf::{GgufFile, GgufWriter, MetaArray, MetaValue};
 use gorae_kernels::GgmlType;
 use gorae_kernels::quant::{dequantize_row, quantize_row};
 use serde_json::Value;
@@ -51,6 +51,10 @@ pub fn gguf_arch(hf_arch: &str) -> Result<&'static str> {
         "LlamaForCausalLM" | "MistralForCausalLM" => "llama",
         "Qwen2ForCausalLM" => "qwen2",
         "Qwen3ForCausalLM" => "qwen3",
+        "ExaoneForCausalLM" => "exaone",
+        "Exaone4ForCausalLM" => "exaone4",
+        // llama.cpp has no HyperCLOVAX arch: gorae's own layout (see `llama_metadata`).
+        "HyperCLOVAXForCausalLM" => "hyperclovax",
         "DeepseekV2ForCausalLM" | "DeepseekV3ForCausalLM" => "deepseek2",
         other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
     })
@@ -804,6 +808,26 @@ pub fn llama_metadata(cfg: &LlamaConfig, arch: &str) -> Vec<(String, MetaValue)>
         kv.push((k("attention.key_length"), meta_u32(cfg.head_dim)));
         kv.push((k("attention.value_length"), meta_u32(cfg.head_dim)));
     }
+    // EXAONE 4 (llama.cpp's `Exaone4Model.set_gguf_parameters`): the window and one bool per layer.
+    if let Some(w) = &cfg.opts.swa {
+        kv.push((k("attention.sliding_window"), meta_u32(w.window)));
+        kv.push((
+            k("attention.sliding_window_pattern"),
+            MetaValue::Array(MetaArray::Bool(w.local.clone())),
+        ));
+    }
+    // HyperCLOVA X: Granite's key names (llama.cpp `granite`), but `logit_scale` MULTIPLIES the
+    // logits as HyperCLOVAX's `logits_scaling` does (Granite divides); post-norms are
+    // `post_attention_norm`/`post_ffw_norm` and q/k keep HF's (neox) rope layout.
+    if arch == "hyperclovax" {
+        let o = &cfg.opts;
+        kv.push((k("embedding_scale"), MetaValue::F32(o.embedding_multiplier)));
+        kv.push((k("residual_scale"), MetaValue::F32(o.residual_multiplier)));
+        kv.push((k("logit_scale"), MetaValue::F32(o.logits_scaling)));
+        if let Some(a) = o.attention_scale {
+            kv.push((k("attention.scale"), MetaValue::F32(a)));
+        }
+    }
     match cfg.rope.scaling {
         RopeScaling::None | RopeScaling::Llama3 { .. } => {}
         RopeScaling::Linear { factor } => {
@@ -832,10 +856,13 @@ pub fn llama_metadata(cfg: &LlamaConfig, arch: &str) -> Vec<(String, MetaValue)>
 
 /// Every tensor key of a model with this config, in llama.cpp's file order.
 pub fn llama_tensor_keys(cfg: &LlamaConfig) -> Vec<TensorKey> {
+    let names = cfg.opts.names;
     let mut keys = vec![TensorKey::global(K::TokenEmbd)];
     for il in 0..cfg.n_layer {
-        let l = |k| TensorKey::layer(k, il);
-        keys.push(l(K::AttnNorm));
+        let l = |k| TensorKey::layer(k, il).named(names);
+        if cfg.opts.pre_norm {
+            keys.push(l(K::AttnNorm));
+        }
         for k in [K::AttnQ, K::AttnK, K::AttnV] {
             keys.push(l(k));
             if cfg.qkv_bias {
@@ -846,19 +873,23 @@ pub fn llama_tensor_keys(cfg: &LlamaConfig) -> Vec<TensorKey> {
             keys.push(l(K::AttnQNorm));
             keys.push(l(K::AttnKNorm));
         }
-        keys.extend([
-            l(K::AttnOut),
-            l(K::FfnNorm),
-            l(K::FfnGate),
-            l(K::FfnUp),
-            l(K::FfnDown),
-        ]);
+        keys.push(l(K::AttnOut));
+        if cfg.opts.post_norm {
+            keys.push(l(K::AttnPostNorm));
+        }
+        if cfg.opts.pre_norm {
+            keys.push(l(K::FfnNorm));
+        }
+        keys.extend([l(K::FfnGate), l(K::FfnUp), l(K::FfnDown)]);
+        if cfg.opts.post_norm {
+            keys.push(l(K::FfnPostNorm));
+        }
     }
     keys.push(TensorKey::global(K::OutputNorm));
     if !cfg.tie_embeddings {
         keys.push(TensorKey::global(K::Output));
     }
-    keys
+    keys.into_iter().map(|k| k.named(names)).collect()
 }
 
 /// The row-major shape of a Llama-family tensor.
@@ -871,7 +902,9 @@ pub fn llama_tensor_shape(cfg: &LlamaConfig, key: TensorKey) -> Option<Vec<usize
         (K::AttnQ, Part::Bias) => vec![q],
         (K::AttnK | K::AttnV, Part::Bias) => vec![kv],
         (K::TokenEmbd | K::Output, _) => vec![v, e],
-        (K::OutputNorm | K::AttnNorm | K::FfnNorm, _) => vec![e],
+        (K::OutputNorm | K::AttnNorm | K::FfnNorm | K::AttnPostNorm | K::FfnPostNorm, _) => {
+            vec![e]
+        }
         (K::AttnQNorm | K::AttnKNorm, _) => vec![cfg.head_dim],
         (K::AttnQ, _) => vec![q, e],
         (K::AttnK | K::AttnV, _) => vec![kv, e],

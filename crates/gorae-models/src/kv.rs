@@ -1,27 +1,57 @@
 //! The standard key/value cache: preallocated for `n_ctx` positions, written in place (no
 //! concatenation, llama2.c's `RunState`), truncatable so a caller can reuse a shared prefix.
+//!
+//! A sliding-window layer (EXAONE 4's local layers) keeps only its window: a ring of `window`
+//! positions, position `p` in slot `p % window`, so its memory does not grow with the context.
 
-/// f32 keys and values, `[n_layer, n_ctx, kv_dim]` each, with `kv_dim = n_head_kv * head_dim`.
+/// f32 keys and values, per layer `[rows, kv_dim]` (`rows` = `n_ctx`, or the window of a
+/// sliding-window layer), with `kv_dim = n_head_kv * head_dim`.
 pub struct KvCache {
     pub n_layer: usize,
     pub n_ctx: usize,
     pub kv_dim: usize,
-    k: Vec<f32>, // [n_layer, n_ctx, kv_dim]
-    v: Vec<f32>, // [n_layer, n_ctx, kv_dim]
+    k: Vec<f32>, // [sum of rows, kv_dim]
+    v: Vec<f32>, // [sum of rows, kv_dim]
+    /// `[n_layer]`: first row of each layer.
+    base: Vec<usize>,
+    /// `[n_layer]`: the window of a sliding-window layer (its ring holds `min(window, n_ctx)`).
+    window: Vec<Option<usize>>,
     len: usize,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> Self {
-        let n = n_layer * n_ctx * kv_dim;
+        Self::with_windows(n_ctx, kv_dim, &vec![None; n_layer])
+    }
+
+    /// A cache whose layer `il` keeps only the last `windows[il]` positions when that is set.
+    pub fn with_windows(n_ctx: usize, kv_dim: usize, windows: &[Option<usize>]) -> Self {
+        let mut base = Vec::with_capacity(windows.len());
+        let mut rows = 0;
+        for w in windows {
+            base.push(rows);
+            rows += w.map_or(n_ctx, |w| w.min(n_ctx));
+        }
         KvCache {
-            n_layer,
+            n_layer: windows.len(),
             n_ctx,
             kv_dim,
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+            k: vec![0.0; rows * kv_dim],
+            v: vec![0.0; rows * kv_dim],
+            base,
+            window: windows.to_vec(),
             len: 0,
         }
+    }
+
+    /// The window of layer `il`, `None` when it keeps every position.
+    pub fn window(&self, il: usize) -> Option<usize> {
+        self.window.get(il).copied().flatten()
+    }
+
+    /// Positions layer `il` can hold: `n_ctx`, or the ring size of a sliding-window layer.
+    pub fn layer_rows(&self, il: usize) -> usize {
+        self.window(il).map_or(self.n_ctx, |w| w.min(self.n_ctx))
     }
 
     /// Positions filled so far; the next token goes to position `len()`.
@@ -33,9 +63,17 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Forgets every position from `len` on.
+    /// Forgets every position from `len` on. A ring has already overwritten the positions a
+    /// deeper rewind would need again, so then everything is forgotten (`len()` says what is kept).
     pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        let len = self.len.min(len);
+        let keeps = (0..self.n_layer).all(|il| match self.window(il) {
+            None => true,
+            // The next position after `len` needs `len - (w - 1) ..`; the ring holds the last
+            // `rows` positions written.
+            Some(w) => len.saturating_sub(w - 1) >= self.len.saturating_sub(self.layer_rows(il)),
+        });
+        self.len = if keeps { len } else { 0 };
     }
 
     pub fn clear(&mut self) {
@@ -46,14 +84,31 @@ impl KvCache {
         self.len = len;
     }
 
-    /// Bytes per cached position, all layers: what `inspect` reports.
+    /// Bytes each further position adds, all layers (sliding-window layers add none): what
+    /// `inspect` reports.
     pub fn bytes_per_token(&self) -> usize {
-        2 * self.n_layer * self.kv_dim * std::mem::size_of::<f32>()
+        let full = self.window.iter().filter(|w| w.is_none()).count();
+        2 * full * self.kv_dim * std::mem::size_of::<f32>()
     }
 
     fn range(&self, il: usize, from: usize, to: usize) -> std::ops::Range<usize> {
-        let base = il * self.n_ctx * self.kv_dim;
+        let base = self.base[il] * self.kv_dim;
         base + from * self.kv_dim..base + to * self.kv_dim
+    }
+
+    /// The whole ring of sliding-window layer `il` (keys, values), `[layer_rows, kv_dim]` each:
+    /// position `p` is in row `p % layer_rows`.
+    pub fn ring(&self, il: usize) -> (&[f32], &[f32]) {
+        let r = self.range(il, 0, self.layer_rows(il));
+        (&self.k[r.clone()], &self.v[r])
+    }
+
+    /// Stores the keys and values of position `pos` (`[kv_dim]` each) in layer `il`'s ring.
+    pub fn ring_write(&mut self, il: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let slot = pos % self.layer_rows(il).max(1);
+        let r = self.range(il, slot, slot + 1);
+        self.k[r.clone()].copy_from_slice(k);
+        self.v[r].copy_from_slice(v);
     }
 
     /// Keys of layer `il` for positions `from..to`, `[to - from, kv_dim]`.
@@ -219,5 +274,40 @@ impl SeqCache {
             SeqCache::Latent(kv) => Some(kv),
             SeqCache::Standard(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_layers_keep_only_their_window() {
+        // Layer 0 full, layer 1 a ring of 4.
+        let mut kv = KvCache::with_windows(100, 2, &[None, Some(4)]);
+        assert_eq!(
+            kv.k.len(),
+            (100 + 4) * 2,
+            "the ring does not grow with n_ctx"
+        );
+        assert_eq!(kv.bytes_per_token(), 2 * 2 * 4, "only the full layer grows");
+        for p in 0..10 {
+            let x = [p as f32, -(p as f32)];
+            kv.ring_write(1, p, &x, &x);
+        }
+        kv.set_len(10);
+        let (k, _) = kv.ring(1);
+        // Positions 6..10 in slots 6%4=2, 3, 0, 1.
+        assert_eq!(k, &[8.0, -8.0, 9.0, -9.0, 6.0, -6.0, 7.0, -7.0]);
+        // Rewinding one position keeps the window the next token needs; further cannot.
+        kv.truncate(9);
+        assert_eq!(kv.len(), 9);
+        kv.truncate(5);
+        assert_eq!(kv.len(), 0);
+        // Without a window, any rewind is kept.
+        let mut full = KvCache::new(2, 16, 2);
+        full.set_len(12);
+        full.truncate(3);
+        assert_eq!(full.len(), 3);
     }
 }

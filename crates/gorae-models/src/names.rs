@@ -22,6 +22,9 @@ pub enum TensorKind {
     FfnGate,
     FfnUp,
     FfnDown,
+    // Norms of a sublayer's output before the residual add (EXAONE 4, HyperCLOVA X Peri-LN).
+    AttnPostNorm,
+    FfnPostNorm,
     // MLA (DeepSeek)
     AttnQA,
     AttnQANorm,
@@ -56,6 +59,21 @@ pub enum Part {
     Bias,
 }
 
+/// Which HF checkpoint vocabulary names the tensors (GGUF names are the same for all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HfNames {
+    /// `model.layers.N.self_attn.q_proj` (Llama, Qwen, DeepSeek, SEED Text).
+    #[default]
+    Standard,
+    /// EXAONE 3.0/3.5: `transformer.h.N.attn.attention.q_proj`, `ln_1`, `mlp.c_fc_0`, ...
+    Exaone,
+    /// EXAONE 4: standard names, but `post_attention_layernorm` normalizes the attention output
+    /// (there is no input norm) and `post_feedforward_layernorm` the FFN output.
+    Exaone4,
+    /// HyperCLOVA X SEED Think: standard names plus `post_norm1`/`post_norm2` after each sublayer.
+    HyperClovaX,
+}
+
 /// A tensor's identity independent of file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TensorKey {
@@ -65,6 +83,8 @@ pub struct TensorKey {
     /// One routed expert of a `*_exps` tensor: HF stores experts apart, GGUF stacks them into one
     /// `[n_expert, rows, cols]` tensor (the source slices it).
     pub expert: Option<usize>,
+    /// The HF vocabulary `hf_name` uses.
+    pub hf: HfNames,
 }
 
 impl TensorKey {
@@ -74,6 +94,7 @@ impl TensorKey {
             layer: None,
             part: Part::Weight,
             expert: None,
+            hf: HfNames::Standard,
         }
     }
 
@@ -83,6 +104,7 @@ impl TensorKey {
             layer: Some(il),
             part: Part::Weight,
             expert: None,
+            hf: HfNames::Standard,
         }
     }
 
@@ -92,7 +114,13 @@ impl TensorKey {
             layer: Some(il),
             part: Part::Weight,
             expert: Some(e),
+            hf: HfNames::Standard,
         }
+    }
+
+    /// The same tensor, named as checkpoints of the `hf` vocabulary name it.
+    pub fn named(self, hf: HfNames) -> Self {
+        TensorKey { hf, ..self }
     }
 
     pub fn bias(self) -> Self {
@@ -120,6 +148,8 @@ impl TensorKey {
             TensorKind::FfnGate => "ffn_gate",
             TensorKind::FfnUp => "ffn_up",
             TensorKind::FfnDown => "ffn_down",
+            TensorKind::AttnPostNorm => "post_attention_norm",
+            TensorKind::FfnPostNorm => "post_ffw_norm",
             TensorKind::AttnQA => "attn_q_a",
             TensorKind::AttnQANorm => "attn_q_a_norm",
             TensorKind::AttnQB => "attn_q_b",
@@ -148,11 +178,25 @@ impl TensorKey {
     /// HF module path without the `model.layers.N.` prefix and the `.weight` suffix; `None` where
     /// HF checkpoints have no such tensor (llama.cpp's precomputed `rope_freqs`).
     fn hf_role(self) -> Option<&'static str> {
+        Some(match (self.hf, self.kind) {
+            (HfNames::Exaone4, TensorKind::AttnPostNorm) => "post_attention_layernorm",
+            (HfNames::Exaone4, TensorKind::FfnPostNorm) => "post_feedforward_layernorm",
+            (HfNames::HyperClovaX, TensorKind::AttnPostNorm) => "post_norm1",
+            (HfNames::HyperClovaX, TensorKind::FfnPostNorm) => "post_norm2",
+            (HfNames::Exaone, k) => return exaone_role(k),
+            _ => return self.standard_hf_role(),
+        })
+    }
+
+    /// `hf_role` in the standard vocabulary.
+    fn standard_hf_role(self) -> Option<&'static str> {
         Some(match self.kind {
             TensorKind::TokenEmbd => "model.embed_tokens",
             TensorKind::OutputNorm => "model.norm",
             TensorKind::Output => "lm_head",
-            TensorKind::RopeFreqs => return None,
+            TensorKind::RopeFreqs | TensorKind::AttnPostNorm | TensorKind::FfnPostNorm => {
+                return None;
+            }
             TensorKind::AttnNorm => "input_layernorm",
             TensorKind::AttnQ => "self_attn.q_proj",
             TensorKind::AttnK => "self_attn.k_proj",
@@ -218,8 +262,12 @@ impl TensorKey {
                 self.suffix()
             ));
         }
+        let prefix = match self.hf {
+            HfNames::Exaone => "transformer.h",
+            _ => "model.layers",
+        };
         Some(match self.layer {
-            Some(il) => format!("model.layers.{il}.{role}.{}", self.suffix()),
+            Some(il) => format!("{prefix}.{il}.{role}.{}", self.suffix()),
             None => format!("{role}.{}", self.suffix()),
         })
     }
@@ -233,6 +281,25 @@ impl std::fmt::Display for TensorKey {
         }
         Ok(())
     }
+}
+
+/// EXAONE 3.x names (`modeling_exaone.py`): the GPT-2-like module tree `transformer.h.N`.
+fn exaone_role(kind: TensorKind) -> Option<&'static str> {
+    Some(match kind {
+        TensorKind::TokenEmbd => "transformer.wte",
+        TensorKind::OutputNorm => "transformer.ln_f",
+        TensorKind::Output => "lm_head",
+        TensorKind::AttnNorm => "ln_1",
+        TensorKind::AttnQ => "attn.attention.q_proj",
+        TensorKind::AttnK => "attn.attention.k_proj",
+        TensorKind::AttnV => "attn.attention.v_proj",
+        TensorKind::AttnOut => "attn.attention.out_proj",
+        TensorKind::FfnNorm => "ln_2",
+        TensorKind::FfnGate => "mlp.c_fc_0",
+        TensorKind::FfnUp => "mlp.c_fc_1",
+        TensorKind::FfnDown => "mlp.c_proj",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -264,6 +331,28 @@ mod tests {
             b.hf_name().as_deref(),
             Some("model.layers.1.mlp.gate.e_score_correction_bias")
         );
+        // EXAONE 3 and 4, HyperCLOVA X: their own HF names, llama.cpp's GGUF names.
+        let q = TensorKey::layer(TensorKind::AttnOut, 2).named(HfNames::Exaone);
+        assert_eq!(q.gguf_name(), "blk.2.attn_output.weight");
+        assert_eq!(
+            q.hf_name().as_deref(),
+            Some("transformer.h.2.attn.attention.out_proj.weight")
+        );
+        let w = TensorKey::global(TensorKind::TokenEmbd).named(HfNames::Exaone);
+        assert_eq!(w.hf_name().as_deref(), Some("transformer.wte.weight"));
+        let p = TensorKey::layer(TensorKind::AttnPostNorm, 0).named(HfNames::Exaone4);
+        assert_eq!(p.gguf_name(), "blk.0.post_attention_norm.weight");
+        assert_eq!(
+            p.hf_name().as_deref(),
+            Some("model.layers.0.post_attention_layernorm.weight")
+        );
+        let f = TensorKey::layer(TensorKind::FfnPostNorm, 1).named(HfNames::HyperClovaX);
+        assert_eq!(f.gguf_name(), "blk.1.post_ffw_norm.weight");
+        assert_eq!(
+            f.hf_name().as_deref(),
+            Some("model.layers.1.post_norm2.weight")
+        );
+        assert_eq!(TensorKey::layer(TensorKind::FfnPostNorm, 1).hf_name(), None);
         // MTP block: llama.cpp's `blk.N.nextn.*` names (gguf-py `MODEL_TENSOR.NEXTN_*`).
         let n = TensorKey::layer(TensorKind::NextnSharedHeadHead, 61);
         assert_eq!(n.gguf_name(), "blk.61.nextn.shared_head_head.weight");

@@ -24,7 +24,9 @@ impl Family {
     /// From GGUF `general.architecture`.
     pub fn from_gguf_arch(arch: &str) -> Option<Family> {
         match arch {
-            "llama" | "qwen2" | "qwen3" | "mistral" => Some(Family::Llama),
+            "llama" | "qwen2" | "qwen3" | "mistral" | "exaone" | "exaone4" | "hyperclovax" => {
+                Some(Family::Llama)
+            }
             "deepseek2" => Some(Family::Deepseek),
             _ => None,
         }
@@ -33,9 +35,13 @@ impl Family {
     /// From HF `config.json` `architectures[0]`.
     pub fn from_hf_arch(arch: &str) -> Option<Family> {
         match arch {
-            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM" => {
-                Some(Family::Llama)
-            }
+            "LlamaForCausalLM"
+            | "MistralForCausalLM"
+            | "Qwen2ForCausalLM"
+            | "Qwen3ForCausalLM"
+            | "ExaoneForCausalLM"
+            | "Exaone4ForCausalLM"
+            | "HyperCLOVAXForCausalLM" => Some(Family::Llama),
             "DeepseekV2ForCausalLM" | "DeepseekV3ForCausalLM" => Some(Family::Deepseek),
             _ => None,
         }
@@ -155,13 +161,29 @@ impl Model {
                     tie_embeddings: c.tie_embeddings,
                     weight_bytes: m.weight_bytes(),
                     active_weight_bytes: m.active_weight_bytes(),
-                    kv_bytes_per_token: 2 * c.n_layer * c.n_head_kv * c.head_dim * 4,
-                    details: vec![
-                        ("n_head_kv", c.n_head_kv.to_string()),
-                        ("head_dim", c.head_dim.to_string()),
-                        ("n_ff", c.n_ff.to_string()),
-                        ("n_rot", c.rope.n_rot.to_string()),
-                    ],
+                    // Sliding-window layers hold a fixed window: they add nothing per token.
+                    kv_bytes_per_token: 2 * c.n_layer_full_kv() * c.n_head_kv * c.head_dim * 4,
+                    details: {
+                        let mut d = vec![
+                            ("n_head_kv", c.n_head_kv.to_string()),
+                            ("head_dim", c.head_dim.to_string()),
+                            ("n_ff", c.n_ff.to_string()),
+                            ("n_rot", c.rope.n_rot.to_string()),
+                        ];
+                        if let Some(w) = &c.opts.swa {
+                            let pattern: String =
+                                w.local.iter().map(|&l| if l { 'L' } else { 'G' }).collect();
+                            d.push(("sliding_window", w.window.to_string()));
+                            d.push(("layers (L local, G global)", pattern));
+                        }
+                        let o = &c.opts;
+                        if o.embedding_multiplier != 1.0 || o.residual_multiplier != 1.0 {
+                            d.push(("embedding_multiplier", o.embedding_multiplier.to_string()));
+                            d.push(("residual_multiplier", o.residual_multiplier.to_string()));
+                            d.push(("logits_scaling", o.logits_scaling.to_string()));
+                        }
+                        d
+                    },
                 }
             }
             Model::Deepseek(m) => {

@@ -39,9 +39,11 @@ impl<'m> Engine<'m> {
         Ok(logits)
     }
 
-    /// Forgets everything after the first `len` tokens (reuse of a shared prefix).
+    /// Forgets everything after the first `len` tokens (reuse of a shared prefix). A cache with
+    /// sliding-window layers cannot rewind far and then forgets everything: `tokens.len()` says
+    /// how many were kept.
     pub fn truncate(&mut self, len: usize) {
         self.state.truncate(len);
-        self.tokens.truncate(len);
+        self.tokens.truncate(self.state.len());
     }
 }

@@ -183,9 +183,11 @@ struct Slot<'t> {
 }
 
 impl Slot<'_> {
+    /// Keeps the first `len` tokens, or fewer: a sliding-window (EXAONE 4) cache cannot rewind
+    /// far and then keeps none. `tokens.len()` says what was kept.
     fn truncate(&mut self, len: usize) {
         self.cache.truncate(len);
-        self.tokens.truncate(len);
+        self.tokens.truncate(self.cache.len());
     }
 }
 
@@ -347,7 +349,7 @@ fn run_pass(
             // A failed pass may have written rows past what each cache had: forget them.
             for &(i, _) in plan {
                 let held = slots[i].tokens.len();
-                slots[i].cache.truncate(held);
+                slots[i].truncate(held);
             }
             if let [(i, _)] = plan {
                 return vec![(*i, Step::Failed(e))];
@@ -447,6 +449,7 @@ fn admit<'t>(slots: &mut [Slot<'t>], job: Job, tok: &'t Tokenizer, metrics: &Met
     // last prompt token, whose logits start the generation.
     let cached = common_prefix(&slot.tokens, &job.prompt).min(job.prompt.len() - 1);
     slot.truncate(cached);
+    let cached = slot.tokens.len();
     metrics.running.fetch_add(1, Ordering::SeqCst);
     let n_ctx = slot.cache.n_ctx();
     slot.active = Some(Generation::new(job, cached, n_ctx, tok, metrics));

@@ -10,10 +10,12 @@
 //! - [`Tokenizer`]: encode/decode, BOS/EOS, stop ids, the model's chat template.
 //! - [`StreamDecoder`]: ids to text during generation without splitting characters.
 //! - [`ChatTemplate`]: render OpenAI-style messages into a prompt.
+//! - [`hangul_syllables`]: Korean output measured in syllables, for syllables per second.
 //! - [`GgufVocab`]: the `tokenizer.ggml.*` arrays, for building a tokenizer without a file.
 
 mod error;
 pub mod gguf_export;
+mod hangul;
 mod pretok;
 mod pyjson;
 mod stream;
@@ -23,6 +25,7 @@ mod tokenizer;
 mod vocab;
 
 pub use error::TextError;
+pub use hangul::{SYLLABLES, SyllableCounter, hangul_syllables};
 pub use stream::StreamDecoder;
 pub use template::{ChatTemplate, DEFAULT_FUEL, DEFAULT_MAX_OUTPUT};
 pub use tokenizer::Tokenizer;

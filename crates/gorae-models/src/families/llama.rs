@@ -1,12 +1,18 @@
 //! The dense Llama family: Llama 2/3, SmolLM2, Mistral, HyperCLOVA X SEED Text, R1-Distill-Llama,
-//! and through config flags Qwen2 (q/k/v biases, R1-Distill-Qwen) and Qwen3 (per-head q/k RMSNorm).
+//! and through config flags Qwen2 (q/k/v biases, R1-Distill-Qwen) and Qwen3 (per-head q/k RMSNorm),
+//! EXAONE 3.x (only names differ), EXAONE 4 and HyperCLOVA X SEED Think (`BlockOptions`).
 //!
-//! Reference: transformers `models/llama/modeling_llama.py`, `qwen2`, `qwen3`; llama.cpp
-//! `src/models/llama.cpp`. Pre-norm residual blocks:
-//! `x += Wo·attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then `x += Wd·(silu(Wg·n(x)) ⊙ Wu·n(x))`.
+//! Reference: transformers `models/llama/modeling_llama.py`, `qwen2`, `qwen3`, `exaone4`,
+//! `hyperclovax`; llama.cpp `src/models/llama.cpp`, `exaone.cpp`, `exaone4.cpp`. Pre-norm residual
+//! blocks: `x += Wo·attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then
+//! `x += Wd·(silu(Wg·n(x)) ⊙ Wu·n(x))`. The options change it to
+//! `x += r·p(Wo·attn(...))` with `n` dropped (EXAONE 4) or kept (HyperCLOVA X), `p` a post-norm and
+//! `r` the residual multiplier; EXAONE 4's local layers attend over a sliding window with rope and
+//! its global layers over everything without rope.
 
+use crate::blocks::attention::{KvSpan, attend_head, attend_head_spans};
 use crate::blocks::batch::{BatchRows, SeqInput};
-use crate::blocks::{attention::attend_head, embed_tokens, ffn::swiglu, norm};
+use crate::blocks::{embed_tokens, ffn::swiglu, norm};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
@@ -17,20 +23,22 @@ use gorae_kernels::par::par_rows;
 use gorae_kernels::pool;
 
 struct Layer {
-    attn_norm: Vec<f32>,      // [n_embd]
-    wq: QMatrix,              // [n_head * head_dim, n_embd]
-    wk: QMatrix,              // [n_head_kv * head_dim, n_embd]
-    wv: QMatrix,              // [n_head_kv * head_dim, n_embd]
-    wo: QMatrix,              // [n_embd, n_head * head_dim]
-    bq: Option<Vec<f32>>,     // [n_head * head_dim]
-    bk: Option<Vec<f32>>,     // [n_head_kv * head_dim]
-    bv: Option<Vec<f32>>,     // [n_head_kv * head_dim]
-    q_norm: Option<Vec<f32>>, // [head_dim]
-    k_norm: Option<Vec<f32>>, // [head_dim]
-    ffn_norm: Vec<f32>,       // [n_embd]
-    w_gate: QMatrix,          // [n_ff, n_embd]
-    w_up: QMatrix,            // [n_ff, n_embd]
-    w_down: QMatrix,          // [n_embd, n_ff]
+    attn_norm: Option<Vec<f32>>, // [n_embd]; None without pre-norms (EXAONE 4)
+    wq: QMatrix,                 // [n_head * head_dim, n_embd]
+    wk: QMatrix,                 // [n_head_kv * head_dim, n_embd]
+    wv: QMatrix,                 // [n_head_kv * head_dim, n_embd]
+    wo: QMatrix,                 // [n_embd, n_head * head_dim]
+    bq: Option<Vec<f32>>,        // [n_head * head_dim]
+    bk: Option<Vec<f32>>,        // [n_head_kv * head_dim]
+    bv: Option<Vec<f32>>,        // [n_head_kv * head_dim]
+    q_norm: Option<Vec<f32>>,    // [head_dim]
+    k_norm: Option<Vec<f32>>,    // [head_dim]
+    ffn_norm: Option<Vec<f32>>,  // [n_embd]
+    attn_post_norm: Option<Vec<f32>>, // [n_embd]; EXAONE 4, HyperCLOVA X
+    ffn_post_norm: Option<Vec<f32>>, // [n_embd]
+    w_gate: QMatrix,             // [n_ff, n_embd]
+    w_up: QMatrix,               // [n_ff, n_embd]
+    w_down: QMatrix,             // [n_embd, n_ff]
 }
 
 pub struct LlamaModel {
@@ -77,16 +85,25 @@ impl LlamaModel {
         let (n_embd, hd) = (cfg.n_embd, cfg.head_dim);
         let q_dim = cfg.n_head * hd;
         let kv_dim = cfg.n_head_kv * hd;
-        let tok_embd = QMatrix::load(src, TensorKey::global(K::TokenEmbd), cfg.n_vocab, n_embd)?;
+        let names = cfg.opts.names;
+        let global = |k| TensorKey::global(k).named(names);
+        let tok_embd = QMatrix::load(src, global(K::TokenEmbd), cfg.n_vocab, n_embd)?;
         let output = if cfg.tie_embeddings {
             None
         } else {
-            QMatrix::load_opt(src, TensorKey::global(K::Output), cfg.n_vocab, n_embd)?
+            QMatrix::load_opt(src, global(K::Output), cfg.n_vocab, n_embd)?
         };
-        let output_norm = load_vector(src, TensorKey::global(K::OutputNorm), n_embd)?;
+        let output_norm = load_vector(src, global(K::OutputNorm), n_embd)?;
         let layers = (0..cfg.n_layer)
             .map(|il| {
-                let key = |k| TensorKey::layer(k, il);
+                let key = |k| TensorKey::layer(k, il).named(names);
+                let norm_if = |on: bool, k: K| -> Result<Option<Vec<f32>>> {
+                    if on {
+                        load_vector(src, key(k), n_embd).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
                 let bias = |k: K, n| -> Result<Option<Vec<f32>>> {
                     if cfg.qkv_bias {
                         load_vector(src, key(k).bias(), n).map(Some)
@@ -102,7 +119,7 @@ impl LlamaModel {
                     }
                 };
                 Ok(Layer {
-                    attn_norm: load_vector(src, key(K::AttnNorm), n_embd)?,
+                    attn_norm: norm_if(cfg.opts.pre_norm, K::AttnNorm)?,
                     wq: QMatrix::load(src, key(K::AttnQ), q_dim, n_embd)?,
                     wk: QMatrix::load(src, key(K::AttnK), kv_dim, n_embd)?,
                     wv: QMatrix::load(src, key(K::AttnV), kv_dim, n_embd)?,
@@ -112,7 +129,9 @@ impl LlamaModel {
                     bv: bias(K::AttnV, kv_dim)?,
                     q_norm: qk_norm(K::AttnQNorm)?,
                     k_norm: qk_norm(K::AttnKNorm)?,
-                    ffn_norm: load_vector(src, key(K::FfnNorm), n_embd)?,
+                    ffn_norm: norm_if(cfg.opts.pre_norm, K::FfnNorm)?,
+                    attn_post_norm: norm_if(cfg.opts.post_norm, K::AttnPostNorm)?,
+                    ffn_post_norm: norm_if(cfg.opts.post_norm, K::FfnPostNorm)?,
                     w_gate: QMatrix::load(src, key(K::FfnGate), cfg.n_ff, n_embd)?,
                     w_up: QMatrix::load(src, key(K::FfnUp), cfg.n_ff, n_embd)?,
                     w_down: QMatrix::load(src, key(K::FfnDown), n_embd, cfg.n_ff)?,
@@ -133,12 +152,11 @@ impl LlamaModel {
         })
     }
 
+    /// A cache of `n_ctx` positions; EXAONE 4's local layers keep only their window.
     pub fn new_cache(&self, n_ctx: usize) -> KvCache {
-        KvCache::new(
-            self.cfg.n_layer,
-            n_ctx,
-            self.cfg.n_head_kv * self.cfg.head_dim,
-        )
+        let c = &self.cfg;
+        let windows: Vec<Option<usize>> = (0..c.n_layer).map(|il| c.layer_window(il)).collect();
+        KvCache::with_windows(n_ctx, c.n_head_kv * c.head_dim, &windows)
     }
 
     pub fn new_scratch(&self, n_batch: usize, n_ctx: usize) -> LlamaScratch {
@@ -186,8 +204,10 @@ impl LlamaModel {
                         + l.w_gate.n_bytes()
                         + l.w_up.n_bytes()
                         + l.w_down.n_bytes()
-                        + v(&l.attn_norm)
-                        + v(&l.ffn_norm)
+                        + o(&l.attn_norm)
+                        + o(&l.ffn_norm)
+                        + o(&l.attn_post_norm)
+                        + o(&l.ffn_post_norm)
                         + o(&l.bq)
                         + o(&l.bk)
                         + o(&l.bv)
@@ -237,7 +257,8 @@ impl LlamaModel {
         let q_dim = c.n_head * hd;
         let kv_dim = c.n_head_kv * hd;
         let half = c.rope.n_rot / 2;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = c.opts.attention_scale.unwrap_or(1.0 / (hd as f32).sqrt());
+        let res_mult = c.opts.residual_multiplier;
 
         for (q, sp) in seqs.iter().zip(&s.rows.spans) {
             let rows = sp.rows();
@@ -256,11 +277,21 @@ impl LlamaModel {
                 &mut s.sin[rows.start * half..rows.end * half],
             );
         }
+        if c.opts.embedding_multiplier != 1.0 {
+            s.x[..n * n_embd]
+                .iter_mut()
+                .for_each(|v| *v *= c.opts.embedding_multiplier);
+        }
 
         for (il, l) in self.layers.iter().enumerate() {
-            let x = &s.x[..n * n_embd];
-            norm::rms_norm(x, &l.attn_norm, c.rms_eps, &mut s.xn[..n * n_embd]);
-            let xn = &s.xn[..n * n_embd];
+            let window = c.layer_window(il);
+            let xn: &[f32] = match &l.attn_norm {
+                Some(w) => {
+                    norm::rms_norm(&s.x[..n * n_embd], w, c.rms_eps, &mut s.xn[..n * n_embd]);
+                    &s.xn[..n * n_embd]
+                }
+                None => &s.x[..n * n_embd],
+            };
             l.wq.matmul(xn, n, &mut s.q[..n * q_dim], &mut s.qbuf)?;
             l.wk.matmul(xn, n, &mut s.k[..n * kv_dim], &mut s.qbuf)?;
             l.wv.matmul(xn, n, &mut s.v[..n * kv_dim], &mut s.qbuf)?;
@@ -273,7 +304,7 @@ impl LlamaModel {
             if let Some(w) = &l.k_norm {
                 norm::rms_norm_inplace(&mut s.k[..n * kv_dim], w, c.rms_eps);
             }
-            for t in 0..n {
+            for t in (0..n).filter(|_| c.layer_rope(il)) {
                 let (cs, sn) = (
                     &s.cos[t * half..(t + 1) * half],
                     &s.sin[t * half..(t + 1) * half],
@@ -285,7 +316,13 @@ impl LlamaModel {
                     rope::apply(head, cs, sn, c.rope.layout);
                 }
             }
-            for (q, sp) in seqs.iter_mut().zip(&s.rows.spans) {
+            // A sliding-window layer's ring is written after attention: the batch's own keys are
+            // read from the scratch, so a batch longer than the window overwrites nothing it needs.
+            for (q, sp) in seqs
+                .iter_mut()
+                .zip(&s.rows.spans)
+                .filter(|_| window.is_none())
+            {
                 let kv = q.cache.standard_mut().ok_or(ModelError::ForeignState)?;
                 let rows = sp.rows();
                 kv.k_mut(il, sp.pos0, sp.pos0 + sp.n)
@@ -296,6 +333,7 @@ impl LlamaModel {
             // One (row, head) per task: [n, n_head, head_dim]; each row attends over its own
             // sequence's cache up to its own position.
             let (q, n_ctx, seqs_ro, rows) = (&s.q[..n * q_dim], s.n_ctx, &*seqs, &s.rows);
+            let (k_new, v_new) = (&s.k[..n * kv_dim], &s.v[..n * kv_dim]);
             let group = c.n_head / c.n_head_kv;
             par_rows(
                 pool::global(),
@@ -312,6 +350,22 @@ impl LlamaModel {
                         return;
                     };
                     let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    if let Some(w) = window {
+                        let sp = rows.spans[rows.row_seq[t]];
+                        let spans = window_spans(
+                            kv,
+                            il,
+                            w,
+                            sp.pos0,
+                            sp.start,
+                            rows.row_pos[t],
+                            t,
+                            k_new,
+                            v_new,
+                        );
+                        attend_head_spans(qh, &spans, h / group, kv_dim, scale, scores, out);
+                        return;
+                    }
                     attend_head(
                         qh,
                         kv.k(il, 0, n_kv),
@@ -331,15 +385,29 @@ impl LlamaModel {
                 &mut s.proj[..n * n_embd],
                 &mut s.qbuf,
             )?;
-            add_in_place(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
+            if window.is_some() {
+                for (q, sp) in seqs.iter_mut().zip(&s.rows.spans) {
+                    let kv = q.cache.standard_mut().ok_or(ModelError::ForeignState)?;
+                    // Only the last `layer_rows` positions of the batch can still be needed.
+                    let from = sp.n.saturating_sub(kv.layer_rows(il));
+                    for t in from..sp.n {
+                        let r = (sp.start + t) * kv_dim..(sp.start + t + 1) * kv_dim;
+                        kv.ring_write(il, sp.pos0 + t, &s.k[r.clone()], &s.v[r]);
+                    }
+                }
+            }
+            if let Some(w) = &l.attn_post_norm {
+                norm::rms_norm_inplace(&mut s.proj[..n * n_embd], w, c.rms_eps);
+            }
+            add_scaled(&mut s.x[..n * n_embd], &s.proj[..n * n_embd], res_mult);
 
-            norm::rms_norm(
-                &s.x[..n * n_embd],
-                &l.ffn_norm,
-                c.rms_eps,
-                &mut s.xn[..n * n_embd],
-            );
-            let xn = &s.xn[..n * n_embd];
+            let xn: &[f32] = match &l.ffn_norm {
+                Some(w) => {
+                    norm::rms_norm(&s.x[..n * n_embd], w, c.rms_eps, &mut s.xn[..n * n_embd]);
+                    &s.xn[..n * n_embd]
+                }
+                None => &s.x[..n * n_embd],
+            };
             l.w_gate
                 .matmul(xn, n, &mut s.gate[..n * c.n_ff], &mut s.qbuf)?;
             l.w_up.matmul(xn, n, &mut s.up[..n * c.n_ff], &mut s.qbuf)?;
@@ -350,7 +418,10 @@ impl LlamaModel {
                 &mut s.proj[..n * n_embd],
                 &mut s.qbuf,
             )?;
-            add_in_place(&mut s.x[..n * n_embd], &s.proj[..n * n_embd]);
+            if let Some(w) = &l.ffn_post_norm {
+                norm::rms_norm_inplace(&mut s.proj[..n * n_embd], w, c.rms_eps);
+            }
+            add_scaled(&mut s.x[..n * n_embd], &s.proj[..n * n_embd], res_mult);
         }
         for (q, sp) in seqs.iter_mut().zip(&s.rows.spans) {
             if let Some(kv) = q.cache.standard_mut() {
@@ -385,6 +456,9 @@ impl LlamaModel {
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         let out = &mut s.logits[..rows * c.n_vocab];
         head.matmul(&s.xn[..rows * n_embd], rows, out, &mut s.qbuf)?;
+        if c.opts.logits_scaling != 1.0 {
+            out.iter_mut().for_each(|v| *v *= c.opts.logits_scaling);
+        }
         Ok(&s.logits[..rows * c.n_vocab])
     }
 }
@@ -395,6 +469,61 @@ fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
             add_in_place(row, b);
         }
     }
+}
+
+/// `x += m·y`; `m = 1` is a plain add, so Llama's arithmetic is unchanged.
+fn add_scaled(x: &mut [f32], y: &[f32], m: f32) {
+    if m == 1.0 {
+        add_in_place(x, y);
+    } else {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += m * b;
+        }
+    }
+}
+
+/// The keys/values a row at position `pos` of a sliding-window layer attends to: positions
+/// `pos + 1 - window ..= pos`, those before the batch (`< pos0`) from the layer's ring (one or two
+/// runs, as the ring wraps), the rest from the batch's own rows `k_new`/`v_new` (`[n_rows, kv_dim]`;
+/// the sequence starts at row `start`, `row` is this one).
+#[allow(clippy::too_many_arguments)]
+fn window_spans<'a>(
+    kv: &'a KvCache,
+    il: usize,
+    window: usize,
+    pos0: usize,
+    start: usize,
+    pos: usize,
+    row: usize,
+    k_new: &'a [f32],
+    v_new: &'a [f32],
+) -> [KvSpan<'a>; 3] {
+    let kv_dim = kv.kv_dim;
+    let lo = (pos + 1).saturating_sub(window);
+    let mut spans = [KvSpan::EMPTY; 3];
+    if lo < pos0 {
+        let (rk, rv) = kv.ring(il);
+        let cap = kv.layer_rows(il);
+        let (a, count) = (lo % cap, pos0 - lo);
+        let first = count.min(cap - a);
+        spans[0] = KvSpan {
+            k: &rk[a * kv_dim..(a + first) * kv_dim],
+            v: &rv[a * kv_dim..(a + first) * kv_dim],
+            n: first,
+        };
+        spans[1] = KvSpan {
+            k: &rk[..(count - first) * kv_dim],
+            v: &rv[..(count - first) * kv_dim],
+            n: count - first,
+        };
+    }
+    let f0 = start + lo.max(pos0) - pos0;
+    spans[2] = KvSpan {
+        k: &k_new[f0 * kv_dim..(row + 1) * kv_dim],
+        v: &v_new[f0 * kv_dim..(row + 1) * kv_dim],
+        n: row + 1 - f0,
+    };
+    spans
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {
