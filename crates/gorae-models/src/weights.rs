@@ -13,7 +13,7 @@ use gorae_formats::gguf::GgufFile;
 use gorae_formats::safetensors::{SafetensorsModel, StDtype};
 use gorae_kernels::GgmlType;
 use gorae_kernels::matmul::WeightRef;
-use gorae_kernels::par::matmul_par;
+use gorae_kernels::par::{GroupItem, matmul_par, matmul_par_group};
 use gorae_kernels::pool;
 use gorae_kernels::quant::dequantize_row;
 use std::borrow::Cow;
@@ -240,6 +240,21 @@ impl QMatrix {
         Ok(())
     }
 
+    /// This matrix as one product of a [`matmul_group`]: `y = x · Wᵀ` for `n_tokens` tokens.
+    pub fn group_item<'a>(
+        &'a self,
+        x: &'a [f32],
+        n_tokens: usize,
+        y: &'a mut [f32],
+    ) -> GroupItem<'a> {
+        GroupItem {
+            w: self.as_ref(),
+            x,
+            n_tokens,
+            y,
+        }
+    }
+
     /// Dequantizes row `r` into `out` (`[n_cols]`), e.g. a token's embedding.
     pub fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
         let rb = self.data.len() / self.n_rows.max(1);
@@ -282,4 +297,26 @@ fn vector_from_raw(key: TensorKey, t: RawTensor<'_>, n: usize) -> Result<Vec<f32
     let mut out = vec![0.0; n];
     dequantize_row(t.ty, &t.data, &mut out)?;
     Ok(out)
+}
+
+/// Several independent products in one hand-off to the process's thread pool (e.g. a decoded
+/// token's routed experts): see `gorae_kernels::par::matmul_par_group`.
+pub fn matmul_group(items: &mut [GroupItem<'_>], scratch: &mut Vec<u8>) -> Result<()> {
+    matmul_par_group(pool::global(), items, scratch)?;
+    Ok(())
+}
+
+/// A placeholder item for fixed-size item arrays (no rows, no tokens).
+pub fn empty_group_item<'a>() -> GroupItem<'a> {
+    GroupItem {
+        w: WeightRef {
+            ty: GgmlType::F32,
+            data: &[],
+            n_rows: 0,
+            n_cols: 0,
+        },
+        x: &[],
+        n_tokens: 0,
+        y: &mut [],
+    }
 }

@@ -18,10 +18,13 @@ use crate::families::deepseek_config::DeepseekConfig;
 use crate::kv::{LatentKvCache, SeqCache};
 use crate::names::{TensorKey, TensorKind as K};
 use crate::rope::{self, RopeLayout};
-use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt};
+use crate::weights::{
+    QMatrix, WeightSource, empty_group_item, load_vector, load_vector_opt, matmul_group,
+};
 use gorae_kernels::GgmlType;
 use gorae_kernels::attn;
 use gorae_kernels::par::par_rows;
+use gorae_kernels::par::{GroupItem, MAX_GROUP, ROW_SPLIT_MAX_TOKENS};
 use gorae_kernels::pool;
 use gorae_kernels::quant::{dequantize_row, quantize_row};
 
@@ -135,6 +138,11 @@ pub struct DeepseekScratch {
     eh: Vec<f32>,     // [n_batch, 2 * n_embd] MTP input [enorm(emb); hnorm(h)]
     qbuf: Vec<u8>,
     rows: BatchRows,
+    /// Decode-sized MoE (`moe_grouped`): every routed row's input, gate, up and output.
+    routed_in: Vec<f32>, // [n_grouped * n_expert_used, n_embd]
+    routed_gate: Vec<f32>, // [n_grouped * n_expert_used, n_ff_exp]
+    routed_up: Vec<f32>,   // [n_grouped * n_expert_used, n_ff_exp]
+    routed_out: Vec<f32>,  // [n_grouped * n_expert_used, n_embd]
 }
 
 /// A derived matrix in a type the kernels can multiply: F32 stays F32; a quantized source becomes
@@ -427,6 +435,7 @@ impl DeepseekModel {
         let nb = n_batch.max(1);
         let qk = c.qk_head_dim();
         let ff = c.n_ff.max(m.n_ff_exp * m.n_expert_shared.max(1));
+        let grouped = nb.min(ROW_SPLIT_MAX_TOKENS);
         DeepseekScratch {
             n_batch: nb,
             x: vec![0.0; nb * c.n_embd],
@@ -434,8 +443,9 @@ impl DeepseekModel {
             cq: vec![0.0; nb * c.q_lora_rank.unwrap_or(0)],
             q: vec![0.0; nb * c.n_head * qk],
             kva: vec![0.0; nb * c.kv_cache_width()],
-            head_in: vec![0.0; nb * c.qk_nope_head_dim.max(c.kv_lora_rank)],
-            head_out: vec![0.0; nb * c.kv_lora_rank.max(c.v_head_dim)],
+            // Decode batches (up to ROW_SPLIT_MAX_TOKENS rows) gather every head at once.
+            head_in: vec![0.0; nb.max(grouped * c.n_head) * c.qk_nope_head_dim.max(c.kv_lora_rank)],
+            head_out: vec![0.0; nb.max(grouped * c.n_head) * c.kv_lora_rank.max(c.v_head_dim)],
             q_abs: vec![0.0; nb * c.n_head * c.kv_lora_rank],
             o_lat: vec![0.0; nb * c.n_head * c.kv_lora_rank],
             kv_full: vec![0.0; nb * c.n_head * (c.qk_nope_head_dim + c.v_head_dim)],
@@ -468,6 +478,10 @@ impl DeepseekModel {
             ],
             qbuf: Vec::new(),
             rows: BatchRows::new(nb),
+            routed_in: vec![0.0; grouped * m.n_expert_used * c.n_embd],
+            routed_gate: vec![0.0; grouped * m.n_expert_used * m.n_ff_exp],
+            routed_up: vec![0.0; grouped * m.n_expert_used * m.n_ff_exp],
+            routed_out: vec![0.0; grouped * m.n_expert_used * c.n_embd],
         }
     }
 
@@ -871,14 +885,14 @@ impl DeepseekModel {
         let (e, k, ff) = (c.n_embd, mc.n_expert_used, mc.n_ff_exp);
         // Route every token (router in f32).
         for t in 0..n {
-            let x = &s.xn[t * e..(t + 1) * e];
-            for (ex, l) in s.router_logits.iter_mut().enumerate() {
-                *l = m.router[ex * e..(ex + 1) * e]
-                    .iter()
-                    .zip(x)
-                    .map(|(w, v)| w * v)
-                    .sum();
-            }
+            // [n_expert] router logits, f32 dot products of the token with each expert's row.
+            attn::qk_scores(
+                &s.xn[t * e..(t + 1) * e],
+                &m.router,
+                e,
+                1.0,
+                &mut s.router_logits,
+            );
             route(
                 mc,
                 self.renormalize,
@@ -910,6 +924,9 @@ impl DeepseekModel {
             s.expert_count[ex] = s.expert_count[ex - 1];
         }
         s.expert_count[0] = 0;
+        if n <= ROW_SPLIT_MAX_TOKENS {
+            return self.moe_grouped(m, n, s);
+        }
         s.moe_out[..n * e].fill(0.0);
         for (ex, p) in m.experts.iter().enumerate() {
             let (from, to) = (s.expert_count[ex], s.expert_count[ex + 1]);
@@ -969,11 +986,132 @@ impl DeepseekModel {
         }
         Ok(())
     }
+
+    /// [`Self::moe`] for a few tokens (decode): the experts' products go to the thread pool in
+    /// three jobs in all (gate and up of every routed and shared expert, then every down)
+    /// instead of three per expert. Same arithmetic per row, so the same bits.
+    fn moe_grouped(&self, m: &Moe, n: usize, s: &mut DeepseekScratch) -> Result<()> {
+        let c = &self.cfg;
+        let (e, k, ff) = (c.n_embd, c.moe.n_expert_used, c.moe.n_ff_exp);
+        let rows = n * k;
+        let DeepseekScratch {
+            xn,
+            gate,
+            up,
+            proj,
+            moe_out,
+            expert_tokens,
+            expert_count,
+            routed_in,
+            routed_gate,
+            routed_up,
+            routed_out,
+            qbuf,
+            ..
+        } = s;
+        // [rows, n_embd]: each routed (token, expert) pair's input, grouped by expert.
+        for (i, &(t, _)) in expert_tokens[..rows].iter().enumerate() {
+            let t = t as usize;
+            routed_in[i * e..(i + 1) * e].copy_from_slice(&xn[t * e..(t + 1) * e]);
+        }
+        let ffs = m.shared.as_ref().map_or(0, |p| p.gate.n_rows);
+        let span = |ex: usize| (expert_count[ex], expert_count[ex + 1]);
+        // Gate and up.
+        {
+            let (mut g_rest, mut u_rest) =
+                (&mut routed_gate[..rows * ff], &mut routed_up[..rows * ff]);
+            let mut shared = m.shared.as_ref();
+            let mut ex = 0;
+            loop {
+                let mut items: [GroupItem<'_>; MAX_GROUP] =
+                    core::array::from_fn(|_| empty_group_item());
+                let mut used = 0;
+                if let Some(p) = shared.take() {
+                    let (g, u) = (&mut gate[..n * ffs], &mut up[..n * ffs]);
+                    items[0] = p.gate.group_item(&xn[..n * e], n, g);
+                    items[1] = p.up.group_item(&xn[..n * e], n, u);
+                    used = 2;
+                }
+                while ex < m.experts.len() && used + 2 <= MAX_GROUP {
+                    let (from, to) = span(ex);
+                    if to > from {
+                        let cnt = to - from;
+                        let (g, rest) = std::mem::take(&mut g_rest).split_at_mut(cnt * ff);
+                        g_rest = rest;
+                        let (u, rest) = std::mem::take(&mut u_rest).split_at_mut(cnt * ff);
+                        u_rest = rest;
+                        let x = &routed_in[from * e..to * e];
+                        items[used] = m.experts[ex].gate.group_item(x, cnt, g);
+                        items[used + 1] = m.experts[ex].up.group_item(x, cnt, u);
+                        used += 2;
+                    }
+                    ex += 1;
+                }
+                if used == 0 {
+                    break;
+                }
+                matmul_group(&mut items[..used], qbuf)?;
+            }
+        }
+        swiglu(&mut routed_gate[..rows * ff], &routed_up[..rows * ff]);
+        swiglu(&mut gate[..n * ffs], &up[..n * ffs]);
+        // Down.
+        {
+            let mut o_rest = &mut routed_out[..rows * e];
+            let mut shared = m.shared.as_ref();
+            let mut ex = 0;
+            loop {
+                let mut items: [GroupItem<'_>; MAX_GROUP] =
+                    core::array::from_fn(|_| empty_group_item());
+                let mut used = 0;
+                if let Some(p) = shared.take() {
+                    items[0] = p.down.group_item(&gate[..n * ffs], n, &mut proj[..n * e]);
+                    used = 1;
+                }
+                while ex < m.experts.len() && used < MAX_GROUP {
+                    let (from, to) = span(ex);
+                    if to > from {
+                        let cnt = to - from;
+                        let (o, rest) = std::mem::take(&mut o_rest).split_at_mut(cnt * e);
+                        o_rest = rest;
+                        let x = &routed_gate[from * ff..to * ff];
+                        items[used] = m.experts[ex].down.group_item(x, cnt, o);
+                        used += 1;
+                    }
+                    ex += 1;
+                }
+                if used == 0 {
+                    break;
+                }
+                matmul_group(&mut items[..used], qbuf)?;
+            }
+        }
+        // Weighted sum per token, experts in order (as `moe` adds them).
+        moe_out[..n * e].fill(0.0);
+        for (i, &(t, w)) in expert_tokens[..rows].iter().enumerate() {
+            let t = t as usize;
+            for (o, v) in moe_out[t * e..(t + 1) * e]
+                .iter_mut()
+                .zip(&routed_out[i * e..(i + 1) * e])
+            {
+                *o += w * v;
+            }
+        }
+        if m.shared.is_some() {
+            for (o, v) in proj[..n * e].iter_mut().zip(&moe_out[..n * e]) {
+                *o += v;
+            }
+        } else {
+            proj[..n * e].copy_from_slice(&moe_out[..n * e]);
+        }
+        Ok(())
+    }
 }
 
 /// One matrix per head applied to that head's slice of each token's row: for every token `t` and
 /// head `h`, `y[t, h, :] = ws[h] · x[(t·n_head + h)·x_stride ..][..ws[h].n_cols]` (`y`:
-/// `[n, n_head, n_rows]`). Each head's inputs are gathered so its matrix runs once over all tokens.
+/// `[n, n_head, n_rows]`). Each head's inputs are gathered so its matrix runs once over all
+/// tokens; for a few tokens (decode) all heads go to the pool together, as one job.
 #[allow(clippy::too_many_arguments)]
 fn per_head_matmul(
     ws: &[QMatrix],
@@ -986,16 +1124,54 @@ fn per_head_matmul(
     qbuf: &mut Vec<u8>,
 ) -> Result<()> {
     let h = ws.len();
-    for (hh, w) in ws.iter().enumerate() {
-        let (d_in, d_out) = (w.n_cols, w.n_rows);
+    let (Some(d_in), Some(d_out)) = (ws.first().map(|w| w.n_cols), ws.first().map(|w| w.n_rows))
+    else {
+        return Ok(());
+    };
+    if n > ROW_SPLIT_MAX_TOKENS {
+        for (hh, w) in ws.iter().enumerate() {
+            for t in 0..n {
+                let at = (t * h + hh) * x_stride;
+                head_in[t * d_in..(t + 1) * d_in].copy_from_slice(&x[at..at + d_in]);
+            }
+            w.matmul(&head_in[..n * d_in], n, &mut head_out[..n * d_out], qbuf)?;
+            for t in 0..n {
+                y[(t * h + hh) * d_out..(t * h + hh + 1) * d_out]
+                    .copy_from_slice(&head_out[t * d_out..(t + 1) * d_out]);
+            }
+        }
+        return Ok(());
+    }
+    // [h, n, d_in] gathered inputs, [h, n, d_out] outputs
+    for hh in 0..h {
         for t in 0..n {
             let at = (t * h + hh) * x_stride;
-            head_in[t * d_in..(t + 1) * d_in].copy_from_slice(&x[at..at + d_in]);
+            let to = (hh * n + t) * d_in;
+            head_in[to..to + d_in].copy_from_slice(&x[at..at + d_in]);
         }
-        w.matmul(&head_in[..n * d_in], n, &mut head_out[..n * d_out], qbuf)?;
+    }
+    let per_in = n * d_in;
+    let per_out = n * d_out;
+    let mut outs = head_out[..h * per_out].chunks_exact_mut(per_out);
+    for (c, heads) in ws.chunks(MAX_GROUP).enumerate() {
+        let mut items: [GroupItem<'_>; MAX_GROUP] = core::array::from_fn(|_| empty_group_item());
+        for (k, w) in heads.iter().enumerate() {
+            let hh = c * MAX_GROUP + k;
+            let Some(out) = outs.next() else {
+                return Err(ModelError::BatchTooLarge {
+                    n_tokens: n,
+                    n_batch: head_out.len() / (h * d_out).max(1),
+                });
+            };
+            items[k] = w.group_item(&head_in[hh * per_in..(hh + 1) * per_in], n, out);
+        }
+        matmul_group(&mut items[..heads.len()], qbuf)?;
+    }
+    for hh in 0..h {
         for t in 0..n {
+            let from = (hh * n + t) * d_out;
             y[(t * h + hh) * d_out..(t * h + hh + 1) * d_out]
-                .copy_from_slice(&head_out[t * d_out..(t + 1) * d_out]);
+                .copy_from_slice(&head_out[from..from + d_out]);
         }
     }
     Ok(())
