@@ -1,8 +1,9 @@
-//! The EXAONE 3.5 and EXAONE 4.0 chat templates rendered by gorae's `ChatTemplate` must equal, byte
-//! for byte, what transformers 5.24's `apply_chat_template` rendered from the same template text
-//! (`tests/fixtures/chat_korean/*.json`, made by `make_korean_chat.py` there). The goldens have no
-//! ids: no EXAONE tokenizer is available to this project, so the text is what is compared. Cases
-//! where the template raised must fail here with the matching kind of error.
+//! The EXAONE 3.5, EXAONE 4.0 and HyperCLOVA X SEED Think chat templates rendered by gorae's
+//! `ChatTemplate` must equal, byte for byte, what transformers 5.24's `apply_chat_template` rendered
+//! from the same template text (`tests/fixtures/chat_korean/*.json`, made by `make_korean_chat.py`
+//! there). The goldens have no ids: none of these tokenizers is available to this project, so the
+//! text is what is compared. Cases where the template raised must fail here with the matching kind
+//! of error.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
@@ -48,6 +49,10 @@ fn check(name: &str) -> (usize, Vec<String>) {
             (Err(e), Some(_)) => failures.push(format!("{name}/{id}: error {e}")),
             (Err(TextError::TemplateRaised(_)), None)
                 if case["error"]["type"] == "TemplateError" => {}
+            // Jinja2's UndefinedError (an attribute of a missing value used) is the `undefined`
+            // kind of render error here.
+            (Err(TextError::TemplateRender { kind, .. }), None)
+                if kind == "undefined" && case["error"]["type"] == "UndefinedError" => {}
             (got, None) => failures.push(format!(
                 "{name}/{id}: expected {} but got {got:?}",
                 case["error"]
@@ -71,6 +76,22 @@ fn exaone_templates_render_as_transformers_does() {
         total >= 20,
         "only {total} cases: the goldens are incomplete"
     );
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn hyperclovax_seed_think_template_renders_as_transformers_does() {
+    let (n, failures) = check("hyperclovax_seed_think");
+    println!(
+        "hyperclovax_seed_think: {}/{n} cases match",
+        n - failures.len()
+    );
+    assert!(n >= 20, "only {n} cases: the goldens are incomplete");
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
