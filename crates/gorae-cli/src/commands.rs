@@ -60,6 +60,35 @@ fn print_timings(g: &generate::Generation) {
     );
 }
 
+/// `run --stats`: one figure per line, Hangul syllables/s beside tokens/s for Korean output.
+fn stats_block(g: &generate::Generation) -> String {
+    let rate = |n: usize, d: std::time::Duration| {
+        let s = d.as_secs_f64();
+        if s > 0.0 { n as f64 / s } else { 0.0 }
+    };
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let gen_rate = rate(g.n_generated, g.gen_time);
+    let korean = g
+        .syllables
+        .per_second(g.gen_time.as_secs_f64())
+        .map_or(String::new(), |r| {
+            format!(
+                ", {r:.1} syl/s ({} Hangul syllables)",
+                g.syllables.syllables
+            )
+        });
+    format!(
+        "stats:\n  prompt      {:>6} tokens {:>9.1} ms {:>9.1} t/s\n  generation  {:>6} tokens {:>9.1} ms {:>9.1} t/s{korean}\n  stop        {:?}",
+        g.n_prompt,
+        ms(g.prompt_time),
+        rate(g.n_prompt, g.prompt_time),
+        g.n_generated,
+        ms(g.gen_time),
+        gen_rate,
+        g.reason
+    )
+}
+
 /// What `gorae run` was asked to do, besides the model and sampling.
 pub struct RunOptions<'a> {
     pub prompt: &'a str,
@@ -68,6 +97,7 @@ pub struct RunOptions<'a> {
     pub raw: bool,
     pub system: Option<&'a str>,
     pub speculative: Option<crate::Speculative>,
+    pub stats: bool,
 }
 
 pub fn run(model_path: &Path, opts: &RunOptions<'_>, sampling: &SamplingArgs) -> Result<()> {
@@ -78,6 +108,7 @@ pub fn run(model_path: &Path, opts: &RunOptions<'_>, sampling: &SamplingArgs) ->
         raw,
         system,
         speculative,
+        stats,
     } = *opts;
     let loaded = load::load_model(model_path, true)?;
     let tok = loaded.tokenizer()?;
@@ -123,7 +154,11 @@ pub fn run(model_path: &Path, opts: &RunOptions<'_>, sampling: &SamplingArgs) ->
     })?;
     splitter.finish(|p| show(&mut stdout.lock(), p))?;
     println!();
-    print_timings(&g);
+    if stats {
+        eprintln!("\n{}", stats_block(&g));
+    } else {
+        print_timings(&g);
+    }
     Ok(())
 }
 
@@ -555,4 +590,35 @@ pub fn logits(
     gorae_runtime::npy::write_f32(&mut f, &shape, &values)?;
     f.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn generation(korean: usize) -> generate::Generation {
+        let mut syllables = gorae_text::SyllableCounter::default();
+        syllables.push(&"한".repeat(korean));
+        generate::Generation {
+            n_prompt: 10,
+            n_generated: 40,
+            reason: generate::StopReason::EndOfTurn,
+            prompt_time: Duration::from_millis(100),
+            gen_time: Duration::from_secs(2),
+            syllables,
+        }
+    }
+
+    #[test]
+    fn stats_put_syllables_beside_tokens_only_for_korean() {
+        let ko = stats_block(&generation(30));
+        assert!(ko.contains("100.0 t/s"), "{ko}");
+        assert!(
+            ko.contains("20.0 t/s, 15.0 syl/s (30 Hangul syllables)"),
+            "{ko}"
+        );
+        let en = stats_block(&generation(0));
+        assert!(en.contains("20.0 t/s") && !en.contains("syl/s"), "{en}");
+    }
 }

@@ -95,6 +95,10 @@ enum Command {
         /// block (greedy only; output identical to plain greedy decoding).
         #[arg(long, value_enum)]
         speculative: Option<Speculative>,
+        /// A statistics block at the end instead of the one-line summary: prompt and generation
+        /// tokens, times and tokens/s, and for Korean output Hangul syllables/s beside them.
+        #[arg(long)]
+        stats: bool,
         #[command(flatten)]
         sampling: SamplingArgs,
     },
@@ -219,6 +223,7 @@ fn main() -> ExitCode {
             raw,
             system,
             speculative,
+            stats,
             sampling,
         } => {
             let opts = commands::RunOptions {
@@ -228,6 +233,7 @@ fn main() -> ExitCode {
                 raw,
                 system: system.as_deref(),
                 speculative,
+                stats,
             };
             commands::run(&model, &opts, &sampling)
         }

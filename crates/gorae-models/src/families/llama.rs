@@ -18,7 +18,7 @@ use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
 use crate::names::{TensorKey, TensorKind as K};
 use crate::rope;
-use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt};
+use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt, matmul_group};
 use gorae_kernels::par::par_rows;
 use gorae_kernels::pool;
 
@@ -292,9 +292,15 @@ impl LlamaModel {
                 }
                 None => &s.x[..n * n_embd],
             };
-            l.wq.matmul(xn, n, &mut s.q[..n * q_dim], &mut s.qbuf)?;
-            l.wk.matmul(xn, n, &mut s.k[..n * kv_dim], &mut s.qbuf)?;
-            l.wv.matmul(xn, n, &mut s.v[..n * kv_dim], &mut s.qbuf)?;
+            // Q, K and V in one hand-off to the pool.
+            matmul_group(
+                &mut [
+                    l.wq.group_item(xn, n, &mut s.q[..n * q_dim]),
+                    l.wk.group_item(xn, n, &mut s.k[..n * kv_dim]),
+                    l.wv.group_item(xn, n, &mut s.v[..n * kv_dim]),
+                ],
+                &mut s.qbuf,
+            )?;
             add_bias(&mut s.q[..n * q_dim], l.bq.as_deref());
             add_bias(&mut s.k[..n * kv_dim], l.bk.as_deref());
             add_bias(&mut s.v[..n * kv_dim], l.bv.as_deref());
@@ -408,9 +414,13 @@ impl LlamaModel {
                 }
                 None => &s.x[..n * n_embd],
             };
-            l.w_gate
-                .matmul(xn, n, &mut s.gate[..n * c.n_ff], &mut s.qbuf)?;
-            l.w_up.matmul(xn, n, &mut s.up[..n * c.n_ff], &mut s.qbuf)?;
+            matmul_group(
+                &mut [
+                    l.w_gate.group_item(xn, n, &mut s.gate[..n * c.n_ff]),
+                    l.w_up.group_item(xn, n, &mut s.up[..n * c.n_ff]),
+                ],
+                &mut s.qbuf,
+            )?;
             swiglu(&mut s.gate[..n * c.n_ff], &s.up[..n * c.n_ff]);
             l.w_down.matmul(
                 &s.gate[..n * c.n_ff],
