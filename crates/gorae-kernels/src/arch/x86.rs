@@ -197,18 +197,6 @@ macro_rules! x86_kernels {
             _mm256_and_si256(set, _mm256_set1_epi8(16))
         }
 
-        /// Exact `w · x` per 4-byte group as 8 i32, for signed i8 `w` (|w| <= 128) and `x` in
-        /// -127..=127: `|w| · sign(x, w)`.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        fn dot_s8(w: __m256i, x: __m256i) -> __m256i {
-            dpbusd(
-                _mm256_setzero_si256(),
-                _mm256_sign_epi8(w, w),
-                _mm256_sign_epi8(x, w),
-            )
-        }
-
         // ---- activation quantizers (bit-exact with quant::reference) -----------------------
 
         const SIGN: i32 = i32::MIN;
@@ -384,11 +372,41 @@ macro_rules! x86_kernels {
             _mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi64_si128(v as i64)))
         }
 
-        /// Lane `r` of `v` in all 8 lanes.
+        /// Up to 4 rows' f16 scales as f32 in lanes 0..4, repeated in lanes 4..8 (the layout
+        /// of [`fold4`]); missing rows are 0.
         #[inline]
         #[target_feature(enable = $feat)]
-        fn lane(v: __m256, r: usize) -> __m256 {
-            _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(r as i32))
+        fn widen_halves_dup<const R: usize>(h: [F16Le; R]) -> __m256 {
+            const { assert!(R <= 4) };
+            let mut v = 0u64;
+            for (r, h) in h.iter().enumerate() {
+                v |= (u16::from_le_bytes(h.0) as u64) << (16 * r);
+            }
+            let x = _mm_cvtph_ps(_mm_cvtsi64_si128(v as i64));
+            _mm256_set_m128(x, x)
+        }
+
+        /// Four rows' 8-lane i32 block products folded into one vector: lane r holds row r's
+        /// lanes 0..4 summed, lane r + 4 its lanes 4..8 (exact integer sums; a missing row is
+        /// zero). One convert and one FMA then scale all 4 rows, instead of one each.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn fold4(p: [__m256i; 4]) -> __m256i {
+            _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]))
+        }
+
+        /// Each row's total of a [`fold4`]-layout accumulator plus its lane of `extra` (the
+        /// min terms): `(lo + hi) + extra`, the same operations whatever `R` is.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn unfold<const R: usize>(acc: __m256, extra: __m256) -> [f32; R] {
+            let (mut a, mut m) = ([0.0f32; 8], [0.0f32; 8]);
+            // SAFETY: both are 8 writable f32; storeu is unaligned.
+            unsafe {
+                _mm256_storeu_ps(a.as_mut_ptr(), acc);
+                _mm256_storeu_ps(m.as_mut_ptr(), extra);
+            }
+            core::array::from_fn(|r| (a[r] + a[r + 4]) + m[r])
         }
 
         /// Block `i` of every row, without bounds checks in the hot loop.
@@ -420,7 +438,8 @@ macro_rules! x86_kernels {
                     if !rows_cover(&w, n) {
                         return [f32::NAN; R];
                     }
-                    let mut acc = [_mm256_setzero_ps(); R];
+                    // [fold4] layout: lanes r and r + 4 are row r's.
+                    let mut acc = _mm256_setzero_ps();
                     #[allow(unused_mut)] // only the types with a min add to it
                     let mut macc = _mm256_setzero_ps();
                     for i in 0..n {
@@ -430,21 +449,19 @@ macro_rules! x86_kernels {
                         // SAFETY: i < n and every row has at least n blocks (checked above).
                         let bws = unsafe { blocks_at(&w, i) };
                         let dd = _mm256_mul_ps(
-                            widen_halves(bws.map(|b| b.d)),
+                            widen_halves_dup(bws.map(|b| b.d)),
                             _mm256_set1_ps(f16s($bx.d)),
                         );
                         dotn_32!(@min $min, macc, bws, $bx);
+                        let mut p = [_mm256_setzero_si256(); 4];
                         for r in 0..R {
                             let $bw = bws[r];
                             prefetch_block($bw, pf);
-                            let p = _mm256_cvtepi32_ps(dpbusd(base, $wq, $xv));
-                            acc[r] = _mm256_fmadd_ps(p, lane(dd, r), acc[r]);
+                            p[r] = dpbusd(base, $wq, $xv);
                         }
+                        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(p)), dd, acc);
                     }
-                    let mut lanes = [0.0f32; 8];
-                    // SAFETY: `lanes` is 8 writable f32; storeu is unaligned.
-                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), macc) };
-                    core::array::from_fn(|r| hsum(acc[r]) + lanes[r])
+                    unfold::<R>(acc, macc)
                 }
             };
             (@min true, $macc:expr, $bws:ident, $bx:ident) => {
@@ -478,40 +495,35 @@ macro_rules! x86_kernels {
                     if !rows_cover(&w, n) {
                         return [[f32::NAN; R]; T];
                     }
-                    let mut acc = [[_mm256_setzero_ps(); R]; T];
+                    const { assert!(R == 4) };
+                    // Per token, [fold4] layout: lanes r and r + 4 are row r's.
+                    let mut acc = [_mm256_setzero_ps(); T];
                     #[allow(unused_mut)] // only the types with a min add to it
                     let mut macc = [_mm256_setzero_ps(); T];
                     for i in 0..n {
                         // SAFETY: i < n and every row and token has at least n blocks.
                         let (bws, bxs) = unsafe { (blocks_at(&w, i), blocks_at(&x, i)) };
-                        let dws = widen_halves(bws.map(|b| b.d));
-                        let mut xvs = [_mm256_setzero_si256(); T];
-                        let mut bases = [_mm256_setzero_si256(); T];
-                        let mut dds = [_mm256_setzero_ps(); T];
-                        for t in 0..T {
-                            let $bx = bxs[t];
-                            let $xv = load32(&$bx.qs);
-                            xvs[t] = $xv;
-                            bases[t] = $base;
-                            dds[t] = _mm256_mul_ps(dws, _mm256_set1_ps(f16s($bx.d)));
-                            dotn_32!(@min $min, macc[t], bws, $bx);
-                        }
+                        let dws = widen_halves_dup(bws.map(|b| b.d));
+                        let mut wqs = [_mm256_setzero_si256(); 4];
                         for r in 0..R {
                             let $bw = bws[r];
                             prefetch_block($bw, pf);
-                            let wq = $wq;
-                            for t in 0..T {
-                                let p = _mm256_cvtepi32_ps($prod(bases[t], wq, xvs[t]));
-                                acc[t][r] = _mm256_fmadd_ps(p, lane(dds[t], r), acc[t][r]);
+                            wqs[r] = $wq;
+                        }
+                        for t in 0..T {
+                            let $bx = bxs[t];
+                            let $xv = load32(&$bx.qs);
+                            let base: __m256i = $base;
+                            let dd = _mm256_mul_ps(dws, _mm256_set1_ps(f16s($bx.d)));
+                            dotn_32!(@min $min, macc[t], bws, $bx);
+                            let mut p = [_mm256_setzero_si256(); 4];
+                            for r in 0..R {
+                                p[r] = $prod(base, wqs[r], $xv);
                             }
+                            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(p)), dd, acc[t]);
                         }
                     }
-                    core::array::from_fn(|t| {
-                        let mut lanes = [0.0f32; 8];
-                        // SAFETY: `lanes` is 8 writable f32; storeu is unaligned.
-                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), macc[t]) };
-                        core::array::from_fn(|r| hsum(acc[t][r]) + lanes[r])
-                    })
+                    core::array::from_fn(|t| unfold::<R>(acc[t], macc[t]))
                 }
 
             };
@@ -583,7 +595,8 @@ macro_rules! x86_kernels {
             true
         );
 
-        /// `base + w · x` for signed `w` through the sign trick (as [`dot_s8`]).
+        /// `base + w · x` for signed `w` (|w| <= 128) and `x` in -127..=127 through the sign
+        /// trick: `|w| · sign(x, w)`.
         #[inline]
         #[target_feature(enable = $feat)]
         fn dpbusd_s8(base: __m256i, w: __m256i, x: __m256i) -> __m256i {
@@ -603,21 +616,23 @@ macro_rules! x86_kernels {
             if !rows_cover(&w, n) {
                 return [f32::NAN; R];
             }
-            let mut acc = [_mm256_setzero_ps(); R];
+            // [fold4] layout, as the tile kernel (`tile_q8_0`) accumulates.
+            let mut acc = _mm256_setzero_ps();
             for i in 0..n {
                 let bx = &x[i];
                 let xv = load32(&bx.qs);
                 // SAFETY: i < n and every row has at least n blocks (checked above).
                 let bws = unsafe { blocks_at(&w, i) };
-                let dd = _mm256_mul_ps(widen_halves(bws.map(|b| b.d)), _mm256_set1_ps(f16s(bx.d)));
+                let dd = _mm256_mul_ps(widen_halves_dup(bws.map(|b| b.d)), _mm256_set1_ps(f16s(bx.d)));
+                let mut p = [_mm256_setzero_si256(); 4];
                 for r in 0..R {
                     let bw = bws[r];
                     prefetch_block(bw, pf);
-                    let p = _mm256_cvtepi32_ps(dot_s8(load32(&bw.qs), xv));
-                    acc[r] = _mm256_fmadd_ps(p, lane(dd, r), acc[r]);
+                    p[r] = dpbusd_s8(_mm256_setzero_si256(), load32(&bw.qs), xv);
                 }
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(p)), dd, acc);
             }
-            core::array::from_fn(|r| hsum(acc[r]))
+            unfold::<R>(acc, _mm256_setzero_ps())
         }
 
         // ---- K-quants ---------------------------------------------------------------------
