@@ -240,6 +240,15 @@ impl SeqCache {
         }
     }
 
+    /// Whether a pass that wrote rows and then failed leaves what the cache held intact: false
+    /// when a sliding-window layer's ring may have overwritten positions still in its window.
+    pub fn survives_failed_pass(&self) -> bool {
+        match self {
+            SeqCache::Standard(kv) => (0..kv.n_layer).all(|il| kv.window(il).is_none()),
+            SeqCache::Latent(_) => true,
+        }
+    }
+
     /// Bytes held per token, all layers.
     pub fn bytes_per_token(&self) -> usize {
         match self {

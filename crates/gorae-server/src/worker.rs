@@ -346,19 +346,27 @@ fn run_pass(
     let logits = match passed {
         Ok(logits) => logits,
         Err(e) => {
-            // A failed pass may have written rows past what each cache had: forget them.
-            for &(i, _) in plan {
+            // A failed pass may have written rows past what each cache had: forget them. A
+            // sliding-window ring may also have overwritten rows it still needed: those
+            // sequences cannot go on (a retry would silently compute from the wrong keys).
+            let mut steps = Vec::new();
+            let mut retry = Vec::with_capacity(plan.len());
+            for &(i, n) in plan {
                 let held = slots[i].tokens.len();
                 slots[i].truncate(held);
+                if slots[i].cache.survives_failed_pass() && plan.len() > 1 {
+                    retry.push((i, n));
+                } else {
+                    steps.push((i, Step::Failed(e.clone())));
+                }
             }
-            if let [(i, _)] = plan {
-                return vec![(*i, Step::Failed(e))];
+            if !retry.is_empty() {
+                tracing::warn!("a batched pass failed ({e}); retrying its sequences one by one");
             }
-            tracing::warn!("a batched pass failed ({e}); retrying its sequences one by one");
-            return plan
-                .iter()
-                .flat_map(|&p| run_pass(ctx, slots, &[p], work))
-                .collect();
+            for p in retry {
+                steps.extend(run_pass(ctx, slots, &[p], work));
+            }
+            return steps;
         }
     };
     let n_vocab = ctx.model.n_vocab();
