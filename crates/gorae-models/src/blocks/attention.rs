@@ -20,12 +20,8 @@ pub fn attend_head(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let head_dim = q.len();
-    let scores = &mut scores[..n_kv];
-    let off = kvh * head_dim;
-    attn::qk_scores(q, &k[off..], kv_dim, scale, scores);
-    softmax(scores);
-    attn::weighted_sum(scores, &v[off..], kv_dim, out);
+    let one = [KvSpan { k, v, n: n_kv }];
+    attend_head_spans(q, &one, kvh, kv_dim, scale, scores, out);
 }
 
 /// Normalizes `scores` into probabilities in place (max-subtracted, so no overflow).

@@ -3,8 +3,11 @@
 //! `[n_rows, n_embd]` batch, so every weight matrix is read once for all of them; only attention
 //! looks at which sequence (and so which cache and how many positions) a row belongs to.
 
+use crate::blocks::embed_tokens;
 use crate::error::{ModelError, Result};
 use crate::kv::SeqCache;
+use crate::rope;
+use crate::weights::QMatrix;
 
 /// One sequence's part of a batched pass: `tokens` run after what `cache` holds.
 pub struct SeqInput<'a> {
@@ -44,6 +47,56 @@ impl BatchRows {
             row_seq: vec![0; n_batch],
             row_pos: vec![0; n_batch],
         }
+    }
+
+    /// Plans a pass over `seqs` whose caches `cache_of` reads as `(len, n_ctx)` (`None`: a cache
+    /// of another family's kind, [`ModelError::ForeignState`]). Returns the number of rows.
+    pub fn plan_seqs(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        n_ctx: usize,
+        cache_of: impl Fn(&SeqCache) -> Option<(usize, usize)>,
+    ) -> Result<usize> {
+        if seqs.iter().any(|q| cache_of(q.cache).is_none()) {
+            return Err(ModelError::ForeignState);
+        }
+        self.plan(
+            seqs.iter().map(|q| {
+                let (len, cache_ctx) = cache_of(q.cache).unwrap_or((0, 0));
+                (q.tokens.len(), len, cache_ctx)
+            }),
+            n_ctx,
+        )
+    }
+
+    /// Each sequence's token embeddings into its rows of `x` (`[n_rows, n_embd]`) and its
+    /// positions' rope angles into its rows of `cos`/`sin` (`[n_rows, inv_freq.len()]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_and_rope(
+        &self,
+        seqs: &[SeqInput<'_>],
+        tok_embd: &QMatrix,
+        x: &mut [f32],
+        inv_freq: &[f32],
+        mscale: f32,
+        cos: &mut [f32],
+        sin: &mut [f32],
+    ) -> Result<()> {
+        let (e, half) = (tok_embd.n_cols, inv_freq.len());
+        for (q, sp) in seqs.iter().zip(&self.spans) {
+            let rows = sp.rows();
+            // [n_tokens, n_embd] token embeddings
+            embed_tokens(tok_embd, q.tokens, &mut x[rows.start * e..rows.end * e])?;
+            rope::fill_cos_sin_rows(
+                inv_freq,
+                mscale,
+                sp.pos0,
+                sp.n,
+                &mut cos[rows.start * half..rows.end * half],
+                &mut sin[rows.start * half..rows.end * half],
+            );
+        }
+        Ok(())
     }
 
     /// Lays out sequences of `(n_tokens, pos0, cache n_ctx)` one after another; rejects an empty

@@ -12,7 +12,7 @@ use crate::Logits;
 use crate::blocks::attention::softmax;
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::moe::{RouteScratch, route};
-use crate::blocks::{embed_tokens, ffn::swiglu, norm};
+use crate::blocks::{ffn::swiglu, norm};
 use crate::error::{ModelError, Result};
 use crate::families::deepseek_config::DeepseekConfig;
 use crate::kv::{LatentKvCache, SeqCache};
@@ -541,38 +541,19 @@ impl DeepseekModel {
         want: Logits,
     ) -> Result<&'s [f32]> {
         let c = &self.cfg;
-        if seqs.iter().any(|q| q.cache.latent().is_none()) {
-            return Err(ModelError::ForeignState);
-        }
-        let n = s.rows.plan(
-            seqs.iter().map(|q| {
-                let kv = q.cache.latent();
-                (
-                    q.tokens.len(),
-                    kv.map_or(0, LatentKvCache::len),
-                    kv.map_or(0, |k| k.n_ctx),
-                )
-            }),
-            s.n_ctx,
-        )?;
+        let n = s
+            .rows
+            .plan_seqs(seqs, s.n_ctx, |c| c.latent().map(|kv| (kv.len(), kv.n_ctx)))?;
         let e = c.n_embd;
-        let half = c.qk_rope_head_dim / 2;
-        for (q, sp) in seqs.iter().zip(&s.rows.spans) {
-            let rows = sp.rows();
-            embed_tokens(
-                &self.tok_embd,
-                q.tokens,
-                &mut s.x[rows.start * e..rows.end * e],
-            )?;
-            rope::fill_cos_sin_rows(
-                &self.inv_freq,
-                self.rope_mscale,
-                sp.pos0,
-                sp.n,
-                &mut s.cos[rows.start * half..rows.end * half],
-                &mut s.sin[rows.start * half..rows.end * half],
-            );
-        }
+        s.rows.embed_and_rope(
+            seqs,
+            &self.tok_embd,
+            &mut s.x,
+            &self.inv_freq,
+            self.rope_mscale,
+            &mut s.cos,
+            &mut s.sin,
+        )?;
         // The naive path attends within the batch's own rows: one sequence from position 0.
         let from_zero = seqs.len() == 1 && s.rows.spans[0].pos0 == 0;
         let naive = match self.mla_mode {

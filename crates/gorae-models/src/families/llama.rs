@@ -12,7 +12,7 @@
 
 use crate::blocks::attention::{KvSpan, attend_head, attend_head_spans};
 use crate::blocks::batch::{BatchRows, SeqInput};
-use crate::blocks::{embed_tokens, ffn::swiglu, norm};
+use crate::blocks::{ffn::swiglu, norm};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
@@ -239,20 +239,9 @@ impl LlamaModel {
         want: Logits,
     ) -> Result<&'s [f32]> {
         let c = &self.cfg;
-        if seqs.iter().any(|q| q.cache.standard().is_none()) {
-            return Err(ModelError::ForeignState);
-        }
-        let n = s.rows.plan(
-            seqs.iter().map(|q| {
-                let kv = q.cache.standard();
-                (
-                    q.tokens.len(),
-                    kv.map_or(0, KvCache::len),
-                    kv.map_or(0, |k| k.n_ctx),
-                )
-            }),
-            s.n_ctx,
-        )?;
+        let n = s.rows.plan_seqs(seqs, s.n_ctx, |c| {
+            c.standard().map(|kv| (kv.len(), kv.n_ctx))
+        })?;
         let (n_embd, hd) = (c.n_embd, c.head_dim);
         let q_dim = c.n_head * hd;
         let kv_dim = c.n_head_kv * hd;
@@ -260,23 +249,15 @@ impl LlamaModel {
         let scale = c.opts.attention_scale.unwrap_or(1.0 / (hd as f32).sqrt());
         let res_mult = c.opts.residual_multiplier;
 
-        for (q, sp) in seqs.iter().zip(&s.rows.spans) {
-            let rows = sp.rows();
-            // [n_tokens, n_embd] token embeddings
-            embed_tokens(
-                &self.tok_embd,
-                q.tokens,
-                &mut s.x[rows.start * n_embd..rows.end * n_embd],
-            )?;
-            rope::fill_cos_sin_rows(
-                &self.inv_freq,
-                self.rope_mscale,
-                sp.pos0,
-                sp.n,
-                &mut s.cos[rows.start * half..rows.end * half],
-                &mut s.sin[rows.start * half..rows.end * half],
-            );
-        }
+        s.rows.embed_and_rope(
+            seqs,
+            &self.tok_embd,
+            &mut s.x,
+            &self.inv_freq,
+            self.rope_mscale,
+            &mut s.cos,
+            &mut s.sin,
+        )?;
         if c.opts.embedding_multiplier != 1.0 {
             s.x[..n * n_embd]
                 .iter_mut()
