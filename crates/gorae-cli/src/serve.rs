@@ -39,7 +39,7 @@ pub struct ServeArgs {
     /// Sequences served at once, each with its own KV cache of --ctx tokens. They share every
     /// forward pass (continuous batching): each pass carries one token of every decoding
     /// sequence plus prompt chunks, up to --batch rows.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 4)]
     pub parallel: usize,
     /// Requests allowed to wait for the engine; more get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]

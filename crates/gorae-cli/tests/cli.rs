@@ -32,6 +32,39 @@ fn chat_answer_names_paris_and_stops_at_end_of_turn() {
     assert!(stderr.contains("stop: EndOfTurn"), "{stderr}");
 }
 
+/// `--stats` replaces the one-line summary with a block; SmolLM2 answers this Korean prompt in
+/// Hangul (greedy, checked here), so the block carries syllables/s beside tokens/s.
+#[test]
+fn run_stats_reports_hangul_syllables_for_korean_output() {
+    let out = gorae()
+        .args([
+            "run",
+            common::smollm2().to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "16",
+            "--stats",
+            "-p",
+        ])
+        .arg("한국의 수도는 어디인가요? 한국어로 대답하세요.")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(gorae_text::hangul_syllables(&stdout) > 0, "{stdout:?}");
+    let stats = stderr.split("stats:").nth(1).unwrap_or_default();
+    assert!(
+        stats.contains("prompt") && stats.contains("generation"),
+        "{stderr}"
+    );
+    assert!(
+        stats.contains("t/s,") && stats.contains("syl/s"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_paths_and_files_give_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

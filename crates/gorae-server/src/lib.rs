@@ -92,7 +92,7 @@ impl ServerConfig {
             n_ctx: None,
             n_batch: 256,
             model_id: model_id.into(),
-            parallel: 1,
+            parallel: 4,
             queue_size: 64,
             body_limit: 16 << 20,
             chat_template: None,
