@@ -317,6 +317,18 @@ fn run_pass(
     plan: &[(usize, usize)],
     work: &mut Workspace,
 ) -> Vec<(usize, Step)> {
+    // Logits rows come back in the order of the sequences fed: feed exactly the plan's
+    // entries that have a generation (all of them, as `plan_pass` builds it), each slot once.
+    let mut seen = vec![false; slots.len()];
+    let plan: Vec<(usize, usize)> = plan
+        .iter()
+        .copied()
+        .filter(|&(i, n)| {
+            let fresh = i < seen.len() && !std::mem::replace(&mut seen[i], true);
+            fresh && n > 0 && slots[i].active.is_some()
+        })
+        .collect();
+    let plan = &plan[..];
     if plan.is_empty() {
         return Vec::new();
     }
