@@ -161,15 +161,8 @@ pub fn quantize_activations_with<'s>(
     n_cols: usize,
     scratch: &'s mut Vec<u8>,
 ) -> Result<&'s [u8], KernelError> {
-    check_isa(isa)?;
-    check_len(
-        "activations",
-        "f32",
-        mul(n_tokens, n_cols, "activations")?,
-        x.len(),
-    )?;
-    let xq_ty = vec_dot_type(w_ty);
-    if xq_ty == GgmlType::F32 {
+    check_activations(isa, x, n_tokens, n_cols)?;
+    if vec_dot_type(w_ty) == GgmlType::F32 {
         return Ok(bytemuck::cast_slice(x));
     }
     let need = quantized_bytes(w_ty, n_tokens, n_cols)?;
@@ -178,6 +171,22 @@ pub fn quantize_activations_with<'s>(
     }
     quantize_activations_into(isa, w_ty, x, n_tokens, n_cols, &mut scratch[..need])?;
     Ok(&scratch[..need])
+}
+
+/// The ISA runs here and `x` holds `[n_tokens, n_cols]` values.
+fn check_activations(
+    isa: Isa,
+    x: &[f32],
+    n_tokens: usize,
+    n_cols: usize,
+) -> Result<(), KernelError> {
+    check_isa(isa)?;
+    check_len(
+        "activations",
+        "f32",
+        mul(n_tokens, n_cols, "activations")?,
+        x.len(),
+    )
 }
 
 /// Bytes `[n_tokens, n_cols]` activations take in `vec_dot_type(w_ty)` (f32 for float weights).
@@ -200,13 +209,7 @@ pub fn quantize_activations_into(
     n_cols: usize,
     dst: &mut [u8],
 ) -> Result<(), KernelError> {
-    check_isa(isa)?;
-    check_len(
-        "activations",
-        "f32",
-        mul(n_tokens, n_cols, "activations")?,
-        x.len(),
-    )?;
+    check_activations(isa, x, n_tokens, n_cols)?;
     check_len(
         "quantized activations",
         "bytes",
