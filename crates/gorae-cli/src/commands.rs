@@ -2,11 +2,12 @@
 //! result on stdout; everything else (progress, timings) goes to stderr.
 
 use crate::SamplingArgs;
-use crate::generate::{self, GenParams, Piece, ThinkSplitter};
+use crate::generate::{self, GenParams};
 use crate::load::{self, ModelPath};
 use anyhow::{Context, Result, bail};
 use gorae_models::{Logits, Model};
 use gorae_runtime::{Engine, Sampler};
+use gorae_runtime::{Piece, ThinkSplitter};
 use gorae_text::{ChatTemplate, Tokenizer};
 use serde_json::{Map, Value, json};
 use std::io::{BufRead, Write};

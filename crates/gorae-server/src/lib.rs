@@ -20,7 +20,6 @@ pub mod error;
 mod http;
 pub mod json_guard;
 pub mod metrics;
-pub mod reasoning;
 pub mod request;
 pub mod worker;
 

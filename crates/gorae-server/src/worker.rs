@@ -19,14 +19,13 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::Instant;
 
 use gorae_models::{Logits, Model, SeqCache, SeqInput, Workspace};
-use gorae_runtime::{Sampler, StopMatcher, StopOutcome};
+use gorae_runtime::{Sampler, StopMatcher, StopOutcome, ThinkSplitter};
 use gorae_text::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::json_guard::{JsonPrefix, JsonVocab};
 use crate::metrics::Metrics;
-use crate::reasoning::ThinkSplitter;
 use crate::request::GenParams;
 
 /// One generation request, ready for the engine.
@@ -559,7 +558,7 @@ impl<'t> Generation<'t> {
             raw_logits: Vec::new(),
             decoder: StreamDecoder::new(tok, true),
             stop: StopMatcher::new(job.params.stops.clone()),
-            splitter: job.reasoning.map(ThinkSplitter::new),
+            splitter: job.reasoning.map(ThinkSplitter::trimming_answer_start),
             sampler: Sampler::new(job.params.sampler.clone()),
             n_gen: 0,
             n_reasoning: 0,
@@ -581,7 +580,7 @@ impl<'t> Generation<'t> {
 
     fn route(&mut self, text: &str, delta: &mut Delta) {
         match self.splitter.as_mut() {
-            Some(sp) => sp.push(text, &mut delta.content, &mut delta.reasoning),
+            Some(sp) => sp.push_into(text, &mut delta.content, &mut delta.reasoning),
             None => delta.content.push_str(text),
         }
     }
@@ -768,7 +767,7 @@ impl<'t> Generation<'t> {
             self.route(&rest, &mut tail);
         }
         if let Some(sp) = self.splitter.as_mut() {
-            sp.finish(&mut tail.content, &mut tail.reasoning);
+            sp.finish_into(&mut tail.content, &mut tail.reasoning);
         }
         if !self.send(tail) {
             return Ok(Step::Cancelled);
