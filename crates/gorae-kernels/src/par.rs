@@ -43,6 +43,29 @@ impl OutPtr {
     }
 }
 
+/// The first error any thread of one pool job reports (the others' are dropped).
+struct FirstError(std::sync::Mutex<Option<KernelError>>);
+
+impl FirstError {
+    fn new() -> Self {
+        FirstError(std::sync::Mutex::new(None))
+    }
+
+    fn record(&self, r: Result<(), KernelError>) {
+        if let Err(e) = r {
+            let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert(e);
+        }
+    }
+
+    fn into_result(self) -> Result<(), KernelError> {
+        match self.0.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
 /// `y = x · Wᵀ` (`x: [n_tokens, n_cols]`, `y: [n_tokens, n_rows]`) on every thread of `pool`.
 pub fn matmul_par(
     pool: &ThreadPool,
@@ -72,7 +95,7 @@ pub fn matmul_par(
     }
     let xq_row = xq.len() / n_tokens.max(1);
     let out = OutPtr(y.as_mut_ptr(), y.len());
-    let first_err: std::sync::Mutex<Option<KernelError>> = std::sync::Mutex::new(None);
+    let first_err = FirstError::new();
     let n_rows = w.n_rows;
     let by_rows = n_tokens <= ROW_SPLIT_MAX_TOKENS && n_rows >= 2 * ROW_ALIGN;
     pool.run(&|ith, nth| {
@@ -100,15 +123,9 @@ pub fn matmul_par(
             let xs = &xq[toks.start * xq_row..toks.end * xq_row];
             matmul_rows(w, xs, toks.len(), 0..n_rows, ys)
         };
-        if let Err(e) = r {
-            let mut slot = first_err.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert(e);
-        }
+        first_err.record(r);
     });
-    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    first_err.into_result()
 }
 
 /// One product of a group: `y = x · wᵀ` (`x: [n_tokens, n_cols]`, `y: [n_tokens, n_rows]`).
@@ -207,30 +224,23 @@ pub fn matmul_par_group(
     let n_items = items.len();
     let total_rows: usize = items.iter().map(|it| it.w.n_rows).sum();
     let slots = &slots;
-    let first_err: std::sync::Mutex<Option<KernelError>> = std::sync::Mutex::new(None);
+    let first_err = FirstError::new();
     pool.run(&|ith, nth| {
         let mine = split(total_rows, ith, nth, ROW_ALIGN);
-        let mut base = 0;
+        let mut start = 0;
         for (it, slot) in items.iter().zip(&slots.0[..n_items]) {
-            let (lo, hi) = (mine.start.max(base), mine.end.min(base + it.w.n_rows));
-            base += it.w.n_rows;
-            if lo >= hi {
-                continue;
+            // This item's rows are `start..start + n_rows` of the concatenation.
+            let (lo, hi) = (mine.start.max(start), mine.end.min(start + it.w.n_rows));
+            if lo < hi {
+                let xq = &xq_all[slot.xq_at..slot.xq_at + slot.xq_len];
+                let out = OutPtr(slot.y, slot.y_len);
+                let rows = lo - start..hi - start;
+                first_err.record(product_rows(&it.w, xq, it.n_tokens, rows, &out));
             }
-            let rows = lo - (base - it.w.n_rows)..hi - (base - it.w.n_rows);
-            let xq = &xq_all[slot.xq_at..slot.xq_at + slot.xq_len];
-            let out = OutPtr(slot.y, slot.y_len);
-            let r = product_rows(&it.w, xq, it.n_tokens, rows, &out);
-            if let Err(e) = r {
-                let mut first = first_err.lock().unwrap_or_else(|p| p.into_inner());
-                first.get_or_insert(e);
-            }
+            start += it.w.n_rows;
         }
     });
-    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    first_err.into_result()
 }
 
 /// Output columns `rows` of every token of one product, written into `out` (`[n_tokens,
