@@ -399,6 +399,24 @@ async fn completions(State(app): State<App>, body: Result<Bytes, BytesRejection>
 
 /// Renders the template and tokenizes; `true` when the prompt leaves the model inside
 /// `<think>` (R1-style templates).
+/// Runs `f` (a template render or a tokenization: bounded, but milliseconds) on the blocking
+/// pool, off the runtime's worker threads, with at most `PREP_CONCURRENCY` at once.
+async fn prepare<T: Send + 'static>(
+    app: &App,
+    what: &str,
+    f: impl FnOnce(&AppState) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = app
+        .prep_permits
+        .acquire()
+        .await
+        .map_err(|_| ApiError::overloaded("The server is shutting down.", 5))?;
+    let app = Arc::clone(app);
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| ApiError::internal(format!("{what} failed: {e}")))
+}
+
 fn render_chat(
     app: &AppState,
     messages: &Value,
@@ -426,21 +444,11 @@ async fn chat_inner(app: App, body: Result<Bytes, BytesRejection>) -> Result<Res
     let req = request::chat_request(&obj, app.n_vocab)?;
     app.check_model(req.model.as_deref())?;
     app.check_accepting()?;
-    let (ids, starts_inside) = {
-        let _permit = app
-            .prep_permits
-            .acquire()
-            .await
-            .map_err(|_| ApiError::overloaded("The server is shutting down.", 5))?;
-        let app2 = Arc::clone(&app);
-        let messages = req.messages;
-        let kwargs = req.template_kwargs;
-        // Template rendering is bounded (fuel) but can take milliseconds; keep it off the
-        // runtime's worker threads.
-        tokio::task::spawn_blocking(move || render_chat(&app2, &messages, &kwargs))
-            .await
-            .map_err(|e| ApiError::internal(format!("rendering failed: {e}")))??
-    };
+    let (messages, kwargs) = (req.messages, req.template_kwargs);
+    let (ids, starts_inside) = prepare(&app, "rendering", move |a| {
+        render_chat(a, &messages, &kwargs)
+    })
+    .await??;
     let max_tokens = app.max_tokens(ids.len(), req.params.max_tokens, None)?;
     let reasoning = app.reasoning_template.then_some(starts_inside);
     run(
@@ -477,18 +485,9 @@ async fn completion_inner(
     };
     let ids = match req.prompt {
         Prompt::Ids(ids) => ids,
-        Prompt::Text(text) => {
-            let _permit = app
-                .prep_permits
-                .acquire()
-                .await
-                .map_err(|_| ApiError::overloaded("The server is shutting down.", 5))?;
-            let app2 = Arc::clone(&app);
-            tokio::task::spawn_blocking(move || app2.tokenizer.encode(&text, true))
-                .await
-                .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))?
-                .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?
-        }
+        Prompt::Text(text) => prepare(&app, "tokenizing", move |a| a.tokenizer.encode(&text, true))
+            .await?
+            .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?,
     };
     if let Some(ids) = echo_ids {
         echo = Some(
