@@ -1,5 +1,22 @@
 //! RMSNorm: `x / sqrt(mean(x²) + eps) * w`, accumulated in f64-free f32 like transformers' f32 path.
 
+/// `x` RMS-normalized with `weight` into `out`, or `x` itself for a sublayer without an input
+/// norm (EXAONE 4 normalizes after the sublayer instead).
+pub fn rms_norm_opt<'a>(
+    x: &'a [f32],
+    weight: Option<&[f32]>,
+    eps: f32,
+    out: &'a mut [f32],
+) -> &'a [f32] {
+    match weight {
+        Some(w) => {
+            rms_norm(x, w, eps, out);
+            out
+        }
+        None => x,
+    }
+}
+
 /// Normalizes each row of `x` (`[n_rows, n]`) into `out` and scales by `w` (`[n]`).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();

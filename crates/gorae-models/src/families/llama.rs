@@ -266,13 +266,12 @@ impl LlamaModel {
 
         for (il, l) in self.layers.iter().enumerate() {
             let window = c.layer_window(il);
-            let xn: &[f32] = match &l.attn_norm {
-                Some(w) => {
-                    norm::rms_norm(&s.x[..n * n_embd], w, c.rms_eps, &mut s.xn[..n * n_embd]);
-                    &s.xn[..n * n_embd]
-                }
-                None => &s.x[..n * n_embd],
-            };
+            let xn = norm::rms_norm_opt(
+                &s.x[..n * n_embd],
+                l.attn_norm.as_deref(),
+                c.rms_eps,
+                &mut s.xn[..n * n_embd],
+            );
             // Q, K and V in one hand-off to the pool.
             matmul_group(
                 &mut [
@@ -388,13 +387,12 @@ impl LlamaModel {
             }
             add_scaled(&mut s.x[..n * n_embd], &s.proj[..n * n_embd], res_mult);
 
-            let xn: &[f32] = match &l.ffn_norm {
-                Some(w) => {
-                    norm::rms_norm(&s.x[..n * n_embd], w, c.rms_eps, &mut s.xn[..n * n_embd]);
-                    &s.xn[..n * n_embd]
-                }
-                None => &s.x[..n * n_embd],
-            };
+            let xn = norm::rms_norm_opt(
+                &s.x[..n * n_embd],
+                l.ffn_norm.as_deref(),
+                c.rms_eps,
+                &mut s.xn[..n * n_embd],
+            );
             matmul_group(
                 &mut [
                     l.w_gate.group_item(xn, n, &mut s.gate[..n * c.n_ff]),
