@@ -35,14 +35,13 @@ fn render_messages(tok: &Tokenizer, messages: &Value) -> Result<String> {
         .context("rendering the chat template failed")
 }
 
+/// `n` per second over `d` (0 when no time passed).
+fn per_second(n: usize, d: std::time::Duration) -> f64 {
+    let s = d.as_secs_f64();
+    if s > 0.0 { n as f64 / s } else { 0.0 }
+}
+
 fn print_timings(g: &generate::Generation) {
-    let tps = |n: usize, d: std::time::Duration| {
-        if d.as_secs_f64() > 0.0 {
-            n as f64 / d.as_secs_f64()
-        } else {
-            0.0
-        }
-    };
     // Korean output also in syllables per second: what a reader sees, whatever the tokenizer.
     let korean = g
         .syllables
@@ -53,21 +52,16 @@ fn print_timings(g: &generate::Generation) {
     eprintln!(
         "\n[prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s{korean} | stop: {:?}]",
         g.n_prompt,
-        tps(g.n_prompt, g.prompt_time),
+        per_second(g.n_prompt, g.prompt_time),
         g.n_generated,
-        tps(g.n_generated, g.gen_time),
+        per_second(g.n_generated, g.gen_time),
         g.reason
     );
 }
 
 /// `run --stats`: one figure per line, Hangul syllables/s beside tokens/s for Korean output.
 fn stats_block(g: &generate::Generation) -> String {
-    let rate = |n: usize, d: std::time::Duration| {
-        let s = d.as_secs_f64();
-        if s > 0.0 { n as f64 / s } else { 0.0 }
-    };
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let gen_rate = rate(g.n_generated, g.gen_time);
     let korean = g
         .syllables
         .per_second(g.gen_time.as_secs_f64())
@@ -81,10 +75,10 @@ fn stats_block(g: &generate::Generation) -> String {
         "stats:\n  prompt      {:>6} tokens {:>9.1} ms {:>9.1} t/s\n  generation  {:>6} tokens {:>9.1} ms {:>9.1} t/s{korean}\n  stop        {:?}",
         g.n_prompt,
         ms(g.prompt_time),
-        rate(g.n_prompt, g.prompt_time),
+        per_second(g.n_prompt, g.prompt_time),
         g.n_generated,
         ms(g.gen_time),
-        gen_rate,
+        per_second(g.n_generated, g.gen_time),
         g.reason
     )
 }
