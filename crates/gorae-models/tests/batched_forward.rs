@@ -7,20 +7,9 @@
 
 mod common;
 
-use gorae_formats::hf::load_hf_configs;
-use gorae_formats::safetensors::SafetensorsModel;
-use gorae_models::{Logits, MlaMode, Model, SeqInput};
-use std::path::PathBuf;
+use common::argmax;
 
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+use gorae_models::{Logits, MlaMode, Model, SeqInput};
 
 /// Each sequence: (step it joins at, prompt). Greedy for `n_steps` after its prompt.
 const SCHEDULE: [(usize, &[u32]); 4] = [
@@ -115,18 +104,7 @@ fn quantized_llama_rows_do_not_depend_on_the_batch() {
 
 #[test]
 fn deepseek_rows_do_not_depend_on_the_batch() {
-    let root = std::env::var_os("GORAE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-    let d = root.join("fixtures/tiny-deepseek-v3");
-    assert!(
-        d.join("model.safetensors").exists(),
-        "{} is missing: run `python3 scripts/fetch_models.py` first",
-        d.display()
-    );
-    let cfg = load_hf_configs(&d).unwrap();
-    let st = SafetensorsModel::open(&d).unwrap();
-    let mut model = Model::from_hf(&cfg.config, &st).unwrap();
+    let mut model = common::load_fixture("tiny-deepseek-v3");
     // Solo prefill would take the naive path, which rounds differently; a server runs absorbed.
     model.set_mla_mode(MlaMode::Absorbed);
     check(&model);

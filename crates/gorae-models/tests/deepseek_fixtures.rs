@@ -9,9 +9,11 @@
 //! is below that tolerance.
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
-use gorae_formats::hf::load_hf_configs;
-use gorae_formats::safetensors::SafetensorsModel;
-use gorae_models::{Logits, MlaMode, Model};
+mod common;
+
+use common::{argmax, ids};
+
+use gorae_models::{Logits, MlaMode};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -27,26 +29,6 @@ fn shared() -> PathBuf {
         .unwrap_or_else(|| workspace().join("../shared"))
 }
 
-fn model_dir(name: &str) -> PathBuf {
-    let root = std::env::var_os("GORAE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models"));
-    let d = root.join("fixtures").join(name);
-    assert!(
-        d.join("model.safetensors").exists(),
-        "{} is missing: run `python3 scripts/fetch_models.py` first",
-        d.display()
-    );
-    d
-}
-
-fn load(name: &str) -> Model {
-    let d = model_dir(name);
-    let cfg = load_hf_configs(&d).unwrap();
-    let st = SafetensorsModel::open(&d).unwrap();
-    Model::from_hf(&cfg.config, &st).unwrap()
-}
-
 fn read_npy(path: PathBuf) -> Vec<f32> {
     let bytes = std::fs::read(&path).unwrap();
     // NumPy 1.0 header: magic(6) version(2) len(u16) header; data after it.
@@ -57,27 +39,9 @@ fn read_npy(path: PathBuf) -> Vec<f32> {
         .collect()
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Checks one model against one refs directory; returns the largest |Δlogit| seen.
 fn check(model_name: &str, refs_name: &str, mode: MlaMode, decode: bool) -> f32 {
-    let mut model = load(model_name);
+    let mut model = common::load_fixture(model_name);
     model.set_mla_mode(mode);
     let refs_dir = shared().join("fixtures/models/refs").join(refs_name);
     let refs: Value = serde_json::from_str(
@@ -204,8 +168,8 @@ fn fp8_checkpoint_loads_to_its_twin() {
     // The FP8 checkpoint dequantized at load must be exactly the twin's f32 weights: same logits
     // bit for bit, and the twin's logits match the nomtp refs within the tolerance of any FP8 copy
     // (the twin is a different model: no refs of its own are visible, so compare FP8 to twin).
-    let fp8 = load("tiny-deepseek-v3-nomtp-fp8");
-    let twin = load("tiny-deepseek-v3-nomtp-fp8-twin");
+    let fp8 = common::load_fixture("tiny-deepseek-v3-nomtp-fp8");
+    let twin = common::load_fixture("tiny-deepseek-v3-nomtp-fp8-twin");
     let ids = [504u32, 2365, 6354, 16438, 27003, 690, 260, 23790];
     let mut a = fp8.new_state(16, 16);
     let mut b = twin.new_state(16, 16);

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
+mod common;
+
 use gorae_formats::gguf::{GgufFile, MetaValue};
 use gorae_formats::hf::load_hf_configs;
 use gorae_formats::safetensors::SafetensorsModel;
@@ -15,20 +17,6 @@ use gorae_models::convert::{self, ConversionPlan, ConvertOptions, OutType};
 use gorae_models::{Logits, MlaMode, Model};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-fn model_dir(name: &str) -> PathBuf {
-    let root = std::env::var_os("GORAE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-    let d = root.join("fixtures").join(name);
-    assert!(
-        d.join("model.safetensors").exists(),
-        "{} is missing: run `python3 scripts/fetch_models.py` first",
-        d.display()
-    );
-    d
-}
 
 struct Hf {
     config: Value,
@@ -36,7 +24,7 @@ struct Hf {
 }
 
 fn open(name: &str) -> Hf {
-    let d = model_dir(name);
+    let d = common::fixture_dir(name);
     Hf {
         config: load_hf_configs(&d).unwrap().config,
         st: SafetensorsModel::open(&d).unwrap(),

@@ -14,6 +14,10 @@
 //! only the rope table route differs).
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
+mod common;
+
+use common::{argmax, ids};
+
 use gorae_formats::gguf::{GgufFile, MetaArray};
 use gorae_formats::safetensors::SafetensorsModel;
 use gorae_models::convert::{ConversionPlan, ConvertOptions, OutType};
@@ -33,24 +37,6 @@ fn dir(name: &str) -> PathBuf {
 
 fn json(path: PathBuf) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[derive(Clone, Copy, Debug)]
