@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
+mod common;
+
+use common::rel_diff;
+
 use gorae_formats::gguf::{GgufFile, GgufWriter};
 use gorae_formats::safetensors::SafetensorsModel;
 use gorae_kernels::GgmlType;
@@ -123,12 +127,7 @@ fn plan_matches_in_memory_converter_and_safetensors() {
         // And the safetensors logits.
         let a = logits(&Model::from_gguf(&gguf).unwrap());
         let b = logits(&Model::from_hf(&config, &st).unwrap());
-        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = a
-            .iter()
-            .zip(&b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-            / scale;
+        let d = rel_diff(&a, &b);
         println!("{arch}: plan F32 vs safetensors max rel diff {d:.2e}");
         assert!(d <= 1e-5, "{arch}: {d}");
 
@@ -178,12 +177,7 @@ fn llama3_rope_scaling_becomes_rope_freqs() {
     assert_eq!(gguf.get("llama.rope.scaling.type"), None);
     let a = logits(&Model::from_gguf(&gguf).unwrap());
     let b = logits(&Model::from_hf(&config, &st).unwrap());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = a
-        .iter()
-        .zip(&b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale;
+    let d = rel_diff(&a, &b);
     println!("llama3 rope: GGUF vs safetensors max rel diff {d:.2e}");
     assert!(d <= 1e-5, "{d}");
 }

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::rel_diff;
+
 use gorae_formats::gguf::{GgufFile, MetaValue};
 use gorae_formats::hf::load_hf_configs;
 use gorae_formats::safetensors::SafetensorsModel;
@@ -58,15 +60,6 @@ fn logits(model: &mut Model, mode: MlaMode) -> Vec<f32> {
 }
 
 /// max |a - b| / max |b|.
-fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
 fn meta_u32(f: &GgufFile, k: &str) -> Option<u64> {
     f.get(k).and_then(|v| v.as_u64())
 }

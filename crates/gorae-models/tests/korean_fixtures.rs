@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{argmax, ids};
+use common::{argmax, ids, rel_diff};
 
 use gorae_formats::gguf::{GgufFile, MetaArray};
 use gorae_formats::safetensors::SafetensorsModel;
@@ -203,12 +203,7 @@ fn converted_gguf_matches_safetensors_and_llama_cpp_layout() {
             let seq = ids(&p["input_ids"]);
             let a = rows(&from_gguf, &seq, 0, Mode::Prefill);
             let b = rows(&from_st, &seq, 0, Mode::Prefill);
-            let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = a
-                .iter()
-                .zip(&b)
-                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-                / scale;
+            let d = rel_diff(&a, &b);
             println!(
                 "{name:<12} {:<8} GGUF F32 vs safetensors: max rel |Δ| {d:.2e}",
                 p["name"]

@@ -3,6 +3,10 @@
 //! same logits, and whole-prompt prefill must equal token-by-token decode.
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
 
+mod common;
+
+use common::rel_diff;
+
 use gorae_formats::gguf::{GgufFile, GgufWriter};
 use gorae_formats::safetensors::SafetensorsModel;
 use gorae_kernels::GgmlType;
@@ -151,15 +155,6 @@ fn decode_logits(model: &Model) -> Vec<f32> {
 }
 
 /// max |a - b| / max |b|: relative to the logits' scale, so near-zero logits don't dominate.
-fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
 fn check_family(spec: Spec, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let config = build_hf(dir.path(), &spec, seed);
