@@ -10,6 +10,7 @@ use crate::matmul::{
     WeightRef, matmul_rows, quantize_activations, quantize_activations_into, quantized_bytes,
 };
 use crate::pool::{ThreadPool, split};
+use crate::quant::vec_dot_type;
 
 /// Rows per split unit: a multiple of every kernel's row group.
 const ROW_ALIGN: usize = 16;
@@ -144,6 +145,8 @@ pub const MAX_GROUP: usize = 64;
 struct GroupSlot {
     xq_at: usize,
     xq_len: usize,
+    /// False when an earlier item has the same activations in the same form: reuse its bytes.
+    quantize: bool,
     y: *mut f32,
     y_len: usize,
 }
@@ -183,12 +186,13 @@ pub fn matmul_par_group(
         [GroupSlot {
             xq_at: 0,
             xq_len: 0,
+            quantize: false,
             y: std::ptr::null_mut(),
             y_len: 0,
         }; MAX_GROUP],
     );
     let mut total = 0usize;
-    for (slot, it) in slots.0.iter_mut().zip(items.iter()) {
+    for (k, it) in items.iter().enumerate() {
         let want = it
             .n_tokens
             .checked_mul(it.w.n_rows)
@@ -203,9 +207,26 @@ pub fn matmul_par_group(
                 got: it.y.len(),
             });
         }
+        // Q/K/V, or gate/up, read the same activations: quantize them once.
+        let same_input = |j: &usize| {
+            let o = &items[*j];
+            std::ptr::eq(o.x, it.x)
+                && o.n_tokens == it.n_tokens
+                && o.w.n_cols == it.w.n_cols
+                && vec_dot_type(o.w.ty) == vec_dot_type(it.w.ty)
+        };
+        if let Some(j) = (0..k).find(same_input) {
+            slots.0[k] = GroupSlot {
+                quantize: false,
+                ..slots.0[j]
+            };
+            continue;
+        }
         let len = quantized_bytes(it.w.ty, it.n_tokens, it.w.n_cols)?;
+        let slot = &mut slots.0[k];
         slot.xq_at = total;
         slot.xq_len = len;
+        slot.quantize = true;
         total = total.checked_add(len).ok_or(KernelError::SizeOverflow {
             what: "matmul_par_group activations",
         })?;
@@ -214,8 +235,10 @@ pub fn matmul_par_group(
         scratch.resize(total, 0);
     }
     for (slot, it) in slots.0.iter_mut().zip(items.iter_mut()) {
-        let dst = &mut scratch[slot.xq_at..slot.xq_at + slot.xq_len];
-        quantize_activations_into(isa, it.w.ty, it.x, it.n_tokens, it.w.n_cols, dst)?;
+        if slot.quantize {
+            let dst = &mut scratch[slot.xq_at..slot.xq_at + slot.xq_len];
+            quantize_activations_into(isa, it.w.ty, it.x, it.n_tokens, it.w.n_cols, dst)?;
+        }
         slot.y = it.y.as_mut_ptr();
         slot.y_len = it.y.len();
     }
@@ -320,7 +343,8 @@ mod tests {
     }
 
     /// A group equals its items run one by one, bit for bit, whatever the mix of types, shapes
-    /// and token counts (one token, several, and past the row-split limit).
+    /// and token counts (one token, several, and past the row-split limit), also when two items
+    /// read the same activations (quantized once for both).
     #[test]
     fn group_equals_its_items_one_by_one() {
         let pool = ThreadPool::new(3);
@@ -330,7 +354,10 @@ mod tests {
             (GgmlType::Q4_K, 33, 256, 3),
             (GgmlType::F32, 18, 32, 5),
             (GgmlType::Q6_K, 64, 256, 2),
+            (GgmlType::Q5_0, 24, 64, 1),
         ];
+        // Which activations each item reads: the last shares the first's (both Q8_0 form).
+        let x_of = [0, 1, 2, 3, 4, 0];
         let mut weights = Vec::new();
         for (i, &(ty, n_rows, n_cols, _)) in shapes.iter().enumerate() {
             let vals: Vec<f32> = (0..n_rows * n_cols)
@@ -359,14 +386,14 @@ mod tests {
                     n_cols,
                 };
                 let mut y = vec![0.0; n * n_rows];
-                matmul_par(&pool, &w, &xs[k], n, &mut y, &mut Vec::new()).unwrap();
+                matmul_par(&pool, &w, &xs[x_of[k]], n, &mut y, &mut Vec::new()).unwrap();
                 want.push(y);
             }
             let mut got: Vec<Vec<f32>> = want.iter().map(|y| vec![f32::NAN; y.len()]).collect();
             let mut items: Vec<GroupItem<'_>> = shapes
                 .iter()
                 .zip(&weights)
-                .zip(&xs)
+                .zip(x_of.map(|i| &xs[i]))
                 .zip(got.iter_mut())
                 .map(|(((&(ty, n_rows, n_cols, nt), data), x), y)| GroupItem {
                     w: WeightRef {
