@@ -90,8 +90,10 @@ async fn client_disconnect_cancels_its_generation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_with_retry_after() {
+    // One slot, so a second request has to wait in the one-place queue.
     let s = start(|c| {
         c.n_ctx = Some(2048);
+        c.parallel = 1;
         c.queue_size = 1;
     })
     .await;
