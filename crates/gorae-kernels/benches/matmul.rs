@@ -92,6 +92,7 @@ fn bench(c: &mut Criterion) {
             }
             let data = weights(ty, n_rows, n_cols);
             let w = WeightRef {
+                layout: Default::default(),
                 ty,
                 data: &data,
                 n_rows,
@@ -154,6 +155,7 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     k = (k + 1) % copies;
                     let w = WeightRef {
+                        layout: Default::default(),
                         ty,
                         data: &big[k * one.len()..(k + 1) * one.len()],
                         n_rows,

@@ -15,6 +15,7 @@ pub mod attn;
 pub mod error;
 pub mod isa;
 pub mod matmul;
+pub mod packed;
 pub mod par;
 pub mod pool;
 pub mod quant;

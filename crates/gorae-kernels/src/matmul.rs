@@ -17,6 +17,7 @@
 
 use crate::arch::{self, Rows};
 use crate::isa::{Isa, detected_isa};
+use crate::packed::{self, BlockQ8P, Layout, Panels};
 use crate::quant::{self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use crate::quant::{reference as r, row_bytes, vec_dot_type};
@@ -32,6 +33,8 @@ pub struct WeightRef<'a> {
     pub data: &'a [u8],
     pub n_rows: usize,
     pub n_cols: usize,
+    /// ggml's row layout, or 16-row panels made at load ([`crate::packed`]).
+    pub layout: Layout,
 }
 
 /// Shape and size only: a derived `Debug` would print every byte of a possibly huge tensor.
@@ -42,25 +45,55 @@ impl std::fmt::Debug for WeightRef<'_> {
             .field("n_rows", &self.n_rows)
             .field("n_cols", &self.n_cols)
             .field("data_len", &self.data.len())
+            .field("layout", &self.layout)
             .finish()
     }
 }
 
-impl WeightRef<'_> {
-    /// Bytes per row, after checking the type is supported, `n_cols` is whole blocks and `data`
-    /// holds exactly `n_rows` rows.
+impl<'a> WeightRef<'a> {
+    /// A matrix in ggml's row layout.
+    pub fn rows(ty: GgmlType, data: &'a [u8], n_rows: usize, n_cols: usize) -> Self {
+        WeightRef {
+            ty,
+            data,
+            n_rows,
+            n_cols,
+            layout: Layout::Rows,
+        }
+    }
+
+    /// Bytes per row (in ggml's layout), after checking the type is supported, `n_cols` is
+    /// whole blocks and `data` holds exactly the `n_rows` rows in this layout.
     pub fn row_bytes(&self) -> Result<usize, KernelError> {
         if !self.ty.is_supported() {
             return Err(KernelError::UnsupportedType { ty: self.ty });
         }
         let row = row_bytes(self.ty, self.n_cols, "weight n_cols")?;
-        let total = row
-            .checked_mul(self.n_rows)
-            .ok_or(KernelError::SizeOverflow {
-                what: "weight data",
-            })?;
+        let total = packed::layout_bytes(self.ty, self.layout, self.n_rows, self.n_cols)?;
         check_len("weight data", "bytes", total, self.data.len())?;
         Ok(row)
+    }
+
+    /// Dequantizes row `r` into `out` (`[n_cols]`) from either layout; allocates nothing.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        let row = self.row_bytes()?;
+        match self.layout {
+            Layout::Rows => {
+                let src =
+                    self.data
+                        .get(r * row..(r + 1) * row)
+                        .ok_or(KernelError::LengthMismatch {
+                            what: "dequantize_row row",
+                            unit: "rows at most",
+                            expected: self.n_rows,
+                            got: r + 1,
+                        })?;
+                quant::dequantize_row(self.ty, src, out)
+            }
+            Layout::Panels => {
+                packed::dequantize_panel_row(self.ty, self.data, self.n_rows, self.n_cols, r, out)
+            }
+        }
     }
 }
 
@@ -125,7 +158,7 @@ pub fn matmul_with(
         mul(n_tokens, w.n_rows, "matmul y")?,
         y.len(),
     )?;
-    let xq = quantize_activations_with(isa, w.ty, x, n_tokens, w.n_cols, scratch)?;
+    let xq = quantize_activations_with(isa, w, x, n_tokens, scratch)?;
     matmul_rows_with(isa, w, xq, n_tokens, 0..w.n_rows, y)
 }
 
@@ -139,37 +172,54 @@ fn check_isa(isa: Isa) -> Result<(), KernelError> {
     }
 }
 
-/// Quantizes `x: [n_tokens, n_cols]` to `vec_dot_type(w_ty)`, one token row after another, into
-/// `scratch` (grown only when too small), and returns the quantized rows. For float weight types
-/// the activations are already in their dot-product form and `x`'s bytes are returned as they are.
+/// The form a weight's products take their activations in: its `vec_dot_type` (Q8_0, Q8_1,
+/// Q8_K; F32 for float weights), or [`BlockQ8P`] blocks for panel-layout weights. Products whose
+/// weights share a form can share one quantization of the same activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActForm {
+    Quant(GgmlType),
+    Panels,
+}
+
+impl ActForm {
+    pub fn of(w: &WeightRef) -> ActForm {
+        match w.layout {
+            Layout::Rows => ActForm::Quant(vec_dot_type(w.ty)),
+            Layout::Panels => ActForm::Panels,
+        }
+    }
+}
+
+/// Quantizes `x: [n_tokens, w.n_cols]` into `w`'s [`ActForm`], one token row after another,
+/// into `scratch` (grown only when too small), and returns the quantized rows. For float weight
+/// types the activations are already in their dot-product form and `x`'s bytes are returned as
+/// they are.
 pub fn quantize_activations<'s>(
-    w_ty: GgmlType,
+    w: &WeightRef,
     x: &'s [f32],
     n_tokens: usize,
-    n_cols: usize,
     scratch: &'s mut Vec<u8>,
 ) -> Result<&'s [u8], KernelError> {
-    quantize_activations_with(detected_isa(), w_ty, x, n_tokens, n_cols, scratch)
+    quantize_activations_with(detected_isa(), w, x, n_tokens, scratch)
 }
 
 /// [`quantize_activations`] on an explicit ISA; every variant writes the same bytes.
 pub fn quantize_activations_with<'s>(
     isa: Isa,
-    w_ty: GgmlType,
+    w: &WeightRef,
     x: &'s [f32],
     n_tokens: usize,
-    n_cols: usize,
     scratch: &'s mut Vec<u8>,
 ) -> Result<&'s [u8], KernelError> {
-    check_activations(isa, x, n_tokens, n_cols)?;
-    if vec_dot_type(w_ty) == GgmlType::F32 {
+    check_activations(isa, x, n_tokens, w.n_cols)?;
+    if ActForm::of(w) == ActForm::Quant(GgmlType::F32) {
         return Ok(bytemuck::cast_slice(x));
     }
-    let need = quantized_bytes(w_ty, n_tokens, n_cols)?;
+    let need = quantized_bytes(w, n_tokens)?;
     if scratch.len() < need {
         scratch.resize(need, 0);
     }
-    quantize_activations_into(isa, w_ty, x, n_tokens, n_cols, &mut scratch[..need])?;
+    quantize_activations_into(isa, w, x, n_tokens, &mut scratch[..need])?;
     Ok(&scratch[..need])
 }
 
@@ -189,47 +239,60 @@ fn check_activations(
     )
 }
 
-/// Bytes `[n_tokens, n_cols]` activations take in `vec_dot_type(w_ty)` (f32 for float weights).
-pub fn quantized_bytes(
-    w_ty: GgmlType,
-    n_tokens: usize,
-    n_cols: usize,
-) -> Result<usize, KernelError> {
-    let row = row_bytes(vec_dot_type(w_ty), n_cols, "activation n_cols")?;
-    mul(row, n_tokens, "quantized activations")
+/// Bytes of one token row of `w`'s activations in its [`ActForm`].
+fn act_row_bytes(w: &WeightRef) -> Result<usize, KernelError> {
+    match ActForm::of(w) {
+        ActForm::Quant(ty) => row_bytes(ty, w.n_cols, "activation n_cols"),
+        ActForm::Panels => {
+            row_bytes(GgmlType::Q8_0, w.n_cols, "activation n_cols")?;
+            Ok(packed::activation_row_bytes(w.n_cols))
+        }
+    }
+}
+
+/// Bytes `[n_tokens, w.n_cols]` activations take in `w`'s [`ActForm`].
+pub fn quantized_bytes(w: &WeightRef, n_tokens: usize) -> Result<usize, KernelError> {
+    mul(act_row_bytes(w)?, n_tokens, "quantized activations")
 }
 
 /// [`quantize_activations_with`] into `dst`, which must be exactly
-/// [`quantized_bytes`]`(w_ty, n_tokens, n_cols)` long; float weight types get `x`'s own bytes.
+/// [`quantized_bytes`]`(w, n_tokens)` long; float weight types get `x`'s own bytes.
 pub fn quantize_activations_into(
     isa: Isa,
-    w_ty: GgmlType,
+    w: &WeightRef,
     x: &[f32],
     n_tokens: usize,
-    n_cols: usize,
     dst: &mut [u8],
 ) -> Result<(), KernelError> {
+    let n_cols = w.n_cols;
     check_activations(isa, x, n_tokens, n_cols)?;
     check_len(
         "quantized activations",
         "bytes",
-        quantized_bytes(w_ty, n_tokens, n_cols)?,
+        quantized_bytes(w, n_tokens)?,
         dst.len(),
     )?;
-    let xq_ty = vec_dot_type(w_ty);
-    if xq_ty == GgmlType::F32 {
-        dst.copy_from_slice(bytemuck::cast_slice(x));
+    let row = act_row_bytes(w)?;
+    if row == 0 {
         return Ok(());
     }
-    let row = row_bytes(xq_ty, n_cols, "activation n_cols")?;
-    if row > 0 {
-        let simd = arch::quant_fn(isa, xq_ty);
-        for (xt, qt) in x.chunks_exact(n_cols).zip(dst.chunks_exact_mut(row)) {
-            match simd {
-                // SAFETY: `check_isa` above confirmed the CPU runs `isa`'s kernels; `qt` is
-                // exactly the row's bytes of `xq_ty` for `xt` (row_bytes checked n_cols).
-                Some(f) => unsafe { f(xt, qt) },
-                None => quant::quantize_row(xq_ty, xt, qt)?,
+    match ActForm::of(w) {
+        ActForm::Quant(GgmlType::F32) => dst.copy_from_slice(bytemuck::cast_slice(x)),
+        ActForm::Quant(xq_ty) => {
+            let simd = arch::quant_fn(isa, xq_ty);
+            for (xt, qt) in x.chunks_exact(n_cols).zip(dst.chunks_exact_mut(row)) {
+                match simd {
+                    // SAFETY: `check_isa` above confirmed the CPU runs `isa`'s kernels; `qt` is
+                    // exactly the row's bytes of `xq_ty` for `xt` (row_bytes checked n_cols).
+                    Some(f) => unsafe { f(xt, qt) },
+                    None => quant::quantize_row(xq_ty, xt, qt)?,
+                }
+            }
+        }
+        ActForm::Panels => {
+            let simd = arch::quant_fn(isa, GgmlType::Q8_1);
+            for (xt, qt) in x.chunks_exact(n_cols).zip(dst.chunks_exact_mut(row)) {
+                packed::quantize_row_q8p(simd, xt, qt)?;
             }
         }
     }
@@ -261,7 +324,7 @@ pub fn matmul_rows_with(
 ) -> Result<(), KernelError> {
     check_isa(isa)?;
     let w_row = w.row_bytes()?;
-    let x_row = row_bytes(vec_dot_type(w.ty), w.n_cols, "activation n_cols")?;
+    let x_row = act_row_bytes(w)?;
     if rows.start > rows.end || rows.end > w.n_rows {
         return Err(KernelError::LengthMismatch {
             what: "matmul_rows rows.end",
@@ -288,6 +351,9 @@ pub fn matmul_rows_with(
     if w.n_cols == 0 {
         y.fill(0.0);
         return Ok(());
+    }
+    if w.layout == Layout::Panels {
+        return panel_rows(isa, w, w_row, xq, n_tokens, rows, y);
     }
     let wd = &w.data[rows.start * w_row..rows.end * w_row];
     let tiled = arch::rows_tiled_fn(isa, w.ty).filter(|&(_, tt)| n_tokens >= tt);
@@ -340,6 +406,48 @@ pub fn matmul_rows_with(
         GgmlType::Q5_K => job.run::<BlockQ5K, BlockQ8K>(wd, w_row, xq, x_row, r::vec_dot_q5_k_q8_k),
         GgmlType::Q6_K => job.run::<BlockQ6K, BlockQ8K>(wd, w_row, xq, x_row, r::vec_dot_q6_k_q8_k),
         ty => Err(KernelError::UnsupportedType { ty }),
+    }
+}
+
+/// [`matmul_rows_with`] for a panel-layout weight: `rows` must start at a panel boundary and end
+/// at one or at `n_rows` (the thread split aligns to [`packed::PANEL`]).
+fn panel_rows(
+    isa: Isa,
+    w: &WeightRef,
+    w_row: usize,
+    xq: &[u8],
+    n_tokens: usize,
+    rows: Range<usize>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    const P: usize = packed::PANEL;
+    if !rows.start.is_multiple_of(P) || !(rows.end.is_multiple_of(P) || rows.end == w.n_rows) {
+        return Err(KernelError::LengthMismatch {
+            what: "matmul_rows on panels: rows.start (a multiple of 16 expected)",
+            unit: "rows",
+            expected: rows.start - rows.start % P,
+            got: rows.start,
+        });
+    }
+    let (p0, p1) = (rows.start / P, rows.end.div_ceil(P));
+    let job = Panels {
+        pw: &w.data[p0 * P * w_row..p1 * P * w_row],
+        nb: w.n_cols / 32,
+        n_panels: p1 - p0,
+        xq: arch::view::<BlockQ8P>(xq),
+        n_tokens,
+        ld: rows.len(),
+        n_valid: rows.len(),
+        y,
+    };
+    match arch::panels_fn(isa, w.ty) {
+        // SAFETY: `check_isa` (by the caller) confirmed the CPU runs `isa`'s kernels; the
+        // lengths are `Panels`' (weight bytes checked by `row_bytes`, `xq` and `y` by the caller).
+        Some(f) => {
+            unsafe { f(job) };
+            Ok(())
+        }
+        None => packed::panels_scalar(w.ty, job),
     }
 }
 
@@ -399,7 +507,7 @@ fn blocks<B: Pod>(bytes: &[u8]) -> Result<&[B], KernelError> {
 /// Decodes the whole matrix into `dst: [n_rows, n_cols]` f32 (for tests, debugging and
 /// load-time transforms; the forward pass never needs it).
 pub fn dequantize_matrix(w: &WeightRef, dst: &mut [f32]) -> Result<(), KernelError> {
-    let w_row = w.row_bytes()?;
+    w.row_bytes()?;
     check_len(
         "dequantize_matrix dst",
         "f32",
@@ -409,12 +517,8 @@ pub fn dequantize_matrix(w: &WeightRef, dst: &mut [f32]) -> Result<(), KernelErr
     if w.n_cols == 0 || w.n_rows == 0 {
         return Ok(());
     }
-    for (src, d) in w
-        .data
-        .chunks_exact(w_row)
-        .zip(dst.chunks_exact_mut(w.n_cols))
-    {
-        quant::dequantize_row(w.ty, src, d)?;
+    for (r, d) in dst.chunks_exact_mut(w.n_cols).enumerate() {
+        w.dequantize_row(r, d)?;
     }
     Ok(())
 }

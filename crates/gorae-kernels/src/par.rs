@@ -7,10 +7,10 @@
 
 use crate::error::KernelError;
 use crate::matmul::{
-    WeightRef, matmul_rows, quantize_activations, quantize_activations_into, quantized_bytes,
+    ActForm, WeightRef, matmul_rows, quantize_activations, quantize_activations_into,
+    quantized_bytes,
 };
 use crate::pool::{ThreadPool, split};
-use crate::quant::vec_dot_type;
 
 /// Rows per split unit: a multiple of every kernel's row group.
 const ROW_ALIGN: usize = 16;
@@ -89,7 +89,7 @@ pub fn matmul_par(
             got: y.len(),
         });
     }
-    let xq = quantize_activations(w.ty, x, n_tokens, w.n_cols, scratch)?;
+    let xq = quantize_activations(w, x, n_tokens, scratch)?;
     let nth = pool.n_threads();
     if nth == 1 || (n_tokens == 1 && w.n_rows < 2 * ROW_ALIGN) {
         return matmul_rows(w, xq, n_tokens, 0..w.n_rows, y);
@@ -213,7 +213,7 @@ pub fn matmul_par_group(
             std::ptr::eq(o.x, it.x)
                 && o.n_tokens == it.n_tokens
                 && o.w.n_cols == it.w.n_cols
-                && vec_dot_type(o.w.ty) == vec_dot_type(it.w.ty)
+                && ActForm::of(&o.w) == ActForm::of(&it.w)
         };
         if let Some(j) = (0..k).find(same_input) {
             slots.0[k] = GroupSlot {
@@ -222,7 +222,7 @@ pub fn matmul_par_group(
             };
             continue;
         }
-        let len = quantized_bytes(it.w.ty, it.n_tokens, it.w.n_cols)?;
+        let len = quantized_bytes(&it.w, it.n_tokens)?;
         let slot = &mut slots.0[k];
         slot.xq_at = total;
         slot.xq_len = len;
@@ -237,7 +237,7 @@ pub fn matmul_par_group(
     for (slot, it) in slots.0.iter_mut().zip(items.iter_mut()) {
         if slot.quantize {
             let dst = &mut scratch[slot.xq_at..slot.xq_at + slot.xq_len];
-            quantize_activations_into(isa, it.w.ty, it.x, it.n_tokens, it.w.n_cols, dst)?;
+            quantize_activations_into(isa, &it.w, it.x, it.n_tokens, dst)?;
         }
         slot.y = it.y.as_mut_ptr();
         slot.y_len = it.y.len();
@@ -320,6 +320,7 @@ mod tests {
             let mut data = vec![0u8; ty.bytes_for((n_rows * n_cols) as u64).unwrap() as usize];
             quantize_row(ty, &vals, &mut data).unwrap();
             let w = WeightRef {
+                layout: Default::default(),
                 ty,
                 data: &data,
                 n_rows,
@@ -380,6 +381,7 @@ mod tests {
             for (k, &(ty, n_rows, n_cols, nt)) in shapes.iter().enumerate() {
                 let n = nt * scale_tokens;
                 let w = WeightRef {
+                    layout: Default::default(),
                     ty,
                     data: &weights[k],
                     n_rows,
@@ -397,6 +399,7 @@ mod tests {
                 .zip(got.iter_mut())
                 .map(|(((&(ty, n_rows, n_cols, nt), data), x), y)| GroupItem {
                     w: WeightRef {
+                        layout: Default::default(),
                         ty,
                         data,
                         n_rows,
@@ -423,6 +426,7 @@ mod tests {
         let pool = ThreadPool::new(2);
         let data = vec![0u8; 4 * 32 * 4];
         let w = WeightRef {
+            layout: Default::default(),
             ty: GgmlType::F32,
             data: &data,
             n_rows: 4,

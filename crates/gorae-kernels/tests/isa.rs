@@ -70,13 +70,25 @@ fn activation_quantization_is_bit_exact() {
                 _ => GgmlType::Q4_K,
             };
             let mut s0 = Vec::new();
-            let want = quantize_activations_with(Isa::Scalar, w_ty, &x, n_tokens, n_cols, &mut s0)
-                .unwrap()
-                .to_vec();
+            let want = quantize_activations_with(
+                Isa::Scalar,
+                &WeightRef::rows(w_ty, &[], 0, n_cols),
+                &x,
+                n_tokens,
+                &mut s0,
+            )
+            .unwrap()
+            .to_vec();
             for &isa in &isas {
                 let mut s1 = vec![0x5au8; 3];
-                let got =
-                    quantize_activations_with(isa, w_ty, &x, n_tokens, n_cols, &mut s1).unwrap();
+                let got = quantize_activations_with(
+                    isa,
+                    &WeightRef::rows(w_ty, &[], 0, n_cols),
+                    &x,
+                    n_tokens,
+                    &mut s1,
+                )
+                .unwrap();
                 assert_eq!(got, &want[..], "{isa} {xq_ty} case {case}");
             }
         }
@@ -112,9 +124,15 @@ fn every_isa_matches_scalar_on_random_shapes() {
             }
             let x = gaussian(&mut rng, n_tokens * n_cols);
             let mut s = Vec::new();
-            let xq = quantize_activations_with(Isa::Scalar, ty, &x, n_tokens, n_cols, &mut s)
-                .unwrap()
-                .to_vec();
+            let xq = quantize_activations_with(
+                Isa::Scalar,
+                &WeightRef::rows(ty, &[], 0, n_cols),
+                &x,
+                n_tokens,
+                &mut s,
+            )
+            .unwrap()
+            .to_vec();
             let row_bytes = w.len() / n_rows;
 
             // A row sub-range too, so strips start at rows that are not multiples of 4.
@@ -122,6 +140,7 @@ fn every_isa_matches_scalar_on_random_shapes() {
             let rows = r0..n_rows;
             let reference = |isa: Isa, w: &[u8], xq: &[u8]| {
                 let wr = WeightRef {
+                    layout: Default::default(),
                     ty,
                     data: w,
                     n_rows,
@@ -193,6 +212,7 @@ fn whole_matmul_agrees_and_unavailable_isas_are_refused() {
             w.extend(quantize(ty, row));
         }
         let wr = WeightRef {
+            layout: Default::default(),
             ty,
             data: &w,
             n_rows,
@@ -220,6 +240,7 @@ fn whole_matmul_agrees_and_unavailable_isas_are_refused() {
             continue;
         }
         let wr = WeightRef {
+            layout: Default::default(),
             ty: GgmlType::F32,
             data: &[0; 4],
             n_rows: 1,
@@ -250,6 +271,7 @@ fn extreme_q8_0_weights_and_activations() {
         xq.extend((0..32).map(|i| if (i + b) % 2 == 0 { 0x81u8 } else { 0x7f }));
     }
     let wr = WeightRef {
+        layout: Default::default(),
         ty: GgmlType::Q8_0,
         data: &w,
         n_rows,
@@ -280,6 +302,7 @@ fn batched_equals_token_by_token_bit_for_bit() {
                 w.extend(quantize(ty, row));
             }
             let wr = WeightRef {
+                layout: Default::default(),
                 ty,
                 data: &w,
                 n_rows,

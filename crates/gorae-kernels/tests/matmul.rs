@@ -47,6 +47,7 @@ fn case(
 impl Case {
     fn weight(&self) -> WeightRef<'_> {
         WeightRef {
+            layout: Default::default(),
             ty: self.ty,
             data: &self.w,
             n_rows: self.n_rows,
@@ -140,7 +141,13 @@ fn row_ranges_compose_into_the_full_product() {
             matmul(&w, &c.x, n_tokens, &mut y, &mut scratch).unwrap();
 
             let mut scratch2 = Vec::new();
-            let xq = quantize_activations(ty, &c.x, n_tokens, n_cols, &mut scratch2).unwrap();
+            let xq = quantize_activations(
+                &WeightRef::rows(ty, &[], 0, n_cols),
+                &c.x,
+                n_tokens,
+                &mut scratch2,
+            )
+            .unwrap();
             for rows in [0..5, 5..6, 6..13, 4..4] {
                 let mut part = vec![0.0f32; n_tokens * rows.len()];
                 matmul_rows(&w, xq, n_tokens, rows.clone(), &mut part).unwrap();
@@ -193,6 +200,7 @@ fn bad_shapes_are_errors() {
         Err(KernelError::LengthMismatch { .. })
     ));
     let short = WeightRef {
+        layout: Default::default(),
         data: &c.w[..c.w.len() - 1],
         ..w
     };
@@ -201,6 +209,7 @@ fn bad_shapes_are_errors() {
         Err(KernelError::LengthMismatch { .. })
     ));
     let ragged = WeightRef {
+        layout: Default::default(),
         n_cols: 48,
         n_rows: 6,
         ..w
@@ -210,6 +219,7 @@ fn bad_shapes_are_errors() {
         Err(KernelError::NotWholeBlocks { .. })
     ));
     let iq = WeightRef {
+        layout: Default::default(),
         ty: GgmlType::IQ4_NL,
         ..w
     };
@@ -218,6 +228,7 @@ fn bad_shapes_are_errors() {
         Err(KernelError::UnsupportedType { .. })
     ));
     let huge = WeightRef {
+        layout: Default::default(),
         n_rows: usize::MAX,
         ..w
     };

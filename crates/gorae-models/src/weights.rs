@@ -12,7 +12,9 @@ use crate::names::TensorKey;
 use gorae_formats::gguf::GgufFile;
 use gorae_formats::safetensors::{SafetensorsModel, StDtype};
 use gorae_kernels::GgmlType;
+use gorae_kernels::isa::detected_isa;
 use gorae_kernels::matmul::WeightRef;
+use gorae_kernels::packed::{Layout, layout_for, pack};
 use gorae_kernels::par::{GroupItem, matmul_par, matmul_par_group};
 use gorae_kernels::pool;
 use gorae_kernels::quant::dequantize_row;
@@ -152,11 +154,14 @@ fn require<'a>(src: &'a dyn WeightSource, key: TensorKey) -> Result<RawTensor<'a
     src.raw(key)?.ok_or(ModelError::MissingTensor(key))
 }
 
-/// A weight matrix `[n_rows, n_cols]` in its stored type.
+/// A weight matrix `[n_rows, n_cols]` in its stored type, in the layout the kernels of this CPU
+/// want (ggml's rows, or 16-row panels for Q4_0/Q4_1/Q8_0 where a panel kernel exists: repacked
+/// once here, at load).
 pub struct QMatrix {
     pub ty: GgmlType,
     pub n_rows: usize,
     pub n_cols: usize,
+    layout: Layout,
     data: Vec<u8>,
 }
 
@@ -200,27 +205,40 @@ impl QMatrix {
                 got: t.shape,
             });
         }
+        Self::laid_out(t.ty, n_rows, n_cols, t.data)
+    }
+
+    /// The matrix in the layout this CPU's kernels want: ggml's rows are kept (copied out of a
+    /// mapping), panel types are repacked straight from the source bytes.
+    fn laid_out(ty: GgmlType, n_rows: usize, n_cols: usize, data: Cow<'_, [u8]>) -> Result<Self> {
+        let layout = layout_for(detected_isa(), ty);
+        let data = match layout {
+            Layout::Rows => data.into_owned(),
+            Layout::Panels => pack(ty, n_rows, n_cols, &data)?,
+        };
         Ok(QMatrix {
-            ty: t.ty,
+            ty,
             n_rows,
             n_cols,
-            data: t.data.into_owned(),
+            layout,
+            data,
         })
     }
 
     /// A matrix made at load (a transform of other weights); `data` must hold exactly
     /// `n_rows` rows of `ty.bytes_for(n_cols)` bytes (the callers build it so).
-    pub(crate) fn from_bytes(ty: GgmlType, n_rows: usize, n_cols: usize, data: Vec<u8>) -> Self {
-        QMatrix {
-            ty,
-            n_rows,
-            n_cols,
-            data,
-        }
+    pub(crate) fn from_bytes(
+        ty: GgmlType,
+        n_rows: usize,
+        n_cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self> {
+        Self::laid_out(ty, n_rows, n_cols, Cow::Owned(data))
     }
 
     pub fn as_ref(&self) -> WeightRef<'_> {
         WeightRef {
+            layout: self.layout,
             ty: self.ty,
             data: &self.data,
             n_rows: self.n_rows,
@@ -257,9 +275,7 @@ impl QMatrix {
 
     /// Dequantizes row `r` into `out` (`[n_cols]`), e.g. a token's embedding.
     pub fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
-        let rb = self.data.len() / self.n_rows.max(1);
-        let bytes = self.data.get(r * rb..(r + 1) * rb).unwrap_or(&[]);
-        dequantize_row(self.ty, bytes, out)?;
+        self.as_ref().dequantize_row(r, out)?;
         Ok(())
     }
 
@@ -310,6 +326,7 @@ pub fn matmul_group(items: &mut [GroupItem<'_>], scratch: &mut Vec<u8>) -> Resul
 pub fn empty_group_item<'a>() -> GroupItem<'a> {
     GroupItem {
         w: WeightRef {
+            layout: Default::default(),
             ty: GgmlType::F32,
             data: &[],
             n_rows: 0,

@@ -29,6 +29,8 @@
 mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_panels;
 
 use crate::{GgmlType, Isa};
 
@@ -54,6 +56,19 @@ pub(crate) type RowsFn = unsafe fn(Rows<'_>);
 /// An activation quantizer for one token row: `src` f32 into `dst` (exactly the row's bytes of
 /// the target type). `unsafe` for the same reason as [`RowsFn`].
 pub(crate) type QuantFn = unsafe fn(&[f32], &mut [u8]);
+
+/// A panel-layout kernel ([`crate::packed`]); `unsafe` for the same reason as [`RowsFn`].
+pub(crate) type PanelsFn = unsafe fn(crate::packed::Panels<'_>);
+
+/// The SIMD panel kernel for `ty` on `isa`, or `None` where weights stay in ggml's layout.
+#[allow(unused_variables)]
+pub(crate) fn panels_fn(isa: Isa, ty: GgmlType) -> Option<PanelsFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86_panels::panels_fn(ty),
+        _ => None,
+    }
+}
 
 /// Tokens per tile (see the module docs).
 pub(crate) const TOKEN_TILE: usize = 8;

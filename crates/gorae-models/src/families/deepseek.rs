@@ -159,7 +159,7 @@ fn derived_matrix(values: &[f32], rows: usize, cols: usize, source: GgmlType) ->
             .ok_or_else(|| crate::error::bad_config("kv_b", "size overflow"))? as usize;
     let mut bytes = vec![0u8; n_bytes];
     quantize_row(ty, values, &mut bytes)?;
-    Ok(QMatrix::from_bytes(ty, rows, cols, bytes))
+    QMatrix::from_bytes(ty, rows, cols, bytes)
 }
 
 fn load_mlp(

@@ -1,0 +1,186 @@
+//! Panel-layout weights (`gorae_kernels::packed`): packing loses nothing, and every ISA's panel
+//! product equals the scalar reference `vec_dot` on the plain rows **bit for bit** (the panel
+//! kernels keep the reference's per-block arithmetic, see the module docs), for any number of
+//! tokens, on row counts that leave a padded partial panel, and on the thread-split row ranges.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a test failure with a backtrace
+
+mod common;
+
+use common::*;
+use gorae_kernels::matmul::{WeightRef, matmul_rows_with, matmul_with, quantize_activations_with};
+use gorae_kernels::packed::{self, Layout, PANEL};
+use gorae_kernels::par::matmul_par;
+use gorae_kernels::pool::ThreadPool;
+use gorae_kernels::{GgmlType, Isa, available_isas, vec_dot};
+use rand::Rng;
+
+const PANEL_TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
+
+/// A random `[n_rows, n_cols]` matrix of `ty` in ggml's layout. For Q8_0 a few quants are set
+/// to -128, which ggml's quantizer never writes but a file may hold (the stored `q ^ 0x80` must
+/// still be exact).
+fn random_matrix(
+    rng: &mut rand::rngs::StdRng,
+    ty: GgmlType,
+    n_rows: usize,
+    n_cols: usize,
+) -> Vec<u8> {
+    let vals: Vec<f32> = gaussian(rng, n_rows * n_cols)
+        .iter()
+        .map(|v| v * 0.4 + 0.03)
+        .collect();
+    let mut w = Vec::new();
+    for row in vals.chunks_exact(n_cols) {
+        w.extend(quantize(ty, row));
+    }
+    if ty == GgmlType::Q8_0 {
+        // Byte 2 of a block is its first quant.
+        for b in (0..w.len() / 34).step_by(5) {
+            w[b * 34 + 2 + b % 32] = 0x80;
+        }
+    }
+    w
+}
+
+#[test]
+fn packing_keeps_every_value() {
+    let mut rng = rng(7);
+    for ty in PANEL_TYPES {
+        for n_rows in [1, 15, 16, 17, 40] {
+            let n_cols = 32 * rng.random_range(1..6);
+            let w = random_matrix(&mut rng, ty, n_rows, n_cols);
+            let p = packed::pack(ty, n_rows, n_cols, &w).unwrap();
+            assert_eq!(
+                p.len(),
+                n_rows.div_ceil(PANEL) * PANEL * w.len() / n_rows,
+                "{ty}: whole panels"
+            );
+            let plain = dequantize(ty, &w, n_rows * n_cols);
+            let pw = WeightRef {
+                ty,
+                data: &p,
+                n_rows,
+                n_cols,
+                layout: Layout::Panels,
+            };
+            let mut row = vec![0.0; n_cols];
+            for r in 0..n_rows {
+                pw.dequantize_row(r, &mut row).unwrap();
+                assert_eq!(row, plain[r * n_cols..(r + 1) * n_cols], "{ty} row {r}");
+            }
+            assert!(pw.dequantize_row(n_rows, &mut row).is_err());
+        }
+    }
+}
+
+#[test]
+fn panel_products_equal_the_reference_bit_for_bit() {
+    let isas = available_isas();
+    let mut rng = rng(8);
+    let mut ran = std::collections::BTreeSet::new();
+    for ty in PANEL_TYPES {
+        for case in 0..12 {
+            let n_rows = [5, 16, 33, 48, 70, 100][case % 6];
+            let n_cols = 32 * rng.random_range(1..9);
+            let n_tokens = [1, 2, 3, 9, 17, 33][case % 6];
+            let w = random_matrix(&mut rng, ty, n_rows, n_cols);
+            let row_bytes = w.len() / n_rows;
+            let p = packed::pack(ty, n_rows, n_cols, &w).unwrap();
+            let pw = WeightRef {
+                ty,
+                data: &p,
+                n_rows,
+                n_cols,
+                layout: Layout::Panels,
+            };
+            let x: Vec<f32> = gaussian(&mut rng, n_tokens * n_cols);
+            // The reference: plain rows against activations in the weight's vec_dot_type.
+            let plain = WeightRef::rows(ty, &w, n_rows, n_cols);
+            let mut s = Vec::new();
+            let xq = quantize_activations_with(Isa::Scalar, &plain, &x, n_tokens, &mut s)
+                .unwrap()
+                .to_vec();
+            let x_row = xq.len() / n_tokens;
+            let want: Vec<f32> = (0..n_tokens)
+                .flat_map(|t| {
+                    let xt = &xq[t * x_row..(t + 1) * x_row];
+                    (0..n_rows)
+                        .map(|r| vec_dot(ty, n_cols, &w[r * row_bytes..(r + 1) * row_bytes], xt))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for &isa in &isas {
+                let mut y = vec![f32::NAN; n_tokens * n_rows];
+                matmul_with(isa, &pw, &x, n_tokens, &mut y, &mut Vec::new()).unwrap();
+                assert_eq!(
+                    y, want,
+                    "{isa} {ty} rows {n_rows} cols {n_cols} tokens {n_tokens}"
+                );
+                // A range starting at the second panel, as a thread's share.
+                if n_rows > PANEL {
+                    let mut sq = Vec::new();
+                    let pq = quantize_activations_with(isa, &pw, &x, n_tokens, &mut sq).unwrap();
+                    let rows = PANEL..n_rows;
+                    let mut part = vec![f32::NAN; n_tokens * rows.len()];
+                    matmul_rows_with(isa, &pw, pq, n_tokens, rows.clone(), &mut part).unwrap();
+                    for t in 0..n_tokens {
+                        assert_eq!(
+                            part[t * rows.len()..(t + 1) * rows.len()],
+                            want[t * n_rows + rows.start..t * n_rows + rows.end],
+                            "{isa} {ty} sub-range token {t}"
+                        );
+                    }
+                    // Ranges must start at a panel boundary.
+                    let mut bad = vec![0.0; n_tokens * (n_rows - 1)];
+                    assert!(matmul_rows_with(isa, &pw, pq, n_tokens, 1..n_rows, &mut bad).is_err());
+                }
+                ran.insert(isa.name());
+            }
+        }
+    }
+    eprintln!("panel kernels checked: {ran:?}");
+}
+
+#[test]
+fn panel_products_split_over_threads_equal_one_thread() {
+    let mut rng = rng(9);
+    let pool = ThreadPool::new(3);
+    for ty in PANEL_TYPES {
+        let (n_rows, n_cols) = (83, 256);
+        let w = random_matrix(&mut rng, ty, n_rows, n_cols);
+        let p = packed::pack(ty, n_rows, n_cols, &w).unwrap();
+        let pw = WeightRef {
+            ty,
+            data: &p,
+            n_rows,
+            n_cols,
+            layout: Layout::Panels,
+        };
+        // 1: decode rows; 5, 32: row split; 40: token split.
+        for n_tokens in [1, 5, 32, 40] {
+            let x = gaussian(&mut rng, n_tokens * n_cols);
+            let mut want = vec![0.0; n_tokens * n_rows];
+            gorae_kernels::matmul(&pw, &x, n_tokens, &mut want, &mut Vec::new()).unwrap();
+            let mut got = vec![f32::NAN; n_tokens * n_rows];
+            matmul_par(&pool, &pw, &x, n_tokens, &mut got, &mut Vec::new()).unwrap();
+            assert_eq!(got, want, "{ty} tokens {n_tokens}");
+        }
+    }
+}
+
+#[test]
+fn wrong_sizes_are_errors_not_panics() {
+    let w = vec![0u8; 34 * 20];
+    assert!(packed::pack(GgmlType::Q8_0, 20, 32, &w[..34 * 19]).is_err());
+    assert!(packed::pack(GgmlType::Q4_K, 1, 256, &[0; 144]).is_err());
+    let p = packed::pack(GgmlType::Q8_0, 20, 32, &w).unwrap();
+    let short = WeightRef {
+        ty: GgmlType::Q8_0,
+        data: &p[..p.len() - 1],
+        n_rows: 20,
+        n_cols: 32,
+        layout: Layout::Panels,
+    };
+    let mut y = vec![0.0; 20];
+    assert!(gorae_kernels::matmul(&short, &[0.0; 32], 1, &mut y, &mut Vec::new()).is_err());
+}
