@@ -17,7 +17,7 @@
 
 use crate::arch::{self, Rows};
 use crate::isa::{Isa, detected_isa};
-use crate::packed::{self, BlockQ8P, Layout, Panels};
+use crate::packed::{self, Layout, Panels};
 use crate::quant::{self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use crate::quant::{reference as r, row_bytes, vec_dot_type};
@@ -173,7 +173,8 @@ fn check_isa(isa: Isa) -> Result<(), KernelError> {
 }
 
 /// The form a weight's products take their activations in: its `vec_dot_type` (Q8_0, Q8_1,
-/// Q8_K; F32 for float weights), or [`BlockQ8P`] blocks for panel-layout weights. Products whose
+/// Q8_K; F32 for float weights), or [`packed::BlockQ8P`] blocks for panel-layout weights of
+/// the 32-element types. Products whose
 /// weights share a form can share one quantization of the same activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ActForm {
@@ -184,8 +185,9 @@ pub enum ActForm {
 impl ActForm {
     pub fn of(w: &WeightRef) -> ActForm {
         match w.layout {
-            Layout::Rows => ActForm::Quant(vec_dot_type(w.ty)),
-            Layout::Panels => ActForm::Panels,
+            // The K-quants' panel kernels read plain Q8_K blocks.
+            Layout::Panels if w.ty.block_size() == 32 => ActForm::Panels,
+            _ => ActForm::Quant(vec_dot_type(w.ty)),
         }
     }
 }
@@ -353,7 +355,7 @@ pub fn matmul_rows_with(
         return Ok(());
     }
     if w.layout == Layout::Panels {
-        return panel_rows(isa, w, w_row, xq, n_tokens, rows, y);
+        return panel_rows(isa, w, xq, n_tokens, rows, y);
     }
     let wd = &w.data[rows.start * w_row..rows.end * w_row];
     let tiled = arch::rows_tiled_fn(isa, w.ty).filter(|&(_, tt)| n_tokens >= tt);
@@ -414,7 +416,6 @@ pub fn matmul_rows_with(
 fn panel_rows(
     isa: Isa,
     w: &WeightRef,
-    w_row: usize,
     xq: &[u8],
     n_tokens: usize,
     rows: Range<usize>,
@@ -430,11 +431,12 @@ fn panel_rows(
         });
     }
     let (p0, p1) = (rows.start / P, rows.end.div_ceil(P));
+    let panel_bytes = w.data.len() / w.n_rows.div_ceil(P);
     let job = Panels {
-        pw: &w.data[p0 * P * w_row..p1 * P * w_row],
-        nb: w.n_cols / 32,
+        pw: &w.data[p0 * panel_bytes..p1 * panel_bytes],
+        nb: w.n_cols / w.ty.block_size(),
         n_panels: p1 - p0,
-        xq: arch::view::<BlockQ8P>(xq),
+        xq,
         n_tokens,
         ld: rows.len(),
         n_valid: rows.len(),

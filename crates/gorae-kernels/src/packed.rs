@@ -33,7 +33,9 @@
 
 use crate::error::KernelError;
 use crate::isa::Isa;
-use crate::quant::{self, BlockQ8_1, F16Le};
+use crate::quant::q4_k::{pack_scales_k4, unpack_scales_k4};
+use crate::quant::q6_k::{pack_q6_k, unpack_q6_k};
+use crate::quant::{self, BlockQ6K, BlockQ8_1, F16Le};
 use crate::types::GgmlType;
 use bytemuck::{Pod, Zeroable};
 use std::sync::OnceLock;
@@ -77,15 +79,14 @@ impl BlockQ8P {
     }
 }
 
-/// The byte layout of one type's plain block and panel block.
+/// The byte layout of a 32-element type's plain block and panel block (the panel block is a
+/// permutation of 16 plain blocks' bytes, quants XORed with `flip`).
 #[derive(Clone, Copy)]
 struct Format {
     /// Bytes of one plain block.
     block: usize,
     /// f16 fields at the start of the plain block (`d`, then `m` for Q4_1).
     n_fields: usize,
-    /// Quant bytes per plain block, after the fields.
-    n_qs: usize,
     /// XORed into every stored quant byte.
     flip: u8,
 }
@@ -96,28 +97,20 @@ impl Format {
             GgmlType::Q8_0 => Format {
                 block: 34,
                 n_fields: 1,
-                n_qs: 32,
                 flip: 0x80,
             },
             GgmlType::Q4_0 => Format {
                 block: 18,
                 n_fields: 1,
-                n_qs: 16,
                 flip: 0,
             },
             GgmlType::Q4_1 => Format {
                 block: 20,
                 n_fields: 2,
-                n_qs: 16,
                 flip: 0,
             },
             _ => return None,
         })
-    }
-
-    /// Bytes of one panel block (16 plain blocks).
-    fn panel_block(self) -> usize {
-        PANEL * self.block
     }
 
     /// Where row `i`'s byte `k` of plain block (field bytes first, then quants) lives in the
@@ -138,9 +131,138 @@ impl Format {
     }
 }
 
+// Q4_K panel super-block (2368 bytes for 16 x 144: the 6-bit scales and mins are stored
+// unpacked, one byte each, so the kernel never decodes ggml's 12-byte packing):
+//
+//   0..32       d[16]     f16
+//   32..64      dmin[16]  f16
+//   64..192     sc[8][16] u8, sub-block s of row i at 64 + 16 s + i
+//   192..320    m[4][16][2] u8, mins (2q, 2q + 1) of row i at 192 + 32 q + 2 i (+ 1): widened
+//               to i16, lane i holds the pair `vpdpwssd` multiplies by two sub-block sums
+//   320..2368   qs: pair p of sub-blocks (2p low nibbles, 2p + 1 high), group g: row i's quant
+//               bytes 32 p + 4 g .. + 4 at 320 + 512 p + 64 g + 4 i
+const Q4K_SC: usize = 64;
+const Q4K_M: usize = 192;
+const Q4K_QS: usize = 320;
+const Q4K_PANEL: usize = 2368;
+
+// Q6_K panel super-block (3360 bytes = 16 x 210). Element group G (elements 4G..4G+4) of a row:
+// its low 4 bits are the low nibbles of ql dword G (G < 32) or the high nibbles of ql dword
+// G - 32; its high 2 bits are bits 2f..2f+2 of qh dword G % 16, f = G / 16. Unpacking one qh
+// vector and two ql vectors therefore yields groups h, h + 16, h + 32 and h + 48.
+//
+//   0..32        d[16]       f16
+//   32..288      sc[16][16]  i8, sub-block s of row i at 32 + 16 s + i
+//   288..2336    ql: dword k of row i at 288 + 64 k + 4 i
+//   2336..3360   qh: dword h of row i at 2336 + 64 h + 4 i
+const Q6K_SC: usize = 32;
+const Q6K_QL: usize = 288;
+const Q6K_QH: usize = 2336;
+const Q6K_PANEL: usize = 3360;
+
+/// Elements per block of a panel type.
+fn block_elems(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q4_K | GgmlType::Q6_K => 256,
+        _ => 32,
+    }
+}
+
+/// Bytes of one plain block and of one panel block (16 rows) of `ty`.
+fn block_bytes(ty: GgmlType) -> Option<(usize, usize)> {
+    Some(match ty {
+        GgmlType::Q4_K => (144, Q4K_PANEL),
+        GgmlType::Q6_K => (210, Q6K_PANEL),
+        _ => {
+            let f = Format::of(ty)?;
+            (f.block, PANEL * f.block)
+        }
+    })
+}
+
+/// Writes row `i`'s plain block `src` into its place in the panel block `dst`.
+fn pack_block(ty: GgmlType, i: usize, src: &[u8], dst: &mut [u8]) {
+    match ty {
+        GgmlType::Q4_K => {
+            dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
+            dst[32 + 2 * i..32 + 2 * i + 2].copy_from_slice(&src[2..4]);
+            let mut packed = [0u8; 12];
+            packed.copy_from_slice(&src[4..16]);
+            let (sc, m) = unpack_scales_k4(&packed);
+            for s in 0..8 {
+                dst[Q4K_SC + 16 * s + i] = sc[s];
+                dst[Q4K_M + 32 * (s / 2) + 2 * i + s % 2] = m[s];
+            }
+            for (k, &q) in src[16..144].iter().enumerate() {
+                let (p, g, j) = (k / 32, (k % 32) / 4, k % 4);
+                dst[Q4K_QS + 512 * p + 64 * g + 4 * i + j] = q;
+            }
+        }
+        GgmlType::Q6_K => {
+            let b: BlockQ6K = bytemuck::pod_read_unaligned(src);
+            dst[2 * i..2 * i + 2].copy_from_slice(&b.d.0);
+            for (s, &sc) in b.scales.iter().enumerate() {
+                dst[Q6K_SC + 16 * s + i] = sc as u8;
+            }
+            for (e, &q) in unpack_q6_k(&b).iter().enumerate() {
+                let u = (q + 32) as u8;
+                let (g, j) = (e / 4, e % 4);
+                let (k, shift) = if g < 32 { (g, 0) } else { (g - 32, 4) };
+                dst[Q6K_QL + 64 * k + 4 * i + j] |= (u & 0x0f) << shift;
+                dst[Q6K_QH + 64 * (g % 16) + 4 * i + j] |= (u >> 4) << (2 * (g / 16));
+            }
+        }
+        _ => {
+            if let Some(f) = Format::of(ty) {
+                for (k, &v) in src.iter().enumerate() {
+                    dst[f.at(i, k)] = if f.is_quant(k) { v ^ f.flip } else { v };
+                }
+            }
+        }
+    }
+}
+
+/// Rebuilds row `i`'s plain block `dst` from the panel block `src` (inverse of [`pack_block`]).
+fn unpack_block(ty: GgmlType, i: usize, src: &[u8], dst: &mut [u8]) {
+    match ty {
+        GgmlType::Q4_K => {
+            dst[0..2].copy_from_slice(&src[2 * i..2 * i + 2]);
+            dst[2..4].copy_from_slice(&src[32 + 2 * i..32 + 2 * i + 2]);
+            let sc: [u8; 8] = core::array::from_fn(|s| src[Q4K_SC + 16 * s + i]);
+            let m: [u8; 8] = core::array::from_fn(|s| src[Q4K_M + 32 * (s / 2) + 2 * i + s % 2]);
+            dst[4..16].copy_from_slice(&pack_scales_k4(&sc, &m));
+            for k in 0..128 {
+                let (p, g, j) = (k / 32, (k % 32) / 4, k % 4);
+                dst[16 + k] = src[Q4K_QS + 512 * p + 64 * g + 4 * i + j];
+            }
+        }
+        GgmlType::Q6_K => {
+            let mut u = [0u8; 256];
+            for (e, u) in u.iter_mut().enumerate() {
+                let (g, j) = (e / 4, e % 4);
+                let (k, shift) = if g < 32 { (g, 0) } else { (g - 32, 4) };
+                let lo = (src[Q6K_QL + 64 * k + 4 * i + j] >> shift) & 0x0f;
+                let hi = (src[Q6K_QH + 64 * (g % 16) + 4 * i + j] >> (2 * (g / 16))) & 3;
+                *u = lo | (hi << 4);
+            }
+            let scales: [i8; 16] = core::array::from_fn(|s| src[Q6K_SC + 16 * s + i] as i8);
+            let b = pack_q6_k(&u, scales, F16Le([src[2 * i], src[2 * i + 1]]));
+            dst.copy_from_slice(bytemuck::bytes_of(&b));
+        }
+        _ => {
+            if let Some(f) = Format::of(ty) {
+                for (k, v) in dst.iter_mut().enumerate() {
+                    let s = src[f.at(i, k)];
+                    *v = if f.is_quant(k) { s ^ f.flip } else { s };
+                }
+            }
+        }
+    }
+}
+
 /// Whether `ty` has a panel layout.
 pub fn has_panels(ty: GgmlType) -> bool {
-    Format::of(ty).is_some()
+    block_bytes(ty).is_some()
 }
 
 /// The layout the loader should give a `ty` matrix when the kernels run on `isa`: panels where a
@@ -163,16 +285,19 @@ pub fn layout_bytes(
     n_cols: usize,
 ) -> Result<usize, KernelError> {
     let row = quant::row_bytes(ty, n_cols, "weight n_cols")?;
-    let rows = match layout {
-        Layout::Rows => n_rows,
-        Layout::Panels => {
-            Format::of(ty).ok_or(KernelError::UnsupportedType { ty })?;
-            n_rows.div_ceil(PANEL) * PANEL
-        }
-    };
-    row.checked_mul(rows).ok_or(KernelError::SizeOverflow {
+    let overflow = KernelError::SizeOverflow {
         what: "weight data",
-    })
+    };
+    match layout {
+        Layout::Rows => row.checked_mul(n_rows).ok_or(overflow),
+        Layout::Panels => {
+            let (_, pb) = block_bytes(ty).ok_or(KernelError::UnsupportedType { ty })?;
+            (n_cols / block_elems(ty))
+                .checked_mul(pb)
+                .and_then(|p| p.checked_mul(n_rows.div_ceil(PANEL)))
+                .ok_or(overflow)
+        }
+    }
 }
 
 /// Repacks `data` (`[n_rows, n_cols]` of `ty` in ggml's row layout) into panels.
@@ -182,7 +307,7 @@ pub fn pack(
     n_cols: usize,
     data: &[u8],
 ) -> Result<Vec<u8>, KernelError> {
-    let f = Format::of(ty).ok_or(KernelError::UnsupportedType { ty })?;
+    let (bb, pb) = block_bytes(ty).ok_or(KernelError::UnsupportedType { ty })?;
     let row = quant::row_bytes(ty, n_cols, "weight n_cols")?;
     check(
         "pack data",
@@ -190,26 +315,22 @@ pub fn pack(
         data.len(),
     )?;
     let mut out = vec![0u8; layout_bytes(ty, Layout::Panels, n_rows, n_cols)?];
-    let nb = n_cols / 32;
-    let pb = f.panel_block();
+    let nb = n_cols / block_elems(ty);
     if nb == 0 {
         return Ok(out);
     }
+    // Padding rows are packed from an all-zero block (zero scales: they compute zeros).
+    let zero = [0u8; 210];
     for (p, panel) in out.chunks_exact_mut(nb * pb).enumerate() {
         for (b, dst) in panel.chunks_exact_mut(pb).enumerate() {
             for i in 0..PANEL {
                 let r = p * PANEL + i;
-                if r >= n_rows {
-                    // Padding rows: zero scales and quants; Q8_0's stored zero is 0x80.
-                    for k in 0..f.block {
-                        dst[f.at(i, k)] = if f.is_quant(k) { f.flip } else { 0 };
-                    }
-                    continue;
-                }
-                let src = &data[r * row + b * f.block..r * row + (b + 1) * f.block];
-                for (k, &v) in src.iter().enumerate() {
-                    dst[f.at(i, k)] = if f.is_quant(k) { v ^ f.flip } else { v };
-                }
+                let src = if r < n_rows {
+                    &data[r * row + b * bb..r * row + (b + 1) * bb]
+                } else {
+                    &zero[..bb]
+                };
+                pack_block(ty, i, src, dst);
             }
         }
     }
@@ -226,7 +347,7 @@ pub fn dequantize_panel_row(
     r: usize,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let f = Format::of(ty).ok_or(KernelError::UnsupportedType { ty })?;
+    let (bb, pb) = block_bytes(ty).ok_or(KernelError::UnsupportedType { ty })?;
     check(
         "panel data",
         layout_bytes(ty, Layout::Panels, n_rows, n_cols)?,
@@ -241,17 +362,17 @@ pub fn dequantize_panel_row(
             got: r + 1,
         });
     }
-    let nb = n_cols / 32;
+    let (ne, nb) = (block_elems(ty), n_cols / block_elems(ty));
     let (p, i) = (r / PANEL, r % PANEL);
-    let pb = f.panel_block();
-    let mut block = [0u8; 34];
-    let block = &mut block[..f.block];
-    for (b, o) in out.chunks_exact_mut(32).enumerate() {
-        let src = &data[(p * nb + b) * pb..(p * nb + b + 1) * pb];
-        for (k, v) in block.iter_mut().enumerate() {
-            let s = src[f.at(i, k)];
-            *v = if f.is_quant(k) { s ^ f.flip } else { s };
-        }
+    let mut block = [0u8; 210];
+    let block = &mut block[..bb];
+    for (b, o) in out.chunks_exact_mut(ne).enumerate() {
+        unpack_block(
+            ty,
+            i,
+            &data[(p * nb + b) * pb..(p * nb + b + 1) * pb],
+            block,
+        );
         quant::dequantize_row(ty, block, o)?;
     }
     Ok(())
@@ -312,50 +433,60 @@ pub(crate) fn quantize_row_q8p(
 }
 
 /// One panel-range product: `pw` holds `n_panels` panels of `nb` panel blocks, `xq` is
-/// `[n_tokens, nb]` activation blocks, and row `i` of panel `p` for token `t` goes to
-/// `y[t * ld + 16 p + i]` when `16 p + i < n_valid` (padding rows are not written).
+/// `[n_tokens, nb]` activation blocks ([`BlockQ8P`] for the 32-element types, Q8_K for the
+/// K-quants) as bytes, and row `i` of panel `p` for token `t` goes to `y[t * ld + 16 p + i]`
+/// when `16 p + i < n_valid` (padding rows are not written).
 pub(crate) struct Panels<'a> {
     pub pw: &'a [u8],
     pub nb: usize,
     pub n_panels: usize,
-    pub xq: &'a [BlockQ8P],
+    pub xq: &'a [u8],
     pub n_tokens: usize,
     pub y: &'a mut [f32],
     pub ld: usize,
     pub n_valid: usize,
 }
 
-/// The scalar panel kernel: the reference formulas, reading the panel layout.
+/// The scalar panel kernel: each row's plain block is rebuilt from the panel and handed to the
+/// reference `vec_dot` one block at a time, its terms summed in block order exactly as the
+/// reference sums them (`0 + term` is `term`), so this is the reference by construction.
 pub(crate) fn panels_scalar(ty: GgmlType, job: Panels<'_>) -> Result<(), KernelError> {
-    let f = Format::of(ty).ok_or(KernelError::UnsupportedType { ty })?;
-    let pb = f.panel_block();
-    let f16 = |b: &[u8], at: usize| F16Le([b[at], b[at + 1]]).to_f32();
+    let (bb, pb) = block_bytes(ty).ok_or(KernelError::UnsupportedType { ty })?;
+    let ne = block_elems(ty);
+    let xb = quant::row_bytes(quant::vec_dot_type(ty), ne, "panel activations")?;
+    let panel_act = ne == 32;
+    let (mut w, mut x) = ([0u8; 210], [0u8; 292]);
     for p in 0..job.n_panels {
         let panel = &job.pw[p * job.nb * pb..(p + 1) * job.nb * pb];
         for i in 0..PANEL.min(job.n_valid.saturating_sub(p * PANEL)) {
             for t in 0..job.n_tokens {
-                let xs = &job.xq[t * job.nb..(t + 1) * job.nb];
                 let mut sumf = 0.0f32;
-                for (blk, x) in panel.chunks_exact(pb).zip(xs) {
-                    let dw = f16(blk, f.at(i, 0));
-                    let mut isum = 0i32;
-                    for q in 0..f.n_qs {
-                        let v = blk[f.at(i, 2 * f.n_fields + q)] ^ f.flip;
-                        isum += match ty {
-                            GgmlType::Q8_0 => v as i8 as i32 * x.qs[q] as i32,
-                            _ => {
-                                let (col_lo, col_hi) = (q, q + 16);
-                                let off = if ty == GgmlType::Q4_0 { 8 } else { 0 };
-                                ((v & 0x0f) as i32 - off) * x.qs[col_lo] as i32
-                                    + ((v >> 4) as i32 - off) * x.qs[col_hi] as i32
-                            }
+                for (b, blk) in panel.chunks_exact(pb).enumerate() {
+                    unpack_block(ty, i, blk, &mut w[..bb]);
+                    let at = t * job.nb + b;
+                    if panel_act {
+                        let q: BlockQ8P =
+                            bytemuck::pod_read_unaligned(&job.xq[44 * at..44 * at + 44]);
+                        // The Q8_0 / Q8_1 block these values came from (d and s are exact f16s).
+                        let q8 = BlockQ8_1 {
+                            d: F16Le::from_f32(q.d()),
+                            s: F16Le::from_f32(q.s()),
+                            qs: q.qs,
                         };
+                        let bytes = bytemuck::bytes_of(&q8);
+                        let src = if quant::vec_dot_type(ty) == GgmlType::Q8_1 {
+                            bytes
+                        } else {
+                            // Q8_0 is Q8_1 without `s`.
+                            x[..2].copy_from_slice(&bytes[..2]);
+                            x[2..34].copy_from_slice(&bytes[4..36]);
+                            &x[..34]
+                        };
+                        sumf += quant::try_vec_dot(ty, ne, &w[..bb], src)?;
+                    } else {
+                        sumf +=
+                            quant::try_vec_dot(ty, ne, &w[..bb], &job.xq[xb * at..xb * (at + 1)])?;
                     }
-                    sumf += match ty {
-                        GgmlType::Q8_0 => isum as f32 * (dw * x.d()),
-                        GgmlType::Q4_0 => isum as f32 * dw * x.d(),
-                        _ => (dw * x.d()) * isum as f32 + f16(blk, f.at(i, 2)) * x.s(),
-                    };
                 }
                 job.y[t * job.ld + p * PANEL + i] = sumf;
             }

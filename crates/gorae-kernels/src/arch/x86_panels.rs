@@ -9,6 +9,7 @@
 use crate::GgmlType;
 use crate::arch::PanelsFn;
 use crate::packed::{BlockQ8P, PANEL, Panels};
+use crate::quant::BlockQ8K;
 use core::arch::x86_64::*;
 
 pub(crate) fn panels_fn(ty: GgmlType) -> Option<PanelsFn> {
@@ -16,6 +17,8 @@ pub(crate) fn panels_fn(ty: GgmlType) -> Option<PanelsFn> {
         GgmlType::Q8_0 => panels_q8_0,
         GgmlType::Q4_0 => panels_q4_0,
         GgmlType::Q4_1 => panels_q4_1,
+        GgmlType::Q4_K => panels_q4_k,
+        GgmlType::Q6_K => panels_q6_k,
         _ => return None,
     })
 }
@@ -152,59 +155,234 @@ fn store(y: &mut [f32], at: usize, n: usize, v: __m512) {
     }
 }
 
+/// The panel loop every type shares: panel outer, tokens inner, so the panel (`nb * $pb` bytes)
+/// stays in L1 while every token passes over it and the activations stream from L2. Tokens go
+/// through `$tile::<$tt>` in runs, the rest through `$tile::<2>` and `$tile::<1>`; a tile
+/// computes for each token exactly what a tile of one does.
+macro_rules! panel_loop {
+    ($job:expr, $X:ty, $pb:expr, $tt:expr, $tile:ident) => {{
+        let Panels {
+            pw,
+            nb,
+            n_panels,
+            xq,
+            n_tokens,
+            y,
+            ld,
+            n_valid,
+        } = $job;
+        let xb: &[$X] = crate::arch::view(xq);
+        let tok = |t: usize| &xb[t * nb..(t + 1) * nb];
+        for p in 0..n_panels {
+            let panel = &pw[p * nb * $pb..(p + 1) * nb * $pb];
+            let n = n_valid.saturating_sub(p * PANEL).min(PANEL);
+            let mut t = 0;
+            while t + $tt <= n_tokens {
+                let s = $tile::<$tt>(panel, nb, core::array::from_fn(|k| tok(t + k)));
+                for (k, v) in s.into_iter().enumerate() {
+                    store(y, (t + k) * ld + p * PANEL, n, v);
+                }
+                t += $tt;
+            }
+            while t + 2 <= n_tokens {
+                let s = $tile::<2>(panel, nb, [tok(t), tok(t + 1)]);
+                for (k, v) in s.into_iter().enumerate() {
+                    store(y, (t + k) * ld + p * PANEL, n, v);
+                }
+                t += 2;
+            }
+            if t < n_tokens {
+                let [s] = $tile::<1>(panel, nb, [tok(t)]);
+                store(y, t * ld + p * PANEL, n, s);
+            }
+        }
+    }};
+}
+
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn run<const K: u8>(job: Panels<'_>) {
-    let Panels {
-        pw,
-        nb,
-        n_panels,
-        xq,
-        n_tokens,
-        y,
-        ld,
-        n_valid,
-    } = job;
-    let pb = panel_block(K);
-    let tok = |t: usize| &xq[t * nb..(t + 1) * nb];
-    // Panel outer, tokens inner: the panel (nb * pb bytes) stays in L1 while every token
-    // passes over it; the activations stream from L2.
-    for p in 0..n_panels {
-        let panel = &pw[p * nb * pb..(p + 1) * nb * pb];
-        let n = n_valid.saturating_sub(p * PANEL).min(PANEL);
-        let mut t = 0;
-        while t + TILE <= n_tokens {
-            let s = tile::<K, TILE>(panel, nb, core::array::from_fn(|k| tok(t + k)));
-            for (k, v) in s.into_iter().enumerate() {
-                store(y, (t + k) * ld + p * PANEL, n, v);
-            }
-            t += TILE;
-        }
-        while t + 2 <= n_tokens {
-            let s = tile::<K, 2>(panel, nb, [tok(t), tok(t + 1)]);
-            for (k, v) in s.into_iter().enumerate() {
-                store(y, (t + k) * ld + p * PANEL, n, v);
-            }
-            t += 2;
-        }
-        if t < n_tokens {
-            let [s] = tile::<K, 1>(panel, nb, [tok(t)]);
-            store(y, t * ld + p * PANEL, n, s);
-        }
+fn tile_q8_0<const T: usize>(panel: &[u8], nb: usize, xs: [&[BlockQ8P]; T]) -> [__m512; T] {
+    tile::<Q8_0, T>(panel, nb, xs)
+}
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tile_q4_0<const T: usize>(panel: &[u8], nb: usize, xs: [&[BlockQ8P]; T]) -> [__m512; T] {
+    tile::<Q4_0, T>(panel, nb, xs)
+}
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tile_q4_1<const T: usize>(panel: &[u8], nb: usize, xs: [&[BlockQ8P]; T]) -> [__m512; T] {
+    tile::<Q4_1, T>(panel, nb, xs)
+}
+
+/// 4 activation bytes `x[at..at + 4]` broadcast to every lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn bcast4(x: &[i8], at: usize) -> __m512i {
+    let b = &x[at..at + 4];
+    _mm512_set1_epi32(i32::from_le_bytes([
+        b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8,
+    ]))
+}
+
+/// 16 bytes at `blk[at..]` widened to i32 lanes: unsigned (`SIGNED == false`) or signed.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn widen16<const SIGNED: bool>(blk: &[u8], at: usize) -> __m512i {
+    let b = &blk[at..at + 16];
+    // SAFETY: `b` is 16 readable bytes.
+    let v = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
+    if SIGNED {
+        _mm512_cvtepi8_epi32(v)
+    } else {
+        _mm512_cvtepu8_epi32(v)
     }
 }
 
+/// 64 bytes at `blk[at..]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn load64(blk: &[u8], at: usize) -> __m512i {
+    let b = &blk[at..at + 64];
+    // SAFETY: `b` is 64 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+}
+
+/// Q4_K: per super-block, each pair of sub-blocks' 8 quant vectors give (low nibbles) sub-block
+/// 2p and (high) 2p + 1; a sub-block's 8 `vpdpbusd` make its exact dot, which is scaled by the
+/// 16 rows' 6-bit scales in i32 (`vpmulld`). The mins meet the activations' sub-block sums in
+/// 4 `vpdpwssd` of i16 pairs. Then `acc += d * isum - dmin * summs`, as the reference.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tile_q4_k<const T: usize>(panel: &[u8], nb: usize, xs: [&[BlockQ8K]; T]) -> [__m512; T] {
+    const PB: usize = 2368;
+    let mask = _mm512_set1_epi8(0x0f);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..nb {
+        let blk = &panel[b * PB..(b + 1) * PB];
+        let mut isum = [_mm512_setzero_si512(); T];
+        for p in 0..4 {
+            for h in 0..2 {
+                let w: [__m512i; 8] = core::array::from_fn(|g| {
+                    let v = load64(blk, 320 + 512 * p + 64 * g);
+                    if h == 0 {
+                        _mm512_and_si512(v, mask)
+                    } else {
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask)
+                    }
+                });
+                let sc = widen16::<false>(blk, 64 + 16 * (2 * p + h));
+                for t in 0..T {
+                    let qs = &xs[t][b].qs[64 * p + 32 * h..64 * p + 32 * h + 32];
+                    let mut d0 = _mm512_setzero_si512();
+                    let mut d1 = _mm512_setzero_si512();
+                    for g in (0..8).step_by(2) {
+                        d0 = _mm512_dpbusd_epi32(d0, w[g], bcast4(qs, 4 * g));
+                        d1 = _mm512_dpbusd_epi32(d1, w[g + 1], bcast4(qs, 4 * g + 4));
+                    }
+                    let dot = _mm512_add_epi32(d0, d1);
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(sc, dot));
+                }
+            }
+        }
+        let dw = halves(blk, 0);
+        let dmw = halves(blk, 32);
+        for t in 0..T {
+            let x = &xs[t][b];
+            // Sub-block sums of the activations, in i16 pairs (2q, 2q + 1) per dword.
+            let sub: [i32; 8] =
+                core::array::from_fn(|s| x.bsum(2 * s) as i32 + x.bsum(2 * s + 1) as i32);
+            let mut summs = _mm512_setzero_si512();
+            for q in 0..4 {
+                let m = &blk[192 + 32 * q..192 + 32 * q + 32];
+                // SAFETY: `m` is 32 readable bytes.
+                let mv = _mm512_cvtepu8_epi16(unsafe { _mm256_loadu_si256(m.as_ptr().cast()) });
+                let pair = (sub[2 * q] as u16 as u32) | ((sub[2 * q + 1] as u16 as u32) << 16);
+                summs = _mm512_dpwssd_epi32(summs, mv, _mm512_set1_epi32(pair as i32));
+            }
+            let dx = _mm512_set1_ps(x.d());
+            let d = _mm512_mul_ps(dw, dx);
+            let dmin = _mm512_mul_ps(dmw, dx);
+            let term = _mm512_sub_ps(
+                _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum[t])),
+                _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(summs)),
+            );
+            acc[t] = _mm512_add_ps(acc[t], term);
+        }
+    }
+    acc
+}
+
+/// Q6_K: per super-block and quarter `j`, 4 qh vectors and 8 ql vectors unpack to 16 group
+/// vectors of unsigned 6-bit quants (`q + 32`) for sub-blocks j, 4 + j, 8 + j and 12 + j; each
+/// sub-block's 4 `vpdpbusd` start from `-32 * bsum` (taking the offset back out exactly), and are
+/// scaled by the rows' i8 scales in i32. Then `acc += (d_w * d_x) * isum`, as the reference.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tile_q6_k<const T: usize>(panel: &[u8], nb: usize, xs: [&[BlockQ8K]; T]) -> [__m512; T] {
+    const PB: usize = 3360;
+    let lo = _mm512_set1_epi8(0x0f);
+    let hi = _mm512_set1_epi8(0x30);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..nb {
+        let blk = &panel[b * PB..(b + 1) * PB];
+        let mut isum = [_mm512_setzero_si512(); T];
+        for j in 0..4 {
+            // w[4 * hh + f]: group 4 j + hh + 16 f, which lies in sub-block 4 f + j.
+            let mut w = [_mm512_setzero_si512(); 16];
+            for hh in 0..4 {
+                let h = 4 * j + hh;
+                let qh = load64(blk, 2336 + 64 * h);
+                let ql0 = load64(blk, 288 + 64 * h);
+                let ql1 = load64(blk, 288 + 64 * (h + 16));
+                let h0 = _mm512_and_si512(_mm512_slli_epi16::<4>(qh), hi);
+                let h1 = _mm512_and_si512(_mm512_slli_epi16::<2>(qh), hi);
+                let h2 = _mm512_and_si512(qh, hi);
+                let h3 = _mm512_and_si512(_mm512_srli_epi16::<2>(qh), hi);
+                w[4 * hh] = _mm512_or_si512(_mm512_and_si512(ql0, lo), h0);
+                w[4 * hh + 1] = _mm512_or_si512(_mm512_and_si512(ql1, lo), h1);
+                w[4 * hh + 2] =
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql0), lo), h2);
+                w[4 * hh + 3] =
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql1), lo), h3);
+            }
+            let sc: [__m512i; 4] =
+                core::array::from_fn(|f| widen16::<true>(blk, 32 + 16 * (4 * f + j)));
+            for t in 0..T {
+                let x = &xs[t][b];
+                for f in 0..4 {
+                    let s = 4 * f + j;
+                    let mut dot = _mm512_set1_epi32(-32 * x.bsum(s) as i32);
+                    for hh in 0..4 {
+                        let g = 4 * j + hh + 16 * f;
+                        dot = _mm512_dpbusd_epi32(dot, w[4 * hh + f], bcast4(&x.qs, 4 * g));
+                    }
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(sc[f], dot));
+                }
+            }
+        }
+        let dw = halves(blk, 0);
+        for t in 0..T {
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(xs[t][b].d()));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum[t])));
+        }
+    }
+    acc
+}
+
 macro_rules! entry {
-    ($name:ident, $k:expr) => {
+    ($name:ident, $X:ty, $pb:expr, $tt:expr, $tile:ident) => {
         /// SAFETY contract: the CPU runs AVX-512 F/BW/VNNI (the caller checked the ISA); the
         /// lengths are `Panels`' (checked by slicing, so a wrong one panics, never reads out of
         /// bounds).
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
         unsafe fn $name(job: Panels<'_>) {
-            run::<{ $k }>(job)
+            panel_loop!(job, $X, $pb, $tt, $tile)
         }
     };
 }
-entry!(panels_q8_0, Q8_0);
-entry!(panels_q4_0, Q4_0);
-entry!(panels_q4_1, Q4_1);
+entry!(panels_q8_0, BlockQ8P, 544, TILE, tile_q8_0);
+entry!(panels_q4_0, BlockQ8P, 288, TILE, tile_q4_0);
+entry!(panels_q4_1, BlockQ8P, 320, TILE, tile_q4_1);
+entry!(panels_q4_k, BlockQ8K, 2368, 4, tile_q4_k);
+entry!(panels_q6_k, BlockQ8K, 3360, 4, tile_q6_k);

@@ -27,10 +27,10 @@ mod k_search;
 mod q2_k;
 mod q3_k;
 mod q4;
-mod q4_k;
+pub(crate) mod q4_k;
 mod q5;
 mod q5_k;
-mod q6_k;
+pub(crate) mod q6_k;
 mod q8;
 
 pub use q2_k::BlockQ2K;

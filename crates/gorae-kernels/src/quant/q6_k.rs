@@ -36,7 +36,7 @@ const _: () = assert!(size_of::<BlockQ6K>() == 210);
 
 /// The 256 signed 6-bit quants in element order.
 #[inline(always)]
-fn unpack_q6_k(b: &BlockQ6K) -> [i8; QK_K] {
+pub(crate) fn unpack_q6_k(b: &BlockQ6K) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
     for ((ql, qh), a) in
         b.ql.chunks_exact(64)
@@ -105,23 +105,35 @@ pub fn quantize_row_q6_k(src: &[f32], blocks: &mut [BlockQ6K]) {
                 *l = (nearest_int(v / dl).clamp(-32, 31) + 32) as i8;
             }
         }
-        for (n, (ql, qh)) in
-            b.ql.chunks_exact_mut(64)
-                .zip(b.qh.chunks_exact_mut(32))
-                .enumerate()
-        {
-            let lv = &levels[128 * n..128 * n + 128];
-            let at = |i: usize| lv[i].clamp(0, 63) as u8;
-            for l in 0..32 {
-                ql[l] = (at(l) & 0x0f) | ((at(l + 64) & 0x0f) << 4);
-                ql[l + 32] = (at(l + 32) & 0x0f) | ((at(l + 96) & 0x0f) << 4);
-                qh[l] = (at(l) >> 4)
-                    | ((at(l + 32) >> 4) << 2)
-                    | ((at(l + 64) >> 4) << 4)
-                    | ((at(l + 96) >> 4) << 6);
-            }
+        let u: [u8; QK_K] = core::array::from_fn(|e| levels[e].clamp(0, 63) as u8);
+        *b = pack_q6_k(&u, b.scales, b.d);
+    }
+}
+
+/// A block from its 256 unsigned 6-bit quants (`q + 32`, in element order), scales and `d`.
+pub(crate) fn pack_q6_k(u: &[u8; QK_K], scales: [i8; 16], d: F16Le) -> BlockQ6K {
+    let mut b = BlockQ6K {
+        ql: [0; QK_K / 2],
+        qh: [0; QK_K / 4],
+        scales,
+        d,
+    };
+    for (n, (ql, qh)) in
+        b.ql.chunks_exact_mut(64)
+            .zip(b.qh.chunks_exact_mut(32))
+            .enumerate()
+    {
+        let at = |i: usize| u[128 * n + i] & 63;
+        for l in 0..32 {
+            ql[l] = (at(l) & 0x0f) | ((at(l + 64) & 0x0f) << 4);
+            ql[l + 32] = (at(l + 32) & 0x0f) | ((at(l + 96) & 0x0f) << 4);
+            qh[l] = (at(l) >> 4)
+                | ((at(l + 32) >> 4) << 2)
+                | ((at(l + 64) >> 4) << 4)
+                | ((at(l + 96) >> 4) << 6);
         }
     }
+    b
 }
 
 /// Integer part of one Q6_K x Q8_K super-block: `sum_s scales[s] * sum_{e in s} q[e] * q8[e]`.
