@@ -19,6 +19,7 @@ pub mod packed;
 pub mod par;
 pub mod pool;
 pub mod quant;
+pub mod stream;
 pub mod types;
 
 pub use error::KernelError;
