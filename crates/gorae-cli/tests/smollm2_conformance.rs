@@ -67,8 +67,13 @@ fn smollm2_matches_llama_cpp() {
             if ours == theirs {
                 agree += 1;
             } else {
+                // A flip is allowed only at a near-tie. Two correct runs differ by more than
+                // rounding here: activations are quantized to 8 bits, so a last-bit change can move
+                // a value by a whole quantization step. gorae's own scalar and AVX-512 paths differ
+                // by 0.25 on one logit at `code` step 33 (token 5972: 17.68 vs 17.43), and llama.cpp
+                // adds its f16 KV cache; so, as for the last-position logits below, 0.75.
                 assert!(
-                    gap <= 0.5,
+                    gap <= 0.75,
                     "{name} step {k}: top-1 {ours} vs llama.cpp {theirs} at gap {gap}"
                 );
             }

@@ -57,15 +57,33 @@ pub fn weighted_sum_with(
     stride: usize,
     out: &mut [f32],
 ) {
+    out.fill(0.0);
+    weighted_sum_acc_with(isa, weights, values, stride, out)
+}
+
+/// `out += Σ_j weights[j] · values[j·stride ..]`, continuing each element's running sum from
+/// its value in `out`: a sum over keys split into consecutive runs, one call per run, is bit
+/// for bit the sum of one [`weighted_sum`] over them all.
+pub fn weighted_sum_acc(weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+    weighted_sum_acc_with(detected_isa(), weights, values, stride, out)
+}
+
+/// [`weighted_sum_acc`] on an explicit ISA; one this CPU cannot run falls back to the reference.
+pub fn weighted_sum_acc_with(
+    isa: Isa,
+    weights: &[f32],
+    values: &[f32],
+    stride: usize,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.is_available() {
         // SAFETY: AVX2 and FMA were just confirmed available.
-        unsafe { x86::weighted_sum(weights, values, stride, out) };
+        unsafe { x86::weighted_sum_acc(weights, values, stride, out) };
         return;
     }
     let _ = isa;
     let d = out.len();
-    out.fill(0.0);
     for (j, &w) in weights.iter().enumerate() {
         let v = &values[j * stride..j * stride + d];
         for (o, x) in out.iter_mut().zip(v) {
@@ -74,9 +92,101 @@ pub fn weighted_sum_with(
     }
 }
 
+/// Normalizes `scores` into probabilities in place: `exp(s - max) / sum`, max-subtracted so
+/// nothing overflows. The SIMD variants evaluate `exp` with a polynomial (relative error below
+/// 2e-7, against libm's correctly rounded value in the reference); a row's result depends only
+/// on the row.
+pub fn softmax(scores: &mut [f32]) {
+    softmax_with(detected_isa(), scores)
+}
+
+/// [`softmax`] on an explicit ISA; one this CPU cannot run falls back to the reference.
+pub fn softmax_with(isa: Isa, scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.is_available() {
+        // SAFETY: AVX2 and FMA were just confirmed available.
+        unsafe { x86::softmax(scores) };
+        return;
+    }
+    let _ = isa;
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    scores.iter_mut().for_each(|s| *s *= inv);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// `exp(x)` per lane for `x <= 0` (softmax's range): `2^n * p(r)` with `n = round(x log2 e)`,
+    /// `r = x - n ln 2` in two parts (Cody-Waite), and a degree-6 polynomial for `e^r` on
+    /// `|r| <= ln 2 / 2`. Inputs below -87 give 0 (the true value is under f32's normal range).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp_neg(x: __m256) -> __m256 {
+        let lo = _mm256_set1_ps(-87.0);
+        let small = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
+        let x = _mm256_max_ps(x, lo);
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+        // Taylor coefficients 1/k! (the truncation error at |r| = ln 2 / 2 is below 1e-7 rel).
+        let mut p = _mm256_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        let e = _mm256_mul_ps(p, _mm256_castsi256_ps(pow2));
+        _mm256_andnot_ps(small, e)
+    }
+
+    /// SAFETY contract: the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax(scores: &mut [f32]) {
+        let n = scores.len();
+        let n8 = n / 8 * 8;
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..n8).step_by(8) {
+            vmax = _mm256_max_ps(vmax, load8(scores, i));
+        }
+        let mut lanes = [0.0f32; 8];
+        store8(&mut lanes, 0, vmax);
+        let max = lanes
+            .iter()
+            .chain(&scores[n8..])
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let m = _mm256_set1_ps(max);
+        let mut vsum = _mm256_setzero_ps();
+        for i in (0..n8).step_by(8) {
+            let e = exp_neg(_mm256_sub_ps(load8(scores, i), m));
+            store8(scores, i, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        // The tail through the same polynomial, padded with -inf (exp gives 0).
+        let mut tail = [f32::NEG_INFINITY; 8];
+        tail[..n - n8].copy_from_slice(&scores[n8..]);
+        let e = exp_neg(_mm256_sub_ps(load8(&tail, 0), m));
+        store8(&mut tail, 0, e);
+        scores[n8..].copy_from_slice(&tail[..n - n8]);
+        let sum = hsum(_mm256_add_ps(vsum, e));
+        let inv = _mm256_set1_ps(1.0 / sum);
+        for i in (0..n8).step_by(8) {
+            store8(scores, i, _mm256_mul_ps(load8(scores, i), inv));
+        }
+        let inv = 1.0 / sum;
+        scores[n8..].iter_mut().for_each(|s| *s *= inv);
+    }
 
     /// 8 floats from `s[at..]` (bounds-checked).
     #[inline]
@@ -113,6 +223,11 @@ mod x86 {
         out: &mut [f32],
     ) {
         let d = q.len();
+        if d.is_multiple_of(8) {
+            // SAFETY: same contract.
+            unsafe { qk_scores_by8(q, keys, stride, scale, out) };
+            return;
+        }
         for (j, o) in out.iter_mut().enumerate() {
             let k = &keys[j * stride..j * stride + d];
             // Four independent chains hide the FMA latency.
@@ -138,9 +253,52 @@ mod x86 {
         }
     }
 
+    /// [`qk_scores`] for head sizes that are whole 8-lane vectors: keys in groups of 8, each
+    /// key's products in its own accumulator (8 independent chains), and the 8 sums reduced
+    /// together by a transposing `vhaddps` tree. Every key gets the same arithmetic whichever
+    /// slot of a group it lands in (a chain over the head, then `((l0+l1)+(l2+l3)) +
+    /// ((l4+l5)+(l6+l7))`), and a short last group is padded by repeating its last key, so a
+    /// key's score never depends on how many keys came before it.
+    ///
+    /// SAFETY contract: the CPU has AVX2 and FMA; `q.len()` is a multiple of 8.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn qk_scores_by8(q: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+        let (d, n) = (q.len(), out.len());
+        let sv = _mm256_set1_ps(scale);
+        for j0 in (0..n).step_by(8) {
+            let idx: [usize; 8] = core::array::from_fn(|k| (j0 + k).min(n - 1) * stride);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..d).step_by(8) {
+                let qv = load8(q, c);
+                for (a, &at) in acc.iter_mut().zip(&idx) {
+                    *a = _mm256_fmadd_ps(qv, load8(keys, at + c), *a);
+                }
+            }
+            let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+            let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+            let u0 = _mm256_hadd_ps(t0, t1);
+            let u1 = _mm256_hadd_ps(t2, t3);
+            let sums = _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(u0, u1),
+                _mm256_permute2f128_ps::<0x31>(u0, u1),
+            );
+            let v = _mm256_mul_ps(sums, sv);
+            let m = (n - j0).min(8);
+            if m == 8 {
+                store8(out, j0, v);
+            } else {
+                let mut lanes = [0.0f32; 8];
+                store8(&mut lanes, 0, v);
+                out[j0..j0 + m].copy_from_slice(&lanes[..m]);
+            }
+        }
+    }
+
     /// SAFETY contract: the CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_sum(
+    pub(super) unsafe fn weighted_sum_acc(
         weights: &[f32],
         values: &[f32],
         stride: usize,
@@ -153,6 +311,9 @@ mod x86 {
         while c0 < d8 {
             let width = (d8 - c0).min(64) / 8;
             let mut acc = [_mm256_setzero_ps(); 8];
+            for (c, a) in acc.iter_mut().enumerate().take(width) {
+                *a = load8(out, c0 + 8 * c);
+            }
             for (j, &w) in weights.iter().enumerate() {
                 let wv = _mm256_set1_ps(w);
                 let base = j * stride + c0;
@@ -166,7 +327,7 @@ mod x86 {
             c0 += 8 * width;
         }
         for (i, o) in out.iter_mut().enumerate().skip(d8) {
-            let mut s = 0.0f32;
+            let mut s = *o;
             for (j, &w) in weights.iter().enumerate() {
                 s += w * values[j * stride + i];
             }
@@ -180,6 +341,35 @@ mod tests {
     use super::*;
     use crate::isa::available_isas;
 
+    /// Every ISA's softmax against the reference's libm `exp`, on lengths with and without
+    /// tails, wide ranges (down to values whose exp underflows) and a row with -inf (a masked
+    /// position). Tolerance per probability, relative: 4e-7 for the polynomial and the final
+    /// scaling, plus `n * 6e-8` (f32's unit roundoff times n), the textbook bound on the error of
+    /// the reference's own sequential sum of `n` terms, which the 8-lane sum does not reproduce.
+    #[test]
+    fn softmax_matches_the_reference() {
+        for &n in &[1usize, 3, 8, 13, 64, 100, 1000] {
+            for &spread in &[0.1f32, 5.0, 60.0] {
+                let mut x: Vec<f32> = data(n, 7).iter().map(|v| v * spread).collect();
+                if n > 2 {
+                    x[1] = f32::NEG_INFINITY;
+                }
+                let mut want = x.clone();
+                softmax_with(Isa::Scalar, &mut want);
+                for isa in available_isas() {
+                    let mut got = x.clone();
+                    softmax_with(isa, &mut got);
+                    for (a, b) in want.iter().zip(&got) {
+                        assert!(
+                            (a - b).abs() <= (4e-7 + n as f32 * 6e-8) * a.abs() + 1e-30,
+                            "{isa:?} n {n} spread {spread}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
@@ -187,6 +377,33 @@ mod tests {
                 ((h >> 8) % 2001) as f32 / 1000.0 - 1.0
             })
             .collect()
+    }
+
+    /// A key's score is the same bits wherever its run starts (grouped kernels pad, never
+    /// switch arithmetic for a tail), so attention over a cache split into spans differently
+    /// (batched vs one sequence) cannot change a score.
+    #[test]
+    fn a_keys_score_does_not_depend_on_its_neighbours() {
+        for &d in &[8usize, 64, 72, 128] {
+            let stride = d + 8;
+            let q = data(d, 4);
+            let cache = data(40 * stride, 5);
+            for isa in available_isas() {
+                let mut all = vec![0.0; 40];
+                qk_scores_with(isa, &q, &cache, stride, 0.5, &mut all);
+                for start in 0..12 {
+                    for len in [1, 3, 8, 9, 17] {
+                        let mut part = vec![0.0; len];
+                        qk_scores_with(isa, &q, &cache[start * stride..], stride, 0.5, &mut part);
+                        let same = part
+                            .iter()
+                            .zip(&all[start..])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{isa:?} d {d} start {start} len {len}");
+                    }
+                }
+            }
+        }
     }
 
     /// Every ISA against the reference on head sizes with and without tails, unaligned starts

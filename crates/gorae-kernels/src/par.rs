@@ -89,7 +89,7 @@ pub fn matmul_par(
             got: y.len(),
         });
     }
-    let xq = quantize_activations(w, x, n_tokens, scratch)?;
+    let xq = quantize_par(pool, w, x, n_tokens, scratch)?;
     let nth = pool.n_threads();
     if nth == 1 || (n_tokens == 1 && w.n_rows < 2 * ROW_ALIGN) {
         return matmul_rows(w, xq, n_tokens, 0..w.n_rows, y);
@@ -127,6 +127,64 @@ pub fn matmul_par(
         first_err.record(r);
     });
     first_err.into_result()
+}
+
+/// Fewest tokens whose activation quantization is split over the pool: below, one hand-off
+/// costs more than the quantization it would share.
+const QUANT_SPLIT_MIN_TOKENS: usize = 8;
+
+/// [`quantize_activations`] with the token rows split over the pool for prefill-sized batches
+/// (the same bytes: each row is quantized on its own).
+fn quantize_par<'s>(
+    pool: &ThreadPool,
+    w: &WeightRef,
+    x: &'s [f32],
+    n_tokens: usize,
+    scratch: &'s mut Vec<u8>,
+) -> Result<&'s [u8], KernelError> {
+    if n_tokens < QUANT_SPLIT_MIN_TOKENS
+        || pool.n_threads() == 1
+        || ActForm::of(w) == ActForm::Quant(crate::GgmlType::F32)
+    {
+        return quantize_activations(w, x, n_tokens, scratch);
+    }
+    let need = quantized_bytes(w, n_tokens)?;
+    if scratch.len() < need {
+        scratch.resize(need, 0);
+    }
+    let isa = crate::isa::detected_isa();
+    let (row, n_cols) = (need / n_tokens, w.n_cols);
+    let dst = OutBytes(scratch.as_mut_ptr(), need);
+    let first_err = FirstError::new();
+    pool.run(&|ith, nth| {
+        let toks = split(n_tokens, ith, nth, 1);
+        if toks.is_empty() {
+            return;
+        }
+        // SAFETY: token ranges from `split` are disjoint, so their byte ranges are too.
+        let d = unsafe { dst.slice(toks.start * row..toks.end * row) };
+        let xs = &x[toks.start * n_cols..toks.end * n_cols];
+        first_err.record(quantize_activations_into(isa, w, xs, toks.len(), d));
+    });
+    first_err.into_result()?;
+    Ok(&scratch[..need])
+}
+
+/// A pointer to a byte buffer that threads write through at disjoint ranges.
+struct OutBytes(*mut u8, usize);
+
+// SAFETY: as `OutPtr`: disjoint ranges per thread, and the pool job ends before the borrow does.
+unsafe impl Sync for OutBytes {}
+
+impl OutBytes {
+    /// # Safety
+    /// Ranges handed to concurrent callers must not overlap, and must lie within the buffer.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [u8] {
+        debug_assert!(range.end <= self.1);
+        // SAFETY: by the caller's contract the range is in bounds and not aliased.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
+    }
 }
 
 /// One product of a group: `y = x · wᵀ` (`x: [n_tokens, n_cols]`, `y: [n_tokens, n_rows]`).

@@ -32,7 +32,10 @@ pub fn read_sum_with(isa: Isa, data: &[u64]) -> u64 {
             acc[k] = acc[k].wrapping_add(c[k]);
         }
     }
-    let tail = chunks.remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_add(b));
     acc.iter().fold(tail, |a, &b| a.wrapping_add(b))
 }
 
@@ -97,7 +100,9 @@ mod tests {
     #[test]
     fn every_variant_sums_the_same() {
         for n in [0, 1, 5, 31, 32, 33, 1000] {
-            let data: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+            let data: Vec<u64> = (0..n as u64)
+                .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .collect();
             let want = data.iter().fold(0u64, |a, &b| a.wrapping_add(b));
             for isa in crate::available_isas() {
                 assert_eq!(read_sum_with(isa, &data), want, "{isa} n {n}");

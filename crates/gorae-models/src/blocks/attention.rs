@@ -24,17 +24,7 @@ pub fn attend_head(
     attend_head_spans(q, &one, kvh, kv_dim, scale, scores, out);
 }
 
-/// Normalizes `scores` into probabilities in place (max-subtracted, so no overflow).
-pub fn softmax(scores: &mut [f32]) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
-    scores.iter_mut().for_each(|s| *s *= inv);
-}
+pub use gorae_kernels::attn::softmax;
 
 /// A run of positions whose keys and values lie contiguously: `k`, `v` are `[n, kv_dim]`.
 #[derive(Clone, Copy, Debug)]
@@ -64,29 +54,57 @@ pub fn attend_head_spans(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let head_dim = q.len();
+    attend_group(q, q.len(), spans, kvh, kv_dim, scale, scores, out);
+}
+
+/// Keys (and values) per block: one head's slice of 32 cache rows is 8 KiB at head size 64,
+/// so a block stays in L1 while every query head of the group passes over it.
+const KV_BLOCK: usize = 32;
+
+/// The query heads that share KV head `kvh` (`q`, `out`: `[group, head_dim]`), attending over
+/// the same positions: each block of keys and values is read from the cache once for the whole
+/// group instead of once per head. Every head gets bit for bit what [`attend_head_spans`] alone
+/// would give it (a key's score does not depend on its neighbours, and the weighted sum continues
+/// one running sum per element across blocks and runs). `scores`: at least `group * n`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group(
+    q: &[f32],
+    head_dim: usize,
+    spans: &[KvSpan<'_>],
+    kvh: usize,
+    kv_dim: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = q.len() / head_dim.max(1);
     let off = kvh * head_dim;
     let n_kv: usize = spans.iter().map(|s| s.n).sum();
-    let scores = &mut scores[..n_kv];
+    let scores = &mut scores[..group * n_kv];
     let mut j0 = 0;
     for sp in spans.iter().filter(|s| s.n > 0) {
-        attn::qk_scores(q, &sp.k[off..], kv_dim, scale, &mut scores[j0..j0 + sp.n]);
+        for b0 in (0..sp.n).step_by(KV_BLOCK) {
+            let len = KV_BLOCK.min(sp.n - b0);
+            let keys = &sp.k[off + b0 * kv_dim..];
+            for (g, qh) in q.chunks_exact(head_dim).enumerate() {
+                let dst = &mut scores[g * n_kv + j0 + b0..g * n_kv + j0 + b0 + len];
+                attn::qk_scores(qh, keys, kv_dim, scale, dst);
+            }
+        }
         j0 += sp.n;
     }
-    softmax(scores);
+    for sc in scores.chunks_exact_mut(n_kv.max(1)) {
+        softmax(sc);
+    }
     out.fill(0.0);
     let mut j0 = 0;
     for sp in spans.iter().filter(|s| s.n > 0) {
-        let w = &scores[j0..j0 + sp.n];
-        if j0 == 0 {
-            attn::weighted_sum(w, &sp.v[off..], kv_dim, out);
-        } else {
-            // Later runs add to the first's sum (the kernel overwrites; these runs are short).
-            for (j, &wj) in w.iter().enumerate() {
-                let vj = &sp.v[off + j * kv_dim..off + j * kv_dim + head_dim];
-                for (o, x) in out.iter_mut().zip(vj) {
-                    *o += wj * x;
-                }
+        for b0 in (0..sp.n).step_by(KV_BLOCK) {
+            let len = KV_BLOCK.min(sp.n - b0);
+            let values = &sp.v[off + b0 * kv_dim..];
+            for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
+                let w = &scores[g * n_kv + j0 + b0..g * n_kv + j0 + b0 + len];
+                attn::weighted_sum_acc(w, values, kv_dim, o);
             }
         }
         j0 += sp.n;

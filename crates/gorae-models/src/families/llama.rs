@@ -10,7 +10,7 @@
 //! `r` the residual multiplier; EXAONE 4's local layers attend over a sliding window with rope and
 //! its global layers over everything without rope.
 
-use crate::blocks::attention::{KvSpan, attend_head, attend_head_spans};
+use crate::blocks::attention::{KvSpan, attend_group};
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::{ffn::swiglu, norm};
 use crate::config::LlamaConfig;
@@ -178,7 +178,7 @@ impl LlamaModel {
             up: vec![0.0; n_batch * c.n_ff],
             cos: vec![0.0; n_batch * half],
             sin: vec![0.0; n_batch * half],
-            scores: vec![0.0; pool::global().n_threads() * n_ctx],
+            scores: vec![0.0; pool::global().n_threads() * n_ctx * (c.n_head / c.n_head_kv)],
             n_ctx,
             logits: vec![0.0; n_batch * c.n_vocab],
             qbuf: Vec::new(),
@@ -316,26 +316,27 @@ impl LlamaModel {
                 kv.v_mut(il, sp.pos0, sp.pos0 + sp.n)
                     .copy_from_slice(&s.v[rows.start * kv_dim..rows.end * kv_dim]);
             }
-            // One (row, head) per task: [n, n_head, head_dim]; each row attends over its own
-            // sequence's cache up to its own position.
+            // One (row, KV head) per task: the `group` query heads sharing that KV head, which
+            // are contiguous in [n, n_head, head_dim]; each row attends over its own sequence's
+            // cache up to its own position.
             let (q, n_ctx, seqs_ro, rows) = (&s.q[..n * q_dim], s.n_ctx, &*seqs, &s.rows);
             let (k_new, v_new) = (&s.k[..n * kv_dim], &s.v[..n * kv_dim]);
             let group = c.n_head / c.n_head_kv;
             par_rows(
                 pool::global(),
                 &mut s.attn[..n * q_dim],
-                hd,
+                group * hd,
                 &mut s.scores,
-                n_ctx,
+                group * n_ctx,
                 |r, out, scores| {
-                    let (t, h) = (r / c.n_head, r % c.n_head);
+                    let (t, kvh) = (r / c.n_head_kv, r % c.n_head_kv);
                     let n_kv = rows.row_pos[t] + 1;
                     let Some(kv) = seqs_ro[rows.row_seq[t]].cache.standard() else {
                         // Unreachable: every cache was checked above.
                         out.fill(0.0);
                         return;
                     };
-                    let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    let qg = &q[t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd];
                     if let Some(w) = window {
                         let sp = rows.spans[rows.row_seq[t]];
                         let spans = window_spans(
@@ -349,20 +350,15 @@ impl LlamaModel {
                             k_new,
                             v_new,
                         );
-                        attend_head_spans(qh, &spans, h / group, kv_dim, scale, scores, out);
+                        attend_group(qg, hd, &spans, kvh, kv_dim, scale, scores, out);
                         return;
                     }
-                    attend_head(
-                        qh,
-                        kv.k(il, 0, n_kv),
-                        kv.v(il, 0, n_kv),
-                        n_kv,
-                        h / group,
-                        kv_dim,
-                        scale,
-                        scores,
-                        out,
-                    );
+                    let all = [KvSpan {
+                        k: kv.k(il, 0, n_kv),
+                        v: kv.v(il, 0, n_kv),
+                        n: n_kv,
+                    }];
+                    attend_group(qg, hd, &all, kvh, kv_dim, scale, scores, out);
                 },
             )?;
             l.wo.matmul(
