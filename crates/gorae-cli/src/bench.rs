@@ -1,6 +1,6 @@
 //! `gorae bench`: prompt-processing and generation throughput as llama-bench measures them
-//! (pp = one batch of `-p` tokens from an empty cache; tg = `-n` single-token decode steps from an
-//! empty cache), the bytes of weights each decoded token reads, this machine's DRAM read
+//! (pp = one batch of `-p` tokens; tg = `-n` single-token decode steps; both from an empty cache,
+//! or after `-d` tokens already in it, as llama-bench's `-d`), the bytes of weights each decoded token reads, this machine's DRAM read
 //! bandwidth from a STREAM-like probe, and the fraction of that roofline reached.
 //!
 //! Weights are copied into process memory at load (the model owns them), the same condition as
@@ -21,6 +21,8 @@ use std::time::Instant;
 pub struct BenchArgs {
     pub n_prompt: usize,
     pub n_gen: usize,
+    /// Tokens in the cache before each timed run (not timed).
+    pub depth: usize,
     pub reps: usize,
     pub json: bool,
     /// Feed a Korean passage's tokens and report Hangul syllables per second.
@@ -48,6 +50,15 @@ fn korean_tokens(tok: &gorae_text::Tokenizer, n: usize) -> Result<(Vec<u32>, usi
     Ok((ids, gorae_text::hangul_syllables(&text)))
 }
 
+/// `pp512`, or `tg128 @ d2048` after a context of 2048 tokens (llama-bench's names).
+fn test_name(kind: &str, n: usize, depth: usize) -> String {
+    if depth == 0 {
+        format!("{kind}{n}")
+    } else {
+        format!("{kind}{n} @ d{depth}")
+    }
+}
+
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
@@ -66,16 +77,32 @@ fn tokens(n: usize, n_vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Seconds for one pp run (`toks` as one batch) and one tg run (`toks` one at a time).
-fn run_pp(model: &Model, toks: &[u32]) -> Result<f64> {
-    let mut state = model.new_state(toks.len() + 1, toks.len());
+/// A state holding `depth` tokens of context (one untimed batch), with room for `n_more`.
+fn state_at_depth(
+    model: &Model,
+    depth: usize,
+    n_more: usize,
+    n_batch: usize,
+) -> Result<gorae_models::State> {
+    let mut state = model.new_state(depth + n_more + 1, n_batch.max(depth).max(1));
+    if depth > 0 {
+        let ctx = tokens(depth, model.n_vocab());
+        model.forward(&ctx, &mut state, Logits::Last)?;
+    }
+    Ok(state)
+}
+
+/// Seconds for one pp run (`toks` as one batch) and one tg run (`toks` one at a time), each after
+/// `depth` tokens of context.
+fn run_pp(model: &Model, toks: &[u32], depth: usize) -> Result<f64> {
+    let mut state = state_at_depth(model, depth, toks.len(), toks.len())?;
     let t = Instant::now();
     model.forward(toks, &mut state, Logits::Last)?;
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn run_tg(model: &Model, toks: &[u32]) -> Result<f64> {
-    let mut state = model.new_state(toks.len() + 1, 1);
+fn run_tg(model: &Model, toks: &[u32], depth: usize) -> Result<f64> {
+    let mut state = state_at_depth(model, depth, toks.len(), 1)?;
     let t = Instant::now();
     for &id in toks {
         model.forward(&[id], &mut state, Logits::Last)?;
@@ -148,9 +175,9 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
         // One warm-up run, as llama-bench does.
         let run = |m: &Model| {
             if kind == "pp" {
-                run_pp(m, &toks)
+                run_pp(m, &toks, args.depth)
             } else {
-                run_tg(m, &toks)
+                run_tg(m, &toks, args.depth)
             }
         };
         run(model).context("benchmark warm-up failed")?;
@@ -177,10 +204,11 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
             "model_size": info.weight_bytes,
             "n_prompt": n_prompt,
             "n_gen": n_gen,
+            "n_depth": args.depth,
             "n_threads": n_threads,
             "n_batch": n_prompt.max(1),
             "isa": gorae_kernels::detected_isa().name(),
-            "test": format!("{kind}{}", n_prompt + n_gen),
+            "test": test_name(kind, n_prompt + n_gen, args.depth),
             "avg_ns": avg_ns as u64,
             "stddev_ns": sd_ns as u64,
             "avg_ts": avg_ts,
@@ -206,7 +234,7 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
             });
             println!(
                 "{:<8} {:>9.2} ± {:>6.2} t/s{korean}{extra}",
-                format!("{kind}{}", n_prompt + n_gen),
+                test_name(kind, n_prompt + n_gen, args.depth),
                 avg_ts,
                 sd_ts
             );

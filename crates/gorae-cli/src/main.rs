@@ -150,6 +150,10 @@ enum Command {
         /// Generated tokens for the tg test (0 skips it).
         #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
         n_gen: usize,
+        /// Tokens already in the cache before each timed run (llama-bench's `-d`): measures
+        /// prompt processing and decoding deep into a context, where attention costs most.
+        #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+        depth: usize,
         /// Threads (default: all cores).
         #[arg(short = 't', long = "threads")]
         threads: Option<usize>,
@@ -249,6 +253,7 @@ fn main() -> ExitCode {
             model,
             n_prompt,
             n_gen,
+            depth,
             threads,
             reps,
             json,
@@ -261,6 +266,7 @@ fn main() -> ExitCode {
             let args = bench::BenchArgs {
                 n_prompt,
                 n_gen,
+                depth,
                 reps,
                 json,
                 korean,

@@ -264,14 +264,26 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn qk_scores_by8(q: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
         let (d, n) = (q.len(), out.len());
+        if n == 0 {
+            return;
+        }
+        // One bounds check for every key read below (the documented panic).
+        assert!(
+            keys.len() >= (n - 1) * stride + d,
+            "qk_scores: keys too short"
+        );
+        let (kp, qp) = (keys.as_ptr(), q.as_ptr());
         let sv = _mm256_set1_ps(scale);
         for j0 in (0..n).step_by(8) {
-            let idx: [usize; 8] = core::array::from_fn(|k| (j0 + k).min(n - 1) * stride);
+            // SAFETY (all `add`s and loads here): key rows `(j0 + k).min(n - 1) < n` start at
+            // `row * stride` and hold `d` floats within `keys` (asserted above); `c + 8 <= d`.
+            let p: [*const f32; 8] =
+                core::array::from_fn(|k| unsafe { kp.add((j0 + k).min(n - 1) * stride) });
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..d).step_by(8) {
-                let qv = load8(q, c);
-                for (a, &at) in acc.iter_mut().zip(&idx) {
-                    *a = _mm256_fmadd_ps(qv, load8(keys, at + c), *a);
+                let qv = unsafe { _mm256_loadu_ps(qp.add(c)) };
+                for (a, &pk) in acc.iter_mut().zip(&p) {
+                    *a = _mm256_fmadd_ps(qv, unsafe { _mm256_loadu_ps(pk.add(c)) }, *a);
                 }
             }
             let t0 = _mm256_hadd_ps(acc[0], acc[1]);
@@ -306,6 +318,16 @@ mod x86 {
     ) {
         let d = out.len();
         let d8 = d / 8 * 8;
+        let nw = weights.len();
+        if nw == 0 {
+            return;
+        }
+        // One bounds check for every value read below (the documented panic).
+        assert!(
+            values.len() >= (nw - 1) * stride + d,
+            "weighted_sum: values too short"
+        );
+        let vp = values.as_ptr();
         // Columns in chunks of 64 (8 registers) kept in registers over all rows.
         let mut c0 = 0;
         while c0 < d8 {
@@ -316,9 +338,11 @@ mod x86 {
             }
             for (j, &w) in weights.iter().enumerate() {
                 let wv = _mm256_set1_ps(w);
-                let base = j * stride + c0;
+                // SAFETY: row `j < nw` holds `d` floats from `j * stride` within `values`
+                // (asserted above), and `c0 + 8 * width <= d8 <= d`.
+                let row = unsafe { vp.add(j * stride + c0) };
                 for (c, a) in acc.iter_mut().enumerate().take(width) {
-                    *a = _mm256_fmadd_ps(wv, load8(values, base + 8 * c), *a);
+                    *a = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(row.add(8 * c)) }, *a);
                 }
             }
             for (c, a) in acc.iter().enumerate().take(width) {

@@ -145,6 +145,20 @@ pub struct DeepseekScratch {
     routed_out: Vec<f32>,  // [n_grouped * n_expert_used, n_embd]
 }
 
+/// Latent cache rows per block of absorbed MLA attention: 8 rows of `kv_lora_rank + rope` f32
+/// (18 KiB at DeepSeek's 512 + 64) stay in L1 while a task's heads pass over them.
+const MLA_KV_BLOCK: usize = 8;
+
+/// Heads per absorbed-attention task: the largest divisor of `n_head` that still leaves two
+/// tasks per thread for one decoded token (so the threads balance), at least 1.
+fn mla_heads_per_task(n_head: usize, n_threads: usize) -> usize {
+    let most = (n_head / (2 * n_threads.max(1))).max(1);
+    (1..=most)
+        .rev()
+        .find(|g| n_head.is_multiple_of(*g))
+        .unwrap_or(1)
+}
+
 /// A derived matrix in a type the kernels can multiply: F32 stays F32; a quantized source becomes
 /// Q8_0 when its rows split into Q8_0 blocks, else F16.
 fn derived_matrix(values: &[f32], rows: usize, cols: usize, source: GgmlType) -> Result<QMatrix> {
@@ -463,8 +477,15 @@ impl DeepseekModel {
             route_scratch: RouteScratch::new(m),
             cos: vec![0.0; nb * c.qk_rope_head_dim / 2],
             sin: vec![0.0; nb * c.qk_rope_head_dim / 2],
-            // Per thread: scores and the rope part of the keys' dot products.
-            scores: vec![0.0; pool::global().n_threads() * 2 * n_ctx],
+            // Per thread, per head of a task's group: scores and the rope part of the keys'
+            // dot products.
+            scores: vec![
+                0.0;
+                pool::global().n_threads()
+                    * mla_heads_per_task(c.n_head, pool::global().n_threads())
+                    * 2
+                    * n_ctx
+            ],
             n_ctx,
             logits: vec![0.0; nb * c.n_vocab],
             hidden: vec![0.0; nb * c.n_embd],
@@ -810,18 +831,21 @@ impl DeepseekModel {
                 &mut s.head_out,
                 &mut s.qbuf,
             )?;
-            // MQA over the latent cache: keys [c_kv; k_pe], values c_kv; one (token, head) row
-            // per task: [n, h, lora].
+            // MQA over the latent cache: keys [c_kv; k_pe], values c_kv. Every head reads the
+            // same cache, so one task takes a group of `hg` heads of one token and walks the
+            // cache in blocks that stay in L1 while each head of the group passes over them:
+            // the cache is read once per group instead of once per head. [n, h, lora]
             let (q, q_abs, n_ctx) = (&s.q[..n * h * qk], &s.q_abs[..n * h * lora], s.n_ctx);
             let (seqs_ro, rows) = (&*seqs, &s.rows);
+            let hg = mla_heads_per_task(h, pool::global().n_threads());
             par_rows(
                 pool::global(),
                 &mut s.o_lat[..n * h * lora],
-                lora,
+                hg * lora,
                 &mut s.scores,
-                2 * n_ctx,
+                hg * 2 * n_ctx,
                 |r, out, scores| {
-                    let t = r / h;
+                    let (t, h0) = ((r * hg) / h, (r * hg) % h);
                     let n_kv = rows.row_pos[t] + 1;
                     let Some(kv) = seqs_ro[rows.row_seq[t]].cache.latent() else {
                         // Unreachable: every cache was checked by `forward`.
@@ -829,17 +853,37 @@ impl DeepseekModel {
                         return;
                     };
                     let cache = kv.rows(il, 0, n_kv);
-                    let qa = &q_abs[r * lora..(r + 1) * lora];
-                    let qpe = &q[r * qk + nope..(r + 1) * qk];
-                    // Keys are the cached rows [c_kv; k_pe]: latent and rope parts, summed.
-                    let (scores, pe) = scores.split_at_mut(n_ctx);
-                    let (scores, pe) = (&mut scores[..n_kv], &mut pe[..n_kv]);
-                    attn::qk_scores(qa, cache, width, scale, scores);
-                    attn::qk_scores(qpe, &cache[lora..], width, scale, pe);
-                    scores.iter_mut().zip(pe.iter()).for_each(|(s, p)| *s += p);
-                    softmax(scores);
-                    // Values are the latents themselves.
-                    attn::weighted_sum(scores, cache, width, out);
+                    // Per head of the group: scores, then the rope part of the keys' products.
+                    let (sc, pe) = scores.split_at_mut(hg * n_ctx);
+                    for b0 in (0..n_kv).step_by(MLA_KV_BLOCK) {
+                        let len = MLA_KV_BLOCK.min(n_kv - b0);
+                        let keys = &cache[b0 * width..];
+                        for g in 0..hg {
+                            let row = t * h + h0 + g;
+                            let qa = &q_abs[row * lora..(row + 1) * lora];
+                            let qpe = &q[row * qk + nope..(row + 1) * qk];
+                            let at = g * n_ctx + b0..g * n_ctx + b0 + len;
+                            attn::qk_scores(qa, keys, width, scale, &mut sc[at.clone()]);
+                            attn::qk_scores(qpe, &keys[lora..], width, scale, &mut pe[at]);
+                        }
+                    }
+                    for g in 0..hg {
+                        let (sg, pg) = (
+                            &mut sc[g * n_ctx..g * n_ctx + n_kv],
+                            &pe[g * n_ctx..g * n_ctx + n_kv],
+                        );
+                        sg.iter_mut().zip(pg).for_each(|(s, p)| *s += p);
+                        softmax(sg);
+                    }
+                    // Values are the latents themselves; each head's sum runs on across blocks.
+                    out.fill(0.0);
+                    for b0 in (0..n_kv).step_by(MLA_KV_BLOCK) {
+                        let len = MLA_KV_BLOCK.min(n_kv - b0);
+                        for (g, o) in out.chunks_exact_mut(lora).enumerate() {
+                            let w = &sc[g * n_ctx + b0..g * n_ctx + b0 + len];
+                            attn::weighted_sum_acc(w, &cache[b0 * width..], width, o);
+                        }
+                    }
                 },
             )?;
             // Un-absorb W_UV: o[t, h] = W_UV[h] o_lat[t, h]  ([n, h, dv]).
