@@ -97,16 +97,17 @@ pub fn weighted_sum_acc_with(
 /// 2e-7, against libm's correctly rounded value in the reference); a row's result depends only
 /// on the row.
 pub fn softmax(scores: &mut [f32]) {
-    softmax_with(detected_isa(), scores)
+    softmax_with(detected_isa(), scores);
 }
 
-/// [`softmax`] on an explicit ISA; one this CPU cannot run falls back to the reference.
-pub fn softmax_with(isa: Isa, scores: &mut [f32]) {
+/// [`softmax`] on an explicit ISA; one this CPU cannot run falls back to the reference. Returns
+/// the max and the sum of `exp(s - max)` it normalized by, so softmaxes over consecutive runs of
+/// scores can be merged into the softmax over all of them (split-KV attention).
+pub fn softmax_with(isa: Isa, scores: &mut [f32]) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.is_available() {
         // SAFETY: AVX2 and FMA were just confirmed available.
-        unsafe { x86::softmax(scores) };
-        return;
+        return unsafe { x86::softmax(scores) };
     }
     let _ = isa;
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -117,6 +118,12 @@ pub fn softmax_with(isa: Isa, scores: &mut [f32]) {
     }
     let inv = 1.0 / sum;
     scores.iter_mut().for_each(|s| *s *= inv);
+    (max, sum)
+}
+
+/// [`softmax`] that also returns its max and sum (see [`softmax_with`]).
+pub fn softmax_stats(scores: &mut [f32]) -> (f32, f32) {
+    softmax_with(detected_isa(), scores)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -152,7 +159,7 @@ mod x86 {
 
     /// SAFETY contract: the CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax(scores: &mut [f32]) {
+    pub(super) unsafe fn softmax(scores: &mut [f32]) -> (f32, f32) {
         let n = scores.len();
         let n8 = n / 8 * 8;
         let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -186,6 +193,7 @@ mod x86 {
         }
         let inv = 1.0 / sum;
         scores[n8..].iter_mut().for_each(|s| *s *= inv);
+        (max, sum)
     }
 
     /// 8 floats from `s[at..]` (bounds-checked).

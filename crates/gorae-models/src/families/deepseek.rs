@@ -149,14 +149,25 @@ pub struct DeepseekScratch {
 /// (18 KiB at DeepSeek's 512 + 64) stay in L1 while a task's heads pass over them.
 const MLA_KV_BLOCK: usize = 8;
 
-/// Heads per absorbed-attention task: the largest divisor of `n_head` that still leaves two
-/// tasks per thread for one decoded token (so the threads balance), at least 1.
+/// Latent cache rows per chunk of absorbed MLA attention: 256 rows (576 KiB at 512 + 64) stay in
+/// L2 between a chunk's scores and its weighted sums, so the cache streams from memory once per
+/// task.
+const MLA_CHUNK: usize = 256;
+
+/// Heads per absorbed-attention task: the largest divisor of `n_head` that gives every thread
+/// one task for a decoded token (each task streams the whole cache, so fewer tasks read less).
 fn mla_heads_per_task(n_head: usize, n_threads: usize) -> usize {
-    let most = (n_head / (2 * n_threads.max(1))).max(1);
+    let most = (n_head / n_threads.max(1)).max(1);
     (1..=most)
         .rev()
         .find(|g| n_head.is_multiple_of(*g))
         .unwrap_or(1)
+}
+
+/// f32 scratch one absorbed-attention task of `hg` heads needs: scores and rope parts for a
+/// chunk, a chunk's partial outputs, and a max and a sum per head.
+fn mla_task_scratch(hg: usize, lora: usize) -> usize {
+    hg * (2 * MLA_CHUNK + lora + 2)
 }
 
 /// A derived matrix in a type the kernels can multiply: F32 stays F32; a quantized source becomes
@@ -477,14 +488,15 @@ impl DeepseekModel {
             route_scratch: RouteScratch::new(m),
             cos: vec![0.0; nb * c.qk_rope_head_dim / 2],
             sin: vec![0.0; nb * c.qk_rope_head_dim / 2],
-            // Per thread, per head of a task's group: scores and the rope part of the keys'
-            // dot products.
+            // Per thread: the naive path's scores and rope parts ([2 * n_ctx]) or an absorbed
+            // task's chunk scratch, whichever is larger.
             scores: vec![
                 0.0;
                 pool::global().n_threads()
-                    * mla_heads_per_task(c.n_head, pool::global().n_threads())
-                    * 2
-                    * n_ctx
+                    * (2 * n_ctx).max(mla_task_scratch(
+                        mla_heads_per_task(c.n_head, pool::global().n_threads()),
+                        c.kv_lora_rank
+                    ))
             ],
             n_ctx,
             logits: vec![0.0; nb * c.n_vocab],
@@ -832,10 +844,13 @@ impl DeepseekModel {
                 &mut s.qbuf,
             )?;
             // MQA over the latent cache: keys [c_kv; k_pe], values c_kv. Every head reads the
-            // same cache, so one task takes a group of `hg` heads of one token and walks the
-            // cache in blocks that stay in L1 while each head of the group passes over them:
-            // the cache is read once per group instead of once per head. [n, h, lora]
-            let (q, q_abs, n_ctx) = (&s.q[..n * h * qk], &s.q_abs[..n * h * lora], s.n_ctx);
+            // same cache, so one task takes a group of `hg` heads of one token (one task per
+            // thread for a decoded token) and walks the cache in chunks of MLA_CHUNK positions:
+            // the chunk's scores for the whole group, in blocks that stay in L1 while each head
+            // passes over them, then its weighted sums while the chunk is still in L2. Chunks
+            // after the first are merged into the result by their softmax statistics (split-KV
+            // attention); a context of at most one chunk is one plain softmax.
+            let (q, q_abs) = (&s.q[..n * h * qk], &s.q_abs[..n * h * lora]);
             let (seqs_ro, rows) = (&*seqs, &s.rows);
             let hg = mla_heads_per_task(h, pool::global().n_threads());
             par_rows(
@@ -843,8 +858,8 @@ impl DeepseekModel {
                 &mut s.o_lat[..n * h * lora],
                 hg * lora,
                 &mut s.scores,
-                hg * 2 * n_ctx,
-                |r, out, scores| {
+                mla_task_scratch(hg, lora),
+                |r, out, scratch| {
                     let (t, h0) = ((r * hg) / h, (r * hg) % h);
                     let n_kv = rows.row_pos[t] + 1;
                     let Some(kv) = seqs_ro[rows.row_seq[t]].cache.latent() else {
@@ -853,35 +868,57 @@ impl DeepseekModel {
                         return;
                     };
                     let cache = kv.rows(il, 0, n_kv);
-                    // Per head of the group: scores, then the rope part of the keys' products.
-                    let (sc, pe) = scores.split_at_mut(hg * n_ctx);
-                    for b0 in (0..n_kv).step_by(MLA_KV_BLOCK) {
-                        let len = MLA_KV_BLOCK.min(n_kv - b0);
-                        let keys = &cache[b0 * width..];
-                        for g in 0..hg {
-                            let row = t * h + h0 + g;
-                            let qa = &q_abs[row * lora..(row + 1) * lora];
-                            let qpe = &q[row * qk + nope..(row + 1) * qk];
-                            let at = g * n_ctx + b0..g * n_ctx + b0 + len;
-                            attn::qk_scores(qa, keys, width, scale, &mut sc[at.clone()]);
-                            attn::qk_scores(qpe, &keys[lora..], width, scale, &mut pe[at]);
+                    // Per head of the group: the chunk's scores and their rope parts, a later
+                    // chunk's partial output, and the running softmax max and sum.
+                    let (sc, rest) = scratch.split_at_mut(hg * MLA_CHUNK);
+                    let (pe, rest) = rest.split_at_mut(hg * MLA_CHUNK);
+                    let (part, stats) = rest.split_at_mut(hg * lora);
+                    for c0 in (0..n_kv).step_by(MLA_CHUNK) {
+                        let len = MLA_CHUNK.min(n_kv - c0);
+                        for b0 in (0..len).step_by(MLA_KV_BLOCK) {
+                            let bl = MLA_KV_BLOCK.min(len - b0);
+                            let keys = &cache[(c0 + b0) * width..];
+                            for g in 0..hg {
+                                let row = t * h + h0 + g;
+                                let qa = &q_abs[row * lora..(row + 1) * lora];
+                                let qpe = &q[row * qk + nope..(row + 1) * qk];
+                                let at = g * MLA_CHUNK + b0..g * MLA_CHUNK + b0 + bl;
+                                attn::qk_scores(qa, keys, width, scale, &mut sc[at.clone()]);
+                                attn::qk_scores(qpe, &keys[lora..], width, scale, &mut pe[at]);
+                            }
                         }
-                    }
-                    for g in 0..hg {
-                        let (sg, pg) = (
-                            &mut sc[g * n_ctx..g * n_ctx + n_kv],
-                            &pe[g * n_ctx..g * n_ctx + n_kv],
-                        );
-                        sg.iter_mut().zip(pg).for_each(|(s, p)| *s += p);
-                        softmax(sg);
-                    }
-                    // Values are the latents themselves; each head's sum runs on across blocks.
-                    out.fill(0.0);
-                    for b0 in (0..n_kv).step_by(MLA_KV_BLOCK) {
-                        let len = MLA_KV_BLOCK.min(n_kv - b0);
-                        for (g, o) in out.chunks_exact_mut(lora).enumerate() {
-                            let w = &sc[g * n_ctx + b0..g * n_ctx + b0 + len];
-                            attn::weighted_sum_acc(w, &cache[b0 * width..], width, o);
+                        for g in 0..hg {
+                            let sg = &mut sc[g * MLA_CHUNK..g * MLA_CHUNK + len];
+                            let pg = &pe[g * MLA_CHUNK..g * MLA_CHUNK + len];
+                            sg.iter_mut().zip(pg).for_each(|(s, p)| *s += p);
+                            let (m, l) = attn::softmax_stats(sg);
+                            // Values are the latents themselves; the sum runs on across blocks.
+                            let dst = if c0 == 0 {
+                                &mut out[g * lora..(g + 1) * lora]
+                            } else {
+                                &mut part[g * lora..(g + 1) * lora]
+                            };
+                            dst.fill(0.0);
+                            for b0 in (0..len).step_by(MLA_KV_BLOCK) {
+                                let bl = MLA_KV_BLOCK.min(len - b0);
+                                let w = &sc[g * MLA_CHUNK + b0..g * MLA_CHUNK + b0 + bl];
+                                attn::weighted_sum_acc(w, &cache[(c0 + b0) * width..], width, dst);
+                            }
+                            if c0 == 0 {
+                                (stats[2 * g], stats[2 * g + 1]) = (m, l);
+                                continue;
+                            }
+                            // Merge: both outputs are normalized by their own sums.
+                            let (mo, lo) = (stats[2 * g], stats[2 * g + 1]);
+                            let mx = mo.max(m);
+                            let (a, b) = (lo * (mo - mx).exp(), l * (m - mx).exp());
+                            let total = a + b;
+                            let (wa, wb) = (a / total, b / total);
+                            let o = &mut out[g * lora..(g + 1) * lora];
+                            for (o, p) in o.iter_mut().zip(&part[g * lora..(g + 1) * lora]) {
+                                *o = *o * wa + *p * wb;
+                            }
+                            (stats[2 * g], stats[2 * g + 1]) = (mx, total);
                         }
                     }
                 },
