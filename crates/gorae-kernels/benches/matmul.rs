@@ -9,6 +9,8 @@
 //! - `batch64/<shape>/<type>/<isa>`: n_tokens = 64; throughput is counted in "elements" that are
 //!   floating-point operations (2 * n_rows * n_cols * n_tokens), so criterion's `Gelem/s` reads
 //!   as GFLOP/s.
+//! - `<isa>+panels` in `decode` and `batch64`: the same matrix repacked into 16-row panels
+//!   (`gorae_kernels::packed`), on each ISA with panel kernels for the type.
 //!
 //! Each timing includes quantizing the activations (as `matmul` does). Samples are few and
 //! short so the default run stays in minutes; `GORAE_BENCH_TYPES=q4_0,q8_0` narrows the types.
@@ -17,7 +19,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gorae_kernels::matmul::{WeightRef, matmul_with};
-use gorae_kernels::{GgmlType, available_isas, quantize_row};
+use gorae_kernels::packed::{self, Layout};
+use gorae_kernels::{GgmlType, Isa, available_isas, quantize_row};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -100,6 +103,18 @@ fn bench(c: &mut Criterion) {
             };
             let shape = format!("{n_rows}x{n_cols}");
             let mut scratch = Vec::new();
+            // The same matrix in 16-row panels, for every ISA with panel kernels for the type.
+            let paneled = packed::pack(ty, n_rows, n_cols, &data).unwrap_or_default();
+            let wp = WeightRef {
+                layout: Layout::Panels,
+                data: &paneled,
+                ..w
+            };
+            let panel_isas: Vec<Isa> = isas
+                .iter()
+                .copied()
+                .filter(|&isa| packed::layout_for(isa, ty) == Layout::Panels)
+                .collect();
 
             let x1 = values(n_cols, 1);
             let mut y1 = vec![0.0f32; n_rows];
@@ -111,6 +126,17 @@ fn bench(c: &mut Criterion) {
                         matmul_with(isa, &w, black_box(&x1), 1, &mut y1, &mut scratch).unwrap_or(())
                     })
                 });
+            }
+            for &isa in &panel_isas {
+                g.bench_function(
+                    BenchmarkId::new(ty.to_string(), format!("{isa}+panels")),
+                    |b| {
+                        b.iter(|| {
+                            matmul_with(isa, &wp, black_box(&x1), 1, &mut y1, &mut scratch)
+                                .unwrap_or(())
+                        })
+                    },
+                );
             }
             g.finish();
 
@@ -126,6 +152,17 @@ fn bench(c: &mut Criterion) {
                             .unwrap_or(())
                     })
                 });
+            }
+            for &isa in &panel_isas {
+                g.bench_function(
+                    BenchmarkId::new(ty.to_string(), format!("{isa}+panels")),
+                    |b| {
+                        b.iter(|| {
+                            matmul_with(isa, &wp, black_box(&x64), n_tok, &mut y64, &mut scratch)
+                                .unwrap_or(())
+                        })
+                    },
+                );
             }
             g.finish();
         }

@@ -94,9 +94,11 @@ fn main() {
                 );
             }
         }
-        // The same matrices repacked into 16-row panels, on the best ISA.
-        let best_isa = *available_isas().last().unwrap();
-        if packed::layout_for(best_isa, ty) == Layout::Panels {
+        // The same matrices repacked into 16-row panels, on every ISA with panel kernels.
+        for best_isa in available_isas() {
+            if packed::layout_for(best_isa, ty) != Layout::Panels {
+                continue;
+            }
             let one_p = packed::pack(ty, n_rows, n_cols, &one).unwrap();
             let big_p: Vec<u8> = one_p
                 .iter()

@@ -1,4 +1,6 @@
-//! Load-time repacking of 32-element block weights (Q4_0, Q4_1, Q8_0) into 16-row panels.
+//! Load-time repacking of weights (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) into 16-row panels, for the
+//! AVX-512 VNNI kernels (`arch/x86_panels.rs`) and the AVX2 ones (`arch/x86_panels_avx2.rs`,
+//! two 8-row halves per panel); other ISAs keep ggml's row layout.
 //!
 //! In ggml's layout a row is a run of blocks, so a SIMD dot product of one row with one token
 //! ends in a horizontal sum per block (or per few blocks). In a panel, 16 rows are interleaved
@@ -9,8 +11,9 @@
 //! across lanes, and each token's arithmetic is the same whether it runs alone (decode) or in
 //! a batch (prefill, batched decode), so batching changes no bit.
 //!
-//! **Panel block** (one block column of 16 rows; panels are `n_blocks` of these back to back,
-//! panels one after another; a last partial panel is padded with zero rows):
+//! **Panel block** of the 32-element types (one block column of 16 rows; panels are `n_blocks`
+//! of these back to back, panels one after another; a last partial panel is padded with zero
+//! rows; the K-quants' layouts are described at their constants below):
 //!
 //! ```text
 //! Q8_0 (544 bytes = 16 x 34): d[16] f16 | 8 groups x 16 rows x 4 quants, each XOR 0x80
@@ -28,8 +31,10 @@
 //!
 //! **Arithmetic**, per row and token, blocks in order, exactly the scalar reference's:
 //! Q8_0 `y += isum * (d_w * d_x)`, Q4_0 `y += isum * d_w * d_x`, Q4_1
-//! `y += (d_w * d_x) * isum + m_w * s_x`. Every panel kernel is therefore bit-identical to
-//! [`crate::quant::reference`] on the same weights, which the tests check with `==`.
+//! `y += (d_w * d_x) * isum + m_w * s_x`, Q4_K `y += d * isum - dmin * summs`, Q6_K
+//! `y += (d_w * d_x) * isum`, with exact integer parts. Every panel kernel is therefore
+//! bit-identical to [`crate::quant::reference`] on the same weights, which the tests check with
+//! `==`.
 
 use crate::error::KernelError;
 use crate::isa::Isa;

@@ -31,6 +31,8 @@ mod aarch64;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_panels;
+#[cfg(target_arch = "x86_64")]
+mod x86_panels_avx2;
 
 use crate::{GgmlType, Isa};
 
@@ -66,6 +68,8 @@ pub(crate) fn panels_fn(isa: Isa, ty: GgmlType) -> Option<PanelsFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => x86_panels::panels_fn(ty),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86_panels_avx2::panels_fn(ty),
         _ => None,
     }
 }
