@@ -10,6 +10,7 @@
 //! - [`attn`]: attention's score and weighted-sum loops over an f32 cache.
 //! - [`pool`] and [`par`]: the persistent thread pool and the matrix product split over it.
 
+pub mod act;
 mod arch;
 pub mod attn;
 pub mod error;

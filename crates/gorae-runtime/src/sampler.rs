@@ -85,6 +85,8 @@ pub struct Sampler {
     cfg: SamplerConfig,
     rng: StdRng,
     cand: Vec<(f32, u32)>,
+    /// The candidates' unnormalized probabilities, contiguous for the vectorized exp.
+    weights: Vec<f32>,
     counts: Vec<u32>,
 }
 
@@ -95,6 +97,7 @@ impl Sampler {
             cfg,
             rng,
             cand: Vec::new(),
+            weights: Vec::new(),
             counts: Vec::new(),
         }
     }
@@ -174,11 +177,17 @@ impl Sampler {
         if self.cand.is_empty() {
             return 0;
         }
+        // Weights exp((l - max) / t), vectorized: a whole vocabulary per token otherwise costs
+        // more than a batched decode step's share of the forward pass.
         let t = self.cfg.temperature;
+        self.weights.clear();
+        self.weights
+            .extend(self.cand.iter().map(|c| (c.0 - max) / t));
+        gorae_kernels::attn::exp_nonpositive(&mut self.weights);
         let mut total = 0.0f64;
-        for c in self.cand.iter_mut() {
-            c.0 = (((c.0 - max) / t) as f64).exp() as f32;
-            total += c.0 as f64;
+        for (c, &w) in self.cand.iter_mut().zip(&self.weights) {
+            c.0 = w;
+            total += w as f64;
         }
         let mut r = self.rng.random::<f64>() * total;
         for c in self.cand.iter() {

@@ -1,8 +1,6 @@
 //! The gated feed-forward block's elementwise part: `silu(gate) * up`.
 
-/// `gate[i] = silu(gate[i]) * up[i]`, in place in `gate`.
+/// `gate[i] = silu(gate[i]) * up[i]`, in place in `gate` (SIMD where the CPU has it).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    gorae_kernels::act::swiglu(gate, up);
 }
