@@ -24,20 +24,21 @@ thread_local! {
     static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A pointer to `y` that threads write through at disjoint ranges.
-struct OutPtr(*mut f32, usize);
+/// A pointer to an output (`y`, or quantized activations) that threads write through at
+/// disjoint ranges.
+struct OutPtr<T>(*mut T, usize);
 
 // SAFETY: each thread writes only its own disjoint range (see `matmul_par`), and `run` returns
-// only after every thread has finished, while `y` is still mutably borrowed by the caller.
-unsafe impl Sync for OutPtr {}
+// only after every thread has finished, while the output is still mutably borrowed by the caller.
+unsafe impl<T: Send> Sync for OutPtr<T> {}
 
-impl OutPtr {
+impl<T> OutPtr<T> {
     /// The sub-slice `range` of the output.
     ///
     /// # Safety
     /// Ranges handed to concurrent callers must not overlap, and must lie within the output.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [f32] {
+    unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [T] {
         debug_assert!(range.end <= self.1);
         // SAFETY: by the caller's contract the range is in bounds and not aliased.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
@@ -154,7 +155,7 @@ fn quantize_par<'s>(
     }
     let isa = crate::isa::detected_isa();
     let (row, n_cols) = (need / n_tokens, w.n_cols);
-    let dst = OutBytes(scratch.as_mut_ptr(), need);
+    let dst = OutPtr(scratch.as_mut_ptr(), need);
     let first_err = FirstError::new();
     pool.run(&|ith, nth| {
         let toks = split(n_tokens, ith, nth, 1);
@@ -168,23 +169,6 @@ fn quantize_par<'s>(
     });
     first_err.into_result()?;
     Ok(&scratch[..need])
-}
-
-/// A pointer to a byte buffer that threads write through at disjoint ranges.
-struct OutBytes(*mut u8, usize);
-
-// SAFETY: as `OutPtr`: disjoint ranges per thread, and the pool job ends before the borrow does.
-unsafe impl Sync for OutBytes {}
-
-impl OutBytes {
-    /// # Safety
-    /// Ranges handed to concurrent callers must not overlap, and must lie within the buffer.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [u8] {
-        debug_assert!(range.end <= self.1);
-        // SAFETY: by the caller's contract the range is in bounds and not aliased.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
-    }
 }
 
 /// One product of a group: `y = x · wᵀ` (`x: [n_tokens, n_cols]`, `y: [n_tokens, n_rows]`).
@@ -331,7 +315,7 @@ fn product_rows(
     xq: &[u8],
     n_tokens: usize,
     rows: std::ops::Range<usize>,
-    out: &OutPtr,
+    out: &OutPtr<f32>,
 ) -> Result<(), KernelError> {
     let (n_rows, len) = (w.n_rows, rows.len());
     if n_tokens == 1 {

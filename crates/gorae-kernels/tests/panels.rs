@@ -48,6 +48,17 @@ fn random_matrix(
     w
 }
 
+/// A view of panel-layout bytes.
+fn panels_ref(ty: GgmlType, data: &[u8], n_rows: usize, n_cols: usize) -> WeightRef<'_> {
+    WeightRef {
+        ty,
+        data,
+        n_rows,
+        n_cols,
+        layout: Layout::Panels,
+    }
+}
+
 #[test]
 fn packing_keeps_every_value() {
     let mut rng = rng(7);
@@ -66,13 +77,7 @@ fn packing_keeps_every_value() {
             };
             assert_eq!(p.len(), want, "{ty}: whole panels");
             let plain = dequantize(ty, &w, n_rows * n_cols);
-            let pw = WeightRef {
-                ty,
-                data: &p,
-                n_rows,
-                n_cols,
-                layout: Layout::Panels,
-            };
+            let pw = panels_ref(ty, &p, n_rows, n_cols);
             let mut row = vec![0.0; n_cols];
             for r in 0..n_rows {
                 pw.dequantize_row(r, &mut row).unwrap();
@@ -96,13 +101,7 @@ fn panel_products_equal_the_reference_bit_for_bit() {
             let w = random_matrix(&mut rng, ty, n_rows, n_cols);
             let row_bytes = w.len() / n_rows;
             let p = packed::pack(ty, n_rows, n_cols, &w).unwrap();
-            let pw = WeightRef {
-                ty,
-                data: &p,
-                n_rows,
-                n_cols,
-                layout: Layout::Panels,
-            };
+            let pw = panels_ref(ty, &p, n_rows, n_cols);
             let x: Vec<f32> = gaussian(&mut rng, n_tokens * n_cols);
             // The reference: plain rows against activations in the weight's vec_dot_type.
             let plain = WeightRef::rows(ty, &w, n_rows, n_cols);
@@ -159,13 +158,7 @@ fn panel_products_split_over_threads_equal_one_thread() {
         let (n_rows, n_cols) = (83, 256);
         let w = random_matrix(&mut rng, ty, n_rows, n_cols);
         let p = packed::pack(ty, n_rows, n_cols, &w).unwrap();
-        let pw = WeightRef {
-            ty,
-            data: &p,
-            n_rows,
-            n_cols,
-            layout: Layout::Panels,
-        };
+        let pw = panels_ref(ty, &p, n_rows, n_cols);
         // 1: decode rows; 5, 32: row split; 40: token split.
         for n_tokens in [1, 5, 32, 40] {
             let x = gaussian(&mut rng, n_tokens * n_cols);
@@ -184,13 +177,7 @@ fn wrong_sizes_are_errors_not_panics() {
     assert!(packed::pack(GgmlType::Q8_0, 20, 32, &w[..34 * 19]).is_err());
     assert!(packed::pack(GgmlType::Q5_K, 1, 256, &[0; 176]).is_err());
     let p = packed::pack(GgmlType::Q8_0, 20, 32, &w).unwrap();
-    let short = WeightRef {
-        ty: GgmlType::Q8_0,
-        data: &p[..p.len() - 1],
-        n_rows: 20,
-        n_cols: 32,
-        layout: Layout::Panels,
-    };
+    let short = panels_ref(GgmlType::Q8_0, &p[..p.len() - 1], 20, 32);
     let mut y = vec![0.0; 20];
     assert!(gorae_kernels::matmul(&short, &[0.0; 32], 1, &mut y, &mut Vec::new()).is_err());
 }
