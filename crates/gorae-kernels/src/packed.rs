@@ -187,6 +187,9 @@ fn block_bytes(ty: GgmlType) -> Option<(usize, usize)> {
 
 /// Writes row `i`'s plain block `src` into its place in the panel block `dst`.
 fn pack_block(ty: GgmlType, i: usize, src: &[u8], dst: &mut [u8]) {
+    // Quants move in whole 4-byte groups: a group of a row is 4 consecutive bytes of the panel.
+    let put4 = |dst: &mut [u8], at: usize, v: [u8; 4]| dst[at..at + 4].copy_from_slice(&v);
+    let get4 = |at: usize| [src[at], src[at + 1], src[at + 2], src[at + 3]];
     match ty {
         GgmlType::Q4_K => {
             dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
@@ -198,9 +201,9 @@ fn pack_block(ty: GgmlType, i: usize, src: &[u8], dst: &mut [u8]) {
                 dst[Q4K_SC + 16 * s + i] = sc[s];
                 dst[Q4K_M + 32 * (s / 2) + 2 * i + s % 2] = m[s];
             }
-            for (k, &q) in src[16..144].iter().enumerate() {
-                let (p, g, j) = (k / 32, (k % 32) / 4, k % 4);
-                dst[Q4K_QS + 512 * p + 64 * g + 4 * i + j] = q;
+            for k4 in 0..32 {
+                let (p, g) = (k4 / 8, k4 % 8);
+                put4(dst, Q4K_QS + 512 * p + 64 * g + 4 * i, get4(16 + 4 * k4));
             }
         }
         GgmlType::Q6_K => {
@@ -209,18 +212,33 @@ fn pack_block(ty: GgmlType, i: usize, src: &[u8], dst: &mut [u8]) {
             for (s, &sc) in b.scales.iter().enumerate() {
                 dst[Q6K_SC + 16 * s + i] = sc as u8;
             }
-            for (e, &q) in unpack_q6_k(&b).iter().enumerate() {
-                let u = (q + 32) as u8;
-                let (g, j) = (e / 4, e % 4);
-                let (k, shift) = if g < 32 { (g, 0) } else { (g - 32, 4) };
-                dst[Q6K_QL + 64 * k + 4 * i + j] |= (u & 0x0f) << shift;
-                dst[Q6K_QH + 64 * (g % 16) + 4 * i + j] |= (u >> 4) << (2 * (g / 16));
+            let u = unpack_q6_k(&b).map(|q| (q + 32) as u8);
+            // ql dword k: groups k (low nibbles) and k + 32 (high); qh dword h: groups h + 16 f
+            // in bits 2f..2f+2.
+            for k in 0..32 {
+                let v =
+                    core::array::from_fn(|j| (u[4 * k + j] & 0x0f) | (u[4 * (k + 32) + j] << 4));
+                put4(dst, Q6K_QL + 64 * k + 4 * i, v);
+            }
+            for h in 0..16 {
+                let v = core::array::from_fn(|j| {
+                    (0..4).fold(0u8, |acc, f| {
+                        acc | ((u[4 * (h + 16 * f) + j] >> 4) << (2 * f))
+                    })
+                });
+                put4(dst, Q6K_QH + 64 * h + 4 * i, v);
             }
         }
         _ => {
             if let Some(f) = Format::of(ty) {
-                for (k, &v) in src.iter().enumerate() {
-                    dst[f.at(i, k)] = if f.is_quant(k) { v ^ f.flip } else { v };
+                let fields = 2 * f.n_fields;
+                for k in 0..f.n_fields {
+                    dst[2 * PANEL * k + 2 * i..2 * PANEL * k + 2 * i + 2]
+                        .copy_from_slice(&src[2 * k..2 * k + 2]);
+                }
+                for g in 0..(f.block - fields) / 4 {
+                    let v = get4(fields + 4 * g).map(|b| b ^ f.flip);
+                    put4(dst, PANEL * fields + 4 * PANEL * g + 4 * i, v);
                 }
             }
         }
@@ -325,22 +343,41 @@ pub fn pack(
         return Ok(out);
     }
     // Padding rows are packed from an all-zero block (zero scales: they compute zeros).
-    let zero = [0u8; 210];
-    for (p, panel) in out.chunks_exact_mut(nb * pb).enumerate() {
-        for (b, dst) in panel.chunks_exact_mut(pb).enumerate() {
-            for i in 0..PANEL {
-                let r = p * PANEL + i;
-                let src = if r < n_rows {
-                    &data[r * row + b * bb..r * row + (b + 1) * bb]
-                } else {
-                    &zero[..bb]
-                };
-                pack_block(ty, i, src, dst);
+    let pack_panels = |p0: usize, panels: &mut [u8]| {
+        let zero = [0u8; 210];
+        for (dp, panel) in panels.chunks_exact_mut(nb * pb).enumerate() {
+            for (b, dst) in panel.chunks_exact_mut(pb).enumerate() {
+                for i in 0..PANEL {
+                    let r = (p0 + dp) * PANEL + i;
+                    let src = if r < n_rows {
+                        &data[r * row + b * bb..r * row + (b + 1) * bb]
+                    } else {
+                        &zero[..bb]
+                    };
+                    pack_block(ty, i, src, dst);
+                }
             }
         }
+    };
+    // Large matrices are packed on every core (a model's load would otherwise wait on it).
+    let n_panels = out.len() / (nb * pb);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if out.len() < PACK_PARALLEL_BYTES || threads == 1 {
+        pack_panels(0, &mut out);
+        return Ok(out);
     }
+    let per = n_panels.div_ceil(threads);
+    std::thread::scope(|sc| {
+        for (c, chunk) in out.chunks_mut(per * nb * pb).enumerate() {
+            let pack_panels = &pack_panels;
+            sc.spawn(move || pack_panels(c * per, chunk));
+        }
+    });
     Ok(out)
 }
+
+/// Matrices at least this large are packed on several threads.
+const PACK_PARALLEL_BYTES: usize = 4 << 20;
 
 /// Dequantizes row `r` of a panel-layout matrix into `out` (`[n_cols]`), e.g. a token's
 /// embedding from a tied output matrix. Allocates nothing.

@@ -88,6 +88,28 @@ fn packing_keeps_every_value() {
     }
 }
 
+/// A matrix large enough to be packed on several threads: every chunk boundary lands where it
+/// should (rows sampled across the whole matrix, the padded last panel included).
+#[test]
+fn large_matrices_pack_in_parallel_chunks_correctly() {
+    let mut rng = rng(11);
+    for ty in [GgmlType::Q8_0, GgmlType::Q6_K] {
+        let (n_rows, n_cols) = (1303, 4096);
+        let w = random_matrix(&mut rng, ty, n_rows, n_cols);
+        assert!(w.len() > 4 << 20, "{ty}: below the parallel threshold");
+        let p = packed::pack(ty, n_rows, n_cols, &w).unwrap();
+        let pw = panels_ref(ty, &p, n_rows, n_cols);
+        let row_bytes = w.len() / n_rows;
+        let (mut got, mut want) = (vec![0.0; n_cols], vec![0.0; n_cols]);
+        for r in (0..n_rows).step_by(37).chain(n_rows - 3..n_rows) {
+            pw.dequantize_row(r, &mut got).unwrap();
+            gorae_kernels::dequantize_row(ty, &w[r * row_bytes..(r + 1) * row_bytes], &mut want)
+                .unwrap();
+            assert_eq!(got, want, "{ty} row {r}");
+        }
+    }
+}
+
 #[test]
 fn panel_products_equal_the_reference_bit_for_bit() {
     let isas = available_isas();
