@@ -86,6 +86,19 @@ fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
 }
 
+/// Prefetches the lines [`super::x86_panels::PREFETCH_DIST`] bytes past each line of `blk` (see
+/// there; the K-quants only). Only the first half's pass asks: the second reads the same block
+/// again.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_ahead(blk: &[u8]) {
+    let p = blk.as_ptr().wrapping_add(super::x86_panels::PREFETCH_DIST);
+    for off in (0..blk.len()).step_by(64) {
+        // A hint: it reads nothing architecturally and cannot fault, past the end included.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
+    }
+}
+
 /// Stores a half panel's 8 sums at `y[at..]`, only the first `n` (padding rows are skipped).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -195,6 +208,9 @@ fn tile_q4_k<const T: usize>(
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let blk = &panel[b * PB..(b + 1) * PB];
+        if T == 1 && hf == 0 {
+            prefetch_ahead(blk);
+        }
         let mut isum = [_mm256_setzero_si256(); T];
         for p in 0..4 {
             for h in 0..2 {
@@ -259,6 +275,9 @@ fn tile_q6_k<const T: usize>(
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let blk = &panel[b * PB..(b + 1) * PB];
+        if T == 1 && hf == 0 {
+            prefetch_ahead(blk);
+        }
         let mut isum = [_mm256_setzero_si256(); T];
         for j in 0..4 {
             for f in 0..4 {
