@@ -1,4 +1,4 @@
-//! Load-time repacking of weights (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) into 16-row panels, for the
+//! Load-time repacking of weights (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) into 16-row panels, for the
 //! AVX-512 VNNI kernels (`arch/x86_panels.rs`) and the AVX2 ones (`arch/x86_panels_avx2.rs`,
 //! two 8-row halves per panel); other ISAs keep ggml's row layout.
 //!
@@ -31,7 +31,7 @@
 //!
 //! **Arithmetic**, per row and token, blocks in order, exactly the scalar reference's:
 //! Q8_0 `y += isum * (d_w * d_x)`, Q4_0 `y += isum * d_w * d_x`, Q4_1
-//! `y += (d_w * d_x) * isum + m_w * s_x`, Q4_K `y += d * isum - dmin * summs`, Q6_K
+//! `y += (d_w * d_x) * isum + m_w * s_x`, Q4_K and Q5_K `y += d * isum - dmin * summs`, Q6_K
 //! `y += (d_w * d_x) * isum`, with exact integer parts. Every panel kernel is therefore
 //! bit-identical to [`crate::quant::reference`] on the same weights, which the tests check with
 //! `==`.
@@ -151,6 +151,13 @@ const Q4K_M: usize = 192;
 const Q4K_QS: usize = 320;
 const Q4K_PANEL: usize = 2368;
 
+// Q5_K panel super-block (2880 bytes for 16 x 176): Q4_K's panel, then the fifth bits. Bit s of
+// plain byte `qh[l]` is the fifth bit of element 32 s + l, and byte l lies in the same 4-byte
+// group as the nibbles of elements l, 32 + l, ...: row i's `qh[4g..4g+4]` at 2368 + 64 g + 4 i,
+// so one vector shifted right by s gives sub-block s's fifth bits for group g of all 16 rows.
+const Q5K_QH: usize = 2368;
+const Q5K_PANEL: usize = 2880;
+
 // Q6_K panel super-block (3360 bytes = 16 x 210). Element group G (elements 4G..4G+4) of a row:
 // its low 4 bits are the low nibbles of ql dword G (G < 32) or the high nibbles of ql dword
 // G - 32; its high 2 bits are bits 2f..2f+2 of qh dword G % 16, f = G / 16. Unpacking one qh
@@ -168,7 +175,7 @@ const Q6K_PANEL: usize = 3360;
 /// Elements per block of a panel type.
 fn block_elems(ty: GgmlType) -> usize {
     match ty {
-        GgmlType::Q4_K | GgmlType::Q6_K => 256,
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => 256,
         _ => 32,
     }
 }
@@ -177,6 +184,7 @@ fn block_elems(ty: GgmlType) -> usize {
 fn block_bytes(ty: GgmlType) -> Option<(usize, usize)> {
     Some(match ty {
         GgmlType::Q4_K => (144, Q4K_PANEL),
+        GgmlType::Q5_K => (176, Q5K_PANEL),
         GgmlType::Q6_K => (210, Q6K_PANEL),
         _ => {
             let f = Format::of(ty)?;
@@ -191,7 +199,7 @@ fn pack_block(ty: GgmlType, i: usize, src: &[u8], dst: &mut [u8]) {
     let put4 = |dst: &mut [u8], at: usize, v: [u8; 4]| dst[at..at + 4].copy_from_slice(&v);
     let get4 = |at: usize| [src[at], src[at + 1], src[at + 2], src[at + 3]];
     match ty {
-        GgmlType::Q4_K => {
+        GgmlType::Q4_K | GgmlType::Q5_K => {
             dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
             dst[32 + 2 * i..32 + 2 * i + 2].copy_from_slice(&src[2..4]);
             let mut packed = [0u8; 12];
@@ -201,9 +209,16 @@ fn pack_block(ty: GgmlType, i: usize, src: &[u8], dst: &mut [u8]) {
                 dst[Q4K_SC + 16 * s + i] = sc[s];
                 dst[Q4K_M + 32 * (s / 2) + 2 * i + s % 2] = m[s];
             }
+            // Q5_K's plain block has its 32-byte bit plane before the nibbles.
+            let qs = if ty == GgmlType::Q5_K { 48 } else { 16 };
             for k4 in 0..32 {
                 let (p, g) = (k4 / 8, k4 % 8);
-                put4(dst, Q4K_QS + 512 * p + 64 * g + 4 * i, get4(16 + 4 * k4));
+                put4(dst, Q4K_QS + 512 * p + 64 * g + 4 * i, get4(qs + 4 * k4));
+            }
+            if ty == GgmlType::Q5_K {
+                for g in 0..8 {
+                    put4(dst, Q5K_QH + 64 * g + 4 * i, get4(16 + 4 * g));
+                }
             }
         }
         GgmlType::Q6_K => {
@@ -248,15 +263,21 @@ fn pack_block(ty: GgmlType, i: usize, src: &[u8], dst: &mut [u8]) {
 /// Rebuilds row `i`'s plain block `dst` from the panel block `src` (inverse of [`pack_block`]).
 fn unpack_block(ty: GgmlType, i: usize, src: &[u8], dst: &mut [u8]) {
     match ty {
-        GgmlType::Q4_K => {
+        GgmlType::Q4_K | GgmlType::Q5_K => {
             dst[0..2].copy_from_slice(&src[2 * i..2 * i + 2]);
             dst[2..4].copy_from_slice(&src[32 + 2 * i..32 + 2 * i + 2]);
             let sc: [u8; 8] = core::array::from_fn(|s| src[Q4K_SC + 16 * s + i]);
             let m: [u8; 8] = core::array::from_fn(|s| src[Q4K_M + 32 * (s / 2) + 2 * i + s % 2]);
             dst[4..16].copy_from_slice(&pack_scales_k4(&sc, &m));
+            let qs = if ty == GgmlType::Q5_K { 48 } else { 16 };
             for k in 0..128 {
                 let (p, g, j) = (k / 32, (k % 32) / 4, k % 4);
-                dst[16 + k] = src[Q4K_QS + 512 * p + 64 * g + 4 * i + j];
+                dst[qs + k] = src[Q4K_QS + 512 * p + 64 * g + 4 * i + j];
+            }
+            if ty == GgmlType::Q5_K {
+                for k in 0..32 {
+                    dst[16 + k] = src[Q5K_QH + 64 * (k / 4) + 4 * i + k % 4];
+                }
             }
         }
         GgmlType::Q6_K => {

@@ -14,11 +14,12 @@ use gorae_kernels::pool::ThreadPool;
 use gorae_kernels::{GgmlType, Isa, available_isas, vec_dot};
 use rand::Rng;
 
-const PANEL_TYPES: [GgmlType; 5] = [
+const PANEL_TYPES: [GgmlType; 6] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q4_K,
+    GgmlType::Q5_K,
     GgmlType::Q6_K,
 ];
 
@@ -67,13 +68,14 @@ fn packing_keeps_every_value() {
             let n_cols = ty.block_size() * rng.random_range(1..6);
             let w = random_matrix(&mut rng, ty, n_rows, n_cols);
             let p = packed::pack(ty, n_rows, n_cols, &w).unwrap();
-            // Whole panels; Q4_K keeps its scales unpacked (2368 bytes per 16 super-blocks
-            // instead of 2304), the other types are a pure permutation.
+            // Whole panels; Q4_K and Q5_K keep their scales unpacked (2368 bytes per 16
+            // super-blocks instead of 2304, 2880 instead of 2816), the other types are a pure
+            // permutation.
             let padded = n_rows.div_ceil(PANEL) * PANEL * w.len() / n_rows;
-            let want = if ty == GgmlType::Q4_K {
-                padded / 2304 * 2368
-            } else {
-                padded
+            let want = match ty {
+                GgmlType::Q4_K => padded / 2304 * 2368,
+                GgmlType::Q5_K => padded / 2816 * 2880,
+                _ => padded,
             };
             assert_eq!(p.len(), want, "{ty}: whole panels");
             let plain = dequantize(ty, &w, n_rows * n_cols);
@@ -197,7 +199,7 @@ fn panel_products_split_over_threads_equal_one_thread() {
 fn wrong_sizes_are_errors_not_panics() {
     let w = vec![0u8; 34 * 20];
     assert!(packed::pack(GgmlType::Q8_0, 20, 32, &w[..34 * 19]).is_err());
-    assert!(packed::pack(GgmlType::Q5_K, 1, 256, &[0; 176]).is_err());
+    assert!(packed::pack(GgmlType::Q3_K, 1, 256, &[0; 110]).is_err());
     let p = packed::pack(GgmlType::Q8_0, 20, 32, &w).unwrap();
     let short = panels_ref(GgmlType::Q8_0, &p[..p.len() - 1], 20, 32);
     let mut y = vec![0.0; 20];

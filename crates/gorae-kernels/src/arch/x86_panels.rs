@@ -18,6 +18,7 @@ pub(crate) fn panels_fn(ty: GgmlType) -> Option<PanelsFn> {
         GgmlType::Q4_0 => panels_q4_0,
         GgmlType::Q4_1 => panels_q4_1,
         GgmlType::Q4_K => panels_q4_k,
+        GgmlType::Q5_K => panels_q5_k,
         GgmlType::Q6_K => panels_q6_k,
         _ => return None,
     })
@@ -275,23 +276,53 @@ fn load64(blk: &[u8], at: usize) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn tile_q4_k<const T: usize>(panel: &[u8], nb: usize, xs: [&[BlockQ8K]; T]) -> [__m512; T] {
-    const PB: usize = 2368;
+    tile_k4::<T, false>(panel, nb, xs)
+}
+
+/// Q5_K: Q4_K's kernel with each sub-block's fifth bits ORed in as bit 4 of the quants.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tile_q5_k<const T: usize>(panel: &[u8], nb: usize, xs: [&[BlockQ8K]; T]) -> [__m512; T] {
+    tile_k4::<T, true>(panel, nb, xs)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tile_k4<const T: usize, const Q5: bool>(
+    panel: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8K]; T],
+) -> [__m512; T] {
+    let pb: usize = if Q5 { 2880 } else { 2368 };
     let mask = _mm512_set1_epi8(0x0f);
+    let one = _mm512_set1_epi8(1);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
-        let blk = &panel[b * PB..(b + 1) * PB];
+        let blk = &panel[b * pb..(b + 1) * pb];
         if T == 1 {
             prefetch_ahead(blk);
         }
         let mut isum = [_mm512_setzero_si512(); T];
         for p in 0..4 {
             for h in 0..2 {
+                let shift = _mm_cvtsi32_si128((2 * p + h) as i32);
                 let w: [__m512i; 8] = core::array::from_fn(|g| {
                     let v = load64(blk, 320 + 512 * p + 64 * g);
-                    if h == 0 {
+                    let q = if h == 0 {
                         _mm512_and_si512(v, mask)
                     } else {
                         _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask)
+                    };
+                    if Q5 {
+                        // Bit s = 2p + h of each qh byte, to bit 4 (shifts stay within bytes
+                        // after the mask).
+                        let hb = _mm512_and_si512(
+                            _mm512_srl_epi16(load64(blk, 2368 + 64 * g), shift),
+                            one,
+                        );
+                        _mm512_or_si512(q, _mm512_slli_epi16::<4>(hb))
+                    } else {
+                        q
                     }
                 });
                 let sc = widen16::<false>(blk, 64 + 16 * (2 * p + h));
@@ -411,4 +442,5 @@ entry!(panels_q8_0, BlockQ8P, 544, TILE, tile_q8_0);
 entry!(panels_q4_0, BlockQ8P, 288, TILE, tile_q4_0);
 entry!(panels_q4_1, BlockQ8P, 320, TILE, tile_q4_1);
 entry!(panels_q4_k, BlockQ8K, 2368, 4, tile_q4_k);
+entry!(panels_q5_k, BlockQ8K, 2880, 4, tile_q5_k);
 entry!(panels_q6_k, BlockQ8K, 3360, 4, tile_q6_k);

@@ -22,6 +22,7 @@ pub(crate) fn panels_fn(ty: GgmlType) -> Option<PanelsFn> {
         GgmlType::Q4_0 => panels_q4_0,
         GgmlType::Q4_1 => panels_q4_1,
         GgmlType::Q4_K => panels_q4_k,
+        GgmlType::Q5_K => panels_q5_k,
         GgmlType::Q6_K => panels_q6_k,
         _ => return None,
     })
@@ -203,23 +204,56 @@ fn tile_q4_k<const T: usize>(
     xs: [&[BlockQ8K]; T],
     hf: usize,
 ) -> [__m256; T] {
-    const PB: usize = 2368;
+    tile_k4::<T, false>(panel, nb, xs, hf)
+}
+
+/// Q5_K: Q4_K's kernel with each sub-block's fifth bits ORed in as bit 4 of the quants (at most
+/// 31, so pairs stay exact in i16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_q5_k<const T: usize>(
+    panel: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8K]; T],
+    hf: usize,
+) -> [__m256; T] {
+    tile_k4::<T, true>(panel, nb, xs, hf)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_k4<const T: usize, const Q5: bool>(
+    panel: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8K]; T],
+    hf: usize,
+) -> [__m256; T] {
+    let pb: usize = if Q5 { 2880 } else { 2368 };
     let mask = _mm256_set1_epi8(0x0f);
+    let one = _mm256_set1_epi8(1);
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
-        let blk = &panel[b * PB..(b + 1) * PB];
+        let blk = &panel[b * pb..(b + 1) * pb];
         if T == 1 && hf == 0 {
             prefetch_ahead(blk);
         }
         let mut isum = [_mm256_setzero_si256(); T];
         for p in 0..4 {
             for h in 0..2 {
+                let shift = _mm_cvtsi32_si128((2 * p + h) as i32);
                 let w: [__m256i; 8] = core::array::from_fn(|g| {
                     let v = load32(blk, 320 + 512 * p + 64 * g + 32 * hf);
-                    if h == 0 {
+                    let q = if h == 0 {
                         _mm256_and_si256(v, mask)
                     } else {
                         _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask)
+                    };
+                    if Q5 {
+                        let qh = load32(blk, 2368 + 64 * g + 32 * hf);
+                        let hb = _mm256_and_si256(_mm256_srl_epi16(qh, shift), one);
+                        _mm256_or_si256(q, _mm256_slli_epi16::<4>(hb))
+                    } else {
+                        q
                     }
                 });
                 let sc = _mm256_cvtepu8_epi32(load8(blk, 64 + 16 * (2 * p + h) + 8 * hf));
@@ -373,4 +407,5 @@ entry!(panels_q8_0, BlockQ8P, 544, tile_q8_0);
 entry!(panels_q4_0, BlockQ8P, 288, tile_q4_0);
 entry!(panels_q4_1, BlockQ8P, 320, tile_q4_1);
 entry!(panels_q4_k, BlockQ8K, 2368, tile_q4_k);
+entry!(panels_q5_k, BlockQ8K, 2880, tile_q5_k);
 entry!(panels_q6_k, BlockQ8K, 3360, tile_q6_k);
