@@ -273,14 +273,20 @@ fn worker(
                 end(&mut slots[i], step, metrics);
             }
         }
-        let used: usize = slots
-            .iter()
-            .filter(|s| s.active.is_some())
-            .map(|s| s.tokens.len())
-            .sum();
-        metrics.kv_used.store(used as u64, Ordering::Relaxed);
+        metrics
+            .kv_used
+            .store(kv_in_use(&slots) as u64, Ordering::Relaxed);
     }
     tracing::info!("engine stopped");
+}
+
+/// Cached positions held by running requests (the KV-use gauge's numerator).
+fn kv_in_use(slots: &[Slot<'_>]) -> usize {
+    slots
+        .iter()
+        .filter(|s| s.active.is_some())
+        .map(|s| s.tokens.len())
+        .sum()
 }
 
 /// Rows each slot feeds in the next pass, `(slot, n_rows)`, within `n_batch` rows: decoding
@@ -381,13 +387,23 @@ fn run_pass(
         }
     };
     let n_vocab = ctx.model.n_vocab();
+    // The caches now hold every planned row: count them before any slot's event goes out, so a
+    // client that has its token never reads a KV-use gauge from before it.
+    for &(i, n) in plan {
+        let Slot { tokens, active, .. } = &mut slots[i];
+        if let Some(g) = active.as_ref() {
+            tokens.extend_from_slice(g.input(n));
+        }
+    }
+    ctx.metrics
+        .kv_used
+        .store(kv_in_use(slots) as u64, Ordering::Relaxed);
     let mut steps = Vec::with_capacity(plan.len());
     for (&(i, n), row) in plan.iter().zip(logits.chunks_exact(n_vocab)) {
         let Slot { tokens, active, .. } = &mut slots[i];
         let Some(g) = active.as_mut() else {
             continue;
         };
-        tokens.extend_from_slice(g.input(n));
         let vocab = g.json.is_some().then(|| {
             ctx.json_vocab
                 .get_or_init(|| JsonVocab::new(ctx.tok, n_vocab))
