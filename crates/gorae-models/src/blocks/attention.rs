@@ -1,28 +1,8 @@
-//! Causal multi-head attention with grouped KV heads over an f32 cache, one (token, head) row at a
+//! Causal multi-head attention with grouped KV heads over an f32 cache, one (token, KV head) at a
 //! time, spread over the thread pool: no `[n_head, n_ctx, n_ctx]` score matrix is ever built, each
-//! thread needs `[n_ctx]` scores.
+//! thread needs `[group, n_ctx]` scores.
 
 use gorae_kernels::attn;
-
-/// Attends one query head over cached keys/values of positions `0..n_kv` of KV head `kvh`.
-///
-/// `q`: `[head_dim]`; `k`, `v`: `[n_kv, kv_dim]` (all KV heads); `out`: `[head_dim]`;
-/// `scores`: scratch of at least `n_kv`.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_head(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    n_kv: usize,
-    kvh: usize,
-    kv_dim: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let one = [KvSpan { k, v, n: n_kv }];
-    attend_head_spans(q, &one, kvh, kv_dim, scale, scores, out);
-}
 
 pub use gorae_kernels::attn::softmax;
 
@@ -42,30 +22,17 @@ impl KvSpan<'_> {
     };
 }
 
-/// `attend_head` over positions that lie in several runs (a sliding window's ring wraps, and its
-/// newest positions are still in the batch's scratch): one softmax over all of them.
-/// `scores`: scratch of at least the total `n`.
-pub fn attend_head_spans(
-    q: &[f32],
-    spans: &[KvSpan<'_>],
-    kvh: usize,
-    kv_dim: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_group(q, q.len(), spans, kvh, kv_dim, scale, scores, out);
-}
-
 /// Keys (and values) per block: one head's slice of 32 cache rows is 8 KiB at head size 64,
 /// so a block stays in L1 while every query head of the group passes over it.
 const KV_BLOCK: usize = 32;
 
 /// The query heads that share KV head `kvh` (`q`, `out`: `[group, head_dim]`), attending over
-/// the same positions: each block of keys and values is read from the cache once for the whole
-/// group instead of once per head. Every head gets bit for bit what [`attend_head_spans`] alone
-/// would give it (a key's score does not depend on its neighbours, and the weighted sum continues
-/// one running sum per element across blocks and runs). `scores`: at least `group * n`.
+/// positions that may lie in several runs (a sliding window's ring wraps, and its newest
+/// positions are still in the batch's scratch), with one softmax over all of them. Each block of
+/// keys and values is read from the cache once for the whole group instead of once per head.
+/// Every head gets bit for bit what a group of one would give it (a key's score does not depend
+/// on its neighbours, and the weighted sum continues one running sum per element across blocks
+/// and runs). `scores`: at least `group * n`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group(
     q: &[f32],
@@ -124,7 +91,8 @@ mod tests {
         let v: Vec<f32> = (0..20).map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.2).collect();
         let q = [0.5, -1.0];
         let (mut s, mut a, mut b) = (vec![0.0; 5], [0.0; 2], [0.0; 2]);
-        attend_head(&q, &k, &v, 5, 1, kv_dim, 0.7, &mut s, &mut a);
+        let all = [KvSpan { k: &k, v: &v, n: 5 }];
+        attend_group(&q, 2, &all, 1, kv_dim, 0.7, &mut s, &mut a);
         let spans = [
             KvSpan::EMPTY,
             KvSpan {
@@ -143,7 +111,7 @@ mod tests {
                 n: 2,
             },
         ];
-        attend_head_spans(&q, &spans, 1, kv_dim, 0.7, &mut s, &mut b);
+        attend_group(&q, 2, &spans, 1, kv_dim, 0.7, &mut s, &mut b);
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-6, "{a:?} vs {b:?}");
         }
