@@ -9,24 +9,27 @@ fn gorae() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gorae"))
 }
 
-#[test]
-fn chat_answer_names_paris_and_stops_at_end_of_turn() {
+/// `gorae run` on SmolLM2 at temperature 0 with `flags` and `prompt`; asserts success and
+/// returns (stdout, stderr).
+fn greedy_smollm2(flags: &[&str], prompt: &str) -> (String, String) {
     let out = gorae()
-        .args([
-            "run",
-            common::smollm2().to_str().unwrap(),
-            "--temp",
-            "0",
-            "-n",
-            "64",
-            "-p",
-        ])
-        .arg("What is the capital city of France? Answer in one sentence.")
+        .args(["run", common::smollm2().to_str().unwrap(), "--temp", "0"])
+        .args(flags)
+        .arg("-p")
+        .arg(prompt)
         .output()
         .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+#[test]
+fn chat_answer_names_paris_and_stops_at_end_of_turn() {
+    let (stdout, stderr) = greedy_smollm2(
+        &["-n", "64"],
+        "What is the capital city of France? Answer in one sentence.",
+    );
     println!("answer: {stdout:?}");
     assert!(stdout.contains("Paris"), "{stdout:?}");
     assert!(stderr.contains("stop: EndOfTurn"), "{stderr}");
@@ -36,23 +39,10 @@ fn chat_answer_names_paris_and_stops_at_end_of_turn() {
 /// Hangul (greedy, checked here), so the block carries syllables/s beside tokens/s.
 #[test]
 fn run_stats_reports_hangul_syllables_for_korean_output() {
-    let out = gorae()
-        .args([
-            "run",
-            common::smollm2().to_str().unwrap(),
-            "--temp",
-            "0",
-            "-n",
-            "16",
-            "--stats",
-            "-p",
-        ])
-        .arg("한국의 수도는 어디인가요? 한국어로 대답하세요.")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (stdout, stderr) = greedy_smollm2(
+        &["-n", "16", "--stats"],
+        "한국의 수도는 어디인가요? 한국어로 대답하세요.",
+    );
     assert!(gorae_text::hangul_syllables(&stdout) > 0, "{stdout:?}");
     let stats = stderr.split("stats:").nth(1).unwrap_or_default();
     assert!(

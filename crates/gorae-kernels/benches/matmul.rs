@@ -110,33 +110,26 @@ fn bench(c: &mut Criterion) {
                 data: &paneled,
                 ..w
             };
-            let panel_isas: Vec<Isa> = isas
-                .iter()
-                .copied()
-                .filter(|&isa| packed::layout_for(isa, ty) == Layout::Panels)
-                .collect();
+            // Every (ISA, layout) to time: ggml's rows on each ISA, panels where they have kernels.
+            let mut variants: Vec<(String, Isa, &WeightRef)> =
+                isas.iter().map(|&isa| (isa.to_string(), isa, &w)).collect();
+            variants.extend(
+                isas.iter()
+                    .filter(|&&isa| packed::layout_for(isa, ty) == Layout::Panels)
+                    .map(|&isa| (format!("{isa}+panels"), isa, &wp)),
+            );
 
             let x1 = values(n_cols, 1);
             let mut y1 = vec![0.0f32; n_rows];
             let mut g = c.benchmark_group(format!("decode/{shape}"));
             g.throughput(Throughput::Bytes(data.len() as u64));
-            for &isa in &isas {
-                g.bench_function(BenchmarkId::new(ty.to_string(), isa), |b| {
+            for (id, isa, wv) in &variants {
+                g.bench_function(BenchmarkId::new(ty.to_string(), id), |b| {
                     b.iter(|| {
-                        matmul_with(isa, &w, black_box(&x1), 1, &mut y1, &mut scratch).unwrap_or(())
+                        matmul_with(*isa, wv, black_box(&x1), 1, &mut y1, &mut scratch)
+                            .unwrap_or(())
                     })
                 });
-            }
-            for &isa in &panel_isas {
-                g.bench_function(
-                    BenchmarkId::new(ty.to_string(), format!("{isa}+panels")),
-                    |b| {
-                        b.iter(|| {
-                            matmul_with(isa, &wp, black_box(&x1), 1, &mut y1, &mut scratch)
-                                .unwrap_or(())
-                        })
-                    },
-                );
             }
             g.finish();
 
@@ -145,24 +138,13 @@ fn bench(c: &mut Criterion) {
             let mut y64 = vec![0.0f32; n_tok * n_rows];
             let mut g = c.benchmark_group(format!("batch64/{shape}"));
             g.throughput(Throughput::Elements((2 * n_rows * n_cols * n_tok) as u64));
-            for &isa in &isas {
-                g.bench_function(BenchmarkId::new(ty.to_string(), isa), |b| {
+            for (id, isa, wv) in &variants {
+                g.bench_function(BenchmarkId::new(ty.to_string(), id), |b| {
                     b.iter(|| {
-                        matmul_with(isa, &w, black_box(&x64), n_tok, &mut y64, &mut scratch)
+                        matmul_with(*isa, wv, black_box(&x64), n_tok, &mut y64, &mut scratch)
                             .unwrap_or(())
                     })
                 });
-            }
-            for &isa in &panel_isas {
-                g.bench_function(
-                    BenchmarkId::new(ty.to_string(), format!("{isa}+panels")),
-                    |b| {
-                        b.iter(|| {
-                            matmul_with(isa, &wp, black_box(&x64), n_tok, &mut y64, &mut scratch)
-                                .unwrap_or(())
-                        })
-                    },
-                );
             }
             g.finish();
         }

@@ -4,7 +4,7 @@
 //! [q4_0,q8_0] [n_rows] [n_cols] [n_tokens] [stream]`
 use gorae_kernels::matmul::{WeightRef, matmul_with};
 use gorae_kernels::packed::{self, Layout};
-use gorae_kernels::{GgmlType, available_isas, quantize_row};
+use gorae_kernels::{GgmlType, Isa, available_isas, quantize_row};
 use std::time::Instant;
 
 fn main() {
@@ -69,15 +69,38 @@ fn main() {
             "{ty:>5} {n_rows}x{n_cols} t{n_tok}{}:",
             if stream { " stream" } else { "" }
         );
-        for isa in available_isas() {
+        // The same matrices repacked into 16-row panels, packed once, timed on every ISA with
+        // panel kernels for the type.
+        let one_p = packed::pack(ty, n_rows, n_cols, &one).unwrap_or_default();
+        let big_p: Vec<u8> = one_p
+            .iter()
+            .copied()
+            .cycle()
+            .take(copies * one_p.len())
+            .collect();
+        let mut runs: Vec<(Isa, Layout)> = available_isas()
+            .into_iter()
+            .map(|i| (i, Layout::Rows))
+            .collect();
+        runs.extend(
+            available_isas()
+                .into_iter()
+                .filter(|&i| packed::layout_for(i, ty) == Layout::Panels)
+                .map(|i| (i, Layout::Panels)),
+        );
+        for (isa, layout) in runs {
+            let (unit, data) = match layout {
+                Layout::Rows => (one.len(), &big),
+                Layout::Panels => (one_p.len(), &big_p),
+            };
             let mut best = f64::MAX;
             let reps = if stream { copies.min(400) } else { 200 };
             for rep in 0..reps.max(20) {
                 let k = rep % copies;
                 let w = WeightRef {
-                    layout: Default::default(),
+                    layout,
                     ty,
-                    data: &big[k * one.len()..(k + 1) * one.len()],
+                    data: &data[k * unit..(k + 1) * unit],
                     n_rows,
                     n_cols,
                 };
@@ -85,50 +108,15 @@ fn main() {
                 matmul_with(isa, &w, &x, n_tok, &mut y, &mut scratch).unwrap();
                 best = best.min(t.elapsed().as_secs_f64());
             }
+            let name = match layout {
+                Layout::Rows => isa.to_string(),
+                Layout::Panels => format!("{isa}+panels"),
+            };
             if n_tok == 1 {
-                line += &format!("  {isa} {:.1} GB/s", one.len() as f64 / best / 1e9);
+                line += &format!("  {name} {:.1} GB/s", one.len() as f64 / best / 1e9);
             } else {
                 line += &format!(
-                    "  {isa} {:.1} GFLOP/s",
-                    (2 * n_rows * n_cols * n_tok) as f64 / best / 1e9
-                );
-            }
-        }
-        // The same matrices repacked into 16-row panels, on every ISA with panel kernels.
-        for best_isa in available_isas() {
-            if packed::layout_for(best_isa, ty) != Layout::Panels {
-                continue;
-            }
-            let one_p = packed::pack(ty, n_rows, n_cols, &one).unwrap();
-            let big_p: Vec<u8> = one_p
-                .iter()
-                .copied()
-                .cycle()
-                .take(copies * one_p.len())
-                .collect();
-            let mut best = f64::MAX;
-            let reps = if stream { copies.min(400) } else { 200 };
-            for rep in 0..reps.max(20) {
-                let k = rep % copies;
-                let w = WeightRef {
-                    layout: Layout::Panels,
-                    ty,
-                    data: &big_p[k * one_p.len()..(k + 1) * one_p.len()],
-                    n_rows,
-                    n_cols,
-                };
-                let t = Instant::now();
-                matmul_with(best_isa, &w, &x, n_tok, &mut y, &mut scratch).unwrap();
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            if n_tok == 1 {
-                line += &format!(
-                    "  {best_isa}+panels {:.1} GB/s",
-                    one.len() as f64 / best / 1e9
-                );
-            } else {
-                line += &format!(
-                    "  {best_isa}+panels {:.1} GFLOP/s",
+                    "  {name} {:.1} GFLOP/s",
                     (2 * n_rows * n_cols * n_tok) as f64 / best / 1e9
                 );
             }
