@@ -13,7 +13,7 @@
 
 use crate::load;
 use anyhow::{Context, Result, bail};
-use gorae_models::{Logits, Model};
+use gorae_models::{Logits, Model, SeqInput};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -27,6 +27,8 @@ pub struct BenchArgs {
     pub json: bool,
     /// Feed a Korean passage's tokens and report Hangul syllables per second.
     pub korean: bool,
+    /// Sequences decoding side by side in each tg pass (1: plain tg).
+    pub parallel: usize,
 }
 
 /// Korean prose for `--korean` (written for gorae): everyday, news-like sentences with numbers and
@@ -110,6 +112,36 @@ fn run_tg(model: &Model, toks: &[u32], depth: usize) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Seconds for `toks.len()` batched passes over `n_seq` sequences, each pass decoding one token
+/// of every sequence (what the server's continuous batching runs with `n_seq` streams).
+fn run_tg_parallel(model: &Model, toks: &[u32], depth: usize, n_seq: usize) -> Result<f64> {
+    let n_ctx = depth + toks.len() + 1;
+    let mut work = model.new_workspace(n_seq.max(depth).max(1), n_ctx);
+    let mut caches: Vec<_> = (0..n_seq).map(|_| model.new_cache(n_ctx)).collect();
+    if depth > 0 {
+        let ctx = tokens(depth, model.n_vocab());
+        for cache in &mut caches {
+            let mut seqs = [SeqInput {
+                tokens: &ctx,
+                cache,
+            }];
+            model.forward_batch(&mut seqs, &mut work, Logits::Last)?;
+        }
+    }
+    let t = Instant::now();
+    for id in toks {
+        let mut seqs: Vec<SeqInput<'_>> = caches
+            .iter_mut()
+            .map(|cache| SeqInput {
+                tokens: std::slice::from_ref(id),
+                cache,
+            })
+            .collect();
+        model.forward_batch(&mut seqs, &mut work, Logits::Last)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// DRAM read bandwidth in GB/s: every pool thread sums its part of a 1 GiB buffer (far larger
 /// than any cache here) with the SIMD read loop of `gorae_kernels::stream`; the best of five.
 pub fn membw() -> f64 {
@@ -166,6 +198,16 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
     let bw = membw();
     for (kind, n_prompt, n_gen) in tests {
         let n_tokens = n_prompt + n_gen;
+        // Sequences side by side: only tg runs several.
+        let n_seq = if kind == "tg" {
+            args.parallel.max(1)
+        } else {
+            1
+        };
+        let name = match n_seq {
+            1 => test_name(kind, n_tokens, args.depth),
+            _ => format!("{} x{n_seq}", test_name(kind, n_tokens, args.depth)),
+        };
         let (toks, syllables) = if args.korean {
             let (ids, syl) = korean_tokens(loaded.tokenizer()?, n_tokens)?;
             (ids, Some(syl))
@@ -176,6 +218,8 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
         let run = |m: &Model| {
             if kind == "pp" {
                 run_pp(m, &toks, args.depth)
+            } else if n_seq > 1 {
+                run_tg_parallel(m, &toks, args.depth, n_seq)
             } else {
                 run_tg(m, &toks, args.depth)
             }
@@ -185,7 +229,8 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
         for _ in 0..args.reps {
             secs.push(run(model)?);
         }
-        let n = (n_prompt + n_gen) as f64;
+        // Aggregate tokens over every sequence.
+        let n = (n_tokens * n_seq) as f64;
         let ts: Vec<f64> = secs.iter().map(|s| n / s).collect();
         let ns: Vec<f64> = secs.iter().map(|s| s * 1e9).collect();
         let (avg_ts, sd_ts) = mean_sd(&ts);
@@ -193,7 +238,8 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
         let syl_s: Option<Vec<f64>> =
             syllables.map(|syl| secs.iter().map(|s| syl as f64 / s).collect());
         let syl_stats = syl_s.as_deref().map(mean_sd);
-        let roofline = if kind == "tg" {
+        // The roofline counts one token per weight read: it applies to a single sequence only.
+        let roofline = if kind == "tg" && n_seq == 1 {
             Some(avg_ts * bytes_per_token / (bw * 1e9))
         } else {
             None
@@ -208,7 +254,8 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
             "n_threads": n_threads,
             "n_batch": n_prompt.max(1),
             "isa": gorae_kernels::detected_isa().name(),
-            "test": test_name(kind, n_prompt + n_gen, args.depth),
+            "n_parallel": n_seq,
+            "test": name,
             "avg_ns": avg_ns as u64,
             "stddev_ns": sd_ns as u64,
             "avg_ts": avg_ts,
@@ -234,9 +281,7 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
             });
             println!(
                 "{:<8} {:>9.2} ± {:>6.2} t/s{korean}{extra}",
-                test_name(kind, n_prompt + n_gen, args.depth),
-                avg_ts,
-                sd_ts
+                name, avg_ts, sd_ts
             );
         }
     }

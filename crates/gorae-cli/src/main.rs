@@ -171,6 +171,11 @@ enum Command {
         /// time) beside tokens per second. Needs the model's tokenizer.
         #[arg(long)]
         korean: bool,
+        /// Sequences decoding side by side in the tg test, all sharing each forward pass as the
+        /// server's continuous batching does (llama-batched-bench's `-npl`); t/s is their
+        /// aggregate.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
     },
     /// Write the model's f32 logits for a prompt as .npy.
     Logits {
@@ -259,6 +264,7 @@ fn main() -> ExitCode {
             json,
             membw,
             korean,
+            parallel,
         } => {
             if let Some(t) = threads {
                 gorae_kernels::pool::init_global(t);
@@ -270,6 +276,7 @@ fn main() -> ExitCode {
                 reps,
                 json,
                 korean,
+                parallel,
             };
             bench::bench(
                 model.as_deref().unwrap_or(std::path::Path::new("")),

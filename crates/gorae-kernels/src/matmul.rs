@@ -292,7 +292,7 @@ pub fn quantize_activations_into(
             }
         }
         ActForm::Panels => {
-            let simd = arch::quant_fn(isa, GgmlType::Q8_1);
+            let simd = arch::q8p_fn(isa);
             for (xt, qt) in x.chunks_exact(n_cols).zip(dst.chunks_exact_mut(row)) {
                 packed::quantize_row_q8p(simd, xt, qt)?;
             }

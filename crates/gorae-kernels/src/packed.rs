@@ -460,23 +460,25 @@ pub fn activation_row_bytes(n_cols: usize) -> usize {
 }
 
 /// Quantizes one token row `src` (`n_cols`, a multiple of 32) into `dst`
-/// ([`activation_row_bytes`] long): the Q8_1 quantization, written at the end of `dst` by the
-/// ISA's quantizer and then widened block by block into [`BlockQ8P`] in place.
+/// ([`activation_row_bytes`] long). `q8p` is the ISA's direct quantizer
+/// (`arch::q8p_fn`); without one, the reference Q8_1 quantization is written at the end of
+/// `dst` and then widened block by block into [`BlockQ8P`] in place.
 pub(crate) fn quantize_row_q8p(
-    q8_1: Option<crate::arch::QuantFn>,
+    q8p: Option<crate::arch::QuantFn>,
     src: &[f32],
     dst: &mut [u8],
 ) -> Result<(), KernelError> {
     let nb = src.len() / 32;
     let (pb, qb) = (size_of::<BlockQ8P>(), size_of::<BlockQ8_1>());
     check("q8p row", nb * pb, dst.len())?;
-    let tail = nb * (pb - qb);
-    match q8_1 {
-        // SAFETY: the caller got `q8_1` from `arch::quant_fn` for an ISA it checked this CPU
-        // runs; `dst[tail..]` is exactly `nb` Q8_1 blocks for `src`'s `32 * nb` values.
-        Some(f) => unsafe { f(src, &mut dst[tail..]) },
-        None => quant::quantize_row(GgmlType::Q8_1, src, &mut dst[tail..])?,
+    if let Some(f) = q8p {
+        // SAFETY: the caller got `q8p` from `arch::q8p_fn` for an ISA it checked this CPU
+        // runs; `dst` is exactly `nb` panel activation blocks for `src`'s `32 * nb` values.
+        unsafe { f(src, dst) };
+        return Ok(());
     }
+    let tail = nb * (pb - qb);
+    quant::quantize_row(GgmlType::Q8_1, src, &mut dst[tail..])?;
     // Block b's Q8_1 source starts at tail + 36 b >= 44 (b + 1) - 36 + ... : writing block b
     // (bytes 44 b .. 44 b + 44) never reaches a later block's source (8 nb >= 8 (b + 1)), and
     // its own source is copied out before the write.

@@ -119,9 +119,16 @@ fn panel_products_equal_the_reference_bit_for_bit() {
     let mut ran = std::collections::BTreeSet::new();
     for ty in PANEL_TYPES {
         for case in 0..12 {
-            let n_rows = [5, 16, 33, 48, 70, 100][case % 6];
-            let n_cols = ty.block_size() * rng.random_range(1..5);
-            let n_tokens = [1, 2, 3, 9, 17, 33][case % 6];
+            let n_rows = [5, 16, 33, 48, 70, 100, 20][case % 7];
+            // The 32-element types also get rows of over 8 blocks: a panel pair's partial sums
+            // carry from one 8-block chunk to the next.
+            let long = if ty.block_size() == 32 && case % 2 == 0 {
+                16
+            } else {
+                0
+            };
+            let n_cols = ty.block_size() * (rng.random_range(1..5) + long);
+            let n_tokens = [1, 2, 3, 9, 17, 33, 12][case % 7];
             let w = random_matrix(&mut rng, ty, n_rows, n_cols);
             let row_bytes = w.len() / n_rows;
             let p = packed::pack(ty, n_rows, n_cols, &w).unwrap();
@@ -172,6 +179,38 @@ fn panel_products_equal_the_reference_bit_for_bit() {
         }
     }
     eprintln!("panel kernels checked: {ran:?}");
+}
+
+/// The direct panel-activation quantizer of each ISA writes the scalar path's bytes (Q8_1, then
+/// widened), on blocks of zeros, tiny values (subnormal f16 scales), large ones and ties.
+#[test]
+fn panel_activations_equal_the_scalar_quantization() {
+    let mut rng = rng(10);
+    let (n_rows, n_cols, n_tokens) = (16, 32 * 8, 3);
+    let w = random_matrix(&mut rng, GgmlType::Q8_0, n_rows, n_cols);
+    let p = packed::pack(GgmlType::Q8_0, n_rows, n_cols, &w).unwrap();
+    let pw = panels_ref(GgmlType::Q8_0, &p, n_rows, n_cols);
+    let mut x = gaussian(&mut rng, n_tokens * n_cols);
+    x[..32].fill(0.0);
+    for (i, v) in x[32..64].iter_mut().enumerate() {
+        *v = (i as f32 - 16.0) * 1e-7;
+    }
+    for (i, v) in x[64..96].iter_mut().enumerate() {
+        *v = (i as f32 - 7.0) * 3.0e3;
+    }
+    for (i, v) in x[96..128].iter_mut().enumerate() {
+        // Multiples of 0.5 / 127 of the block's maximum land on rounding ties.
+        *v = (i as f32 - 16.0) * 0.5;
+    }
+    let mut s = Vec::new();
+    let want = quantize_activations_with(Isa::Scalar, &pw, &x, n_tokens, &mut s)
+        .unwrap()
+        .to_vec();
+    for isa in available_isas() {
+        let mut s = Vec::new();
+        let got = quantize_activations_with(isa, &pw, &x, n_tokens, &mut s).unwrap();
+        assert!(got == &want[..], "{isa}");
+    }
 }
 
 #[test]

@@ -94,6 +94,18 @@ pub(crate) fn rows_fn(isa: Isa, ty: GgmlType) -> Option<RowsFn> {
     }
 }
 
+/// The SIMD quantizer of panel activations on `isa`, or `None` (the scalar path: Q8_1, then
+/// widened).
+pub(crate) fn q8p_fn(isa: Isa) -> Option<QuantFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(x86::avx2::q8p_fn()),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(x86::avx512::q8p_fn()),
+        _ => None,
+    }
+}
+
 /// The SIMD activation quantizer producing `xq_ty` on `isa`, or `None` (scalar reference).
 #[allow(unused_variables)]
 pub(crate) fn quant_fn(isa: Isa, xq_ty: GgmlType) -> Option<QuantFn> {

@@ -97,6 +97,11 @@ macro_rules! x86_kernels {
             })
         }
 
+        /// The panel activation quantizer ([`crate::packed::BlockQ8P`] rows).
+        pub(crate) fn q8p_fn() -> QuantFn {
+            quantize_row_q8p
+        }
+
         // ---- shared helpers ---------------------------------------------------------------
 
         $dpbusd
@@ -305,6 +310,25 @@ macro_rules! x86_kernels {
                 let (d, s) = quantize_block_q8(x, &mut b.qs);
                 b.d = F16Le::from_f32(d);
                 b.s = F16Le::from_f32(hsum_i32(s) as f32 * d);
+            }
+        }
+
+        /// Panel activations ([`crate::packed::BlockQ8P`]) straight from f32: Q8_1's quants
+        /// with its two f16 scales rounded by F16C (round to nearest even, as
+        /// `F16Le::from_f32`) and widened back, and the exact quant sum. The same bytes as
+        /// Q8_1 followed by `packed::quantize_row_q8p`'s widening, in one pass.
+        #[target_feature(enable = $feat)]
+        unsafe fn quantize_row_q8p(src: &[f32], dst: &mut [u8]) {
+            let blocks: &mut [crate::packed::BlockQ8P] = view_mut(dst);
+            for (x, b) in src.chunks_exact(32).zip(blocks) {
+                let (d, s) = quantize_block_q8(x, &mut b.qs);
+                let sum = hsum_i32(s);
+                let ds = _mm_set_ps(0.0, 0.0, sum as f32 * d, d);
+                let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(ds);
+                let back = _mm_cvtph_ps(h);
+                b.d = _mm_cvtss_f32(back).to_le_bytes();
+                b.sum = sum.to_le_bytes();
+                b.s = _mm_cvtss_f32(_mm_movehdup_ps(back)).to_le_bytes();
             }
         }
 
