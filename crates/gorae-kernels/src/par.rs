@@ -287,7 +287,10 @@ pub fn matmul_par_group(
     let xq_all: &[u8] = &scratch[..total];
     let items: &[GroupItem<'_>] = items;
     let n_items = items.len();
-    let total_rows: usize = items.iter().map(|it| it.w.n_rows).sum();
+    // Items are laid end to end, each from a multiple of ROW_ALIGN, so a thread's part of an
+    // item starts on one of its panel boundaries (panel kernels take no other start).
+    let padded = |it: &GroupItem<'_>| it.w.n_rows.next_multiple_of(ROW_ALIGN);
+    let total_rows: usize = items.iter().map(padded).sum();
     let slots = &slots;
     let first_err = FirstError::new();
     pool.run(&|ith, nth| {
@@ -302,7 +305,7 @@ pub fn matmul_par_group(
                 let rows = lo - start..hi - start;
                 first_err.record(product_rows(&it.w, xq, it.n_tokens, rows, &out));
             }
-            start += it.w.n_rows;
+            start += padded(it);
         }
     });
     first_err.into_result()

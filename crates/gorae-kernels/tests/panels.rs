@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use gorae_kernels::matmul::{WeightRef, matmul_rows_with, matmul_with, quantize_activations_with};
 use gorae_kernels::packed::{self, Layout, PANEL};
-use gorae_kernels::par::matmul_par;
+use gorae_kernels::par::{GroupItem, matmul_par, matmul_par_group};
 use gorae_kernels::pool::ThreadPool;
 use gorae_kernels::{GgmlType, Isa, available_isas, vec_dot};
 use rand::Rng;
@@ -231,6 +231,54 @@ fn panel_products_split_over_threads_equal_one_thread() {
             matmul_par(&pool, &pw, &x, n_tokens, &mut got, &mut Vec::new()).unwrap();
             assert_eq!(got, want, "{ty} tokens {n_tokens}");
         }
+    }
+}
+
+/// Panel-layout products grouped into one pool job (as MoE experts and MLA heads are) equal
+/// each product alone, also when an item's rows are not a whole number of panels: the next
+/// item's share must still start on its own panel boundary.
+#[test]
+fn grouped_panel_products_with_partial_panels_equal_each_alone() {
+    let mut rng = rng(11);
+    let pool = ThreadPool::new(2);
+    let n_cols = 64;
+    let shapes = [
+        (GgmlType::Q4_0, 20),
+        (GgmlType::Q8_0, 37),
+        (GgmlType::Q4_1, 16),
+    ];
+    for n_tokens in [1, 3] {
+        let x = gaussian(&mut rng, n_tokens * n_cols);
+        let packed: Vec<(GgmlType, usize, Vec<u8>)> = shapes
+            .iter()
+            .map(|&(ty, n_rows)| {
+                let w = random_matrix(&mut rng, ty, n_rows, n_cols);
+                (ty, n_rows, packed::pack(ty, n_rows, n_cols, &w).unwrap())
+            })
+            .collect();
+        let want: Vec<Vec<f32>> = packed
+            .iter()
+            .map(|(ty, n_rows, p)| {
+                let mut y = vec![0.0; n_tokens * n_rows];
+                let w = panels_ref(*ty, p, *n_rows, n_cols);
+                gorae_kernels::matmul(&w, &x, n_tokens, &mut y, &mut Vec::new()).unwrap();
+                y
+            })
+            .collect();
+        let mut got: Vec<Vec<f32>> = want.iter().map(|y| vec![f32::NAN; y.len()]).collect();
+        let mut items: Vec<GroupItem<'_>> = packed
+            .iter()
+            .zip(got.iter_mut())
+            .map(|((ty, n_rows, p), y)| GroupItem {
+                w: panels_ref(*ty, p, *n_rows, n_cols),
+                x: &x,
+                n_tokens,
+                y,
+            })
+            .collect();
+        matmul_par_group(&pool, &mut items, &mut Vec::new()).unwrap();
+        drop(items);
+        assert_eq!(got, want, "tokens {n_tokens}");
     }
 }
 
