@@ -25,6 +25,12 @@ pub fn qk_scores_with(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && Isa::Avx512.is_available() && q.len().is_multiple_of(16) {
+        // SAFETY: AVX-512F/VL were just confirmed available; `q.len()` is a multiple of 16.
+        unsafe { x86_512::qk_scores_by16(q, keys, stride, scale, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.is_available() {
         // SAFETY: AVX2 and FMA were just confirmed available.
         unsafe { x86::qk_scores(q, keys, stride, scale, out) };
@@ -76,6 +82,12 @@ pub fn weighted_sum_acc_with(
     stride: usize,
     out: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && Isa::Avx512.is_available() {
+        // SAFETY: AVX-512F was just confirmed available.
+        unsafe { x86_512::weighted_sum_acc(weights, values, stride, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.is_available() {
         // SAFETY: AVX2 and FMA were just confirmed available.
@@ -398,6 +410,129 @@ pub(crate) mod x86 {
                 s += w * values[j * stride + i];
             }
             *o = s;
+        }
+    }
+}
+
+/// The two inner loops at AVX-512's width: half the FMAs per key of the 8-lane versions, which
+/// is what bounds them (both ran at two FMAs per cycle here).
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use std::arch::x86_64::*;
+
+    /// [`super::qk_scores`] for head sizes that are whole 16-lane vectors: 8 keys at a time,
+    /// each in its own accumulator over the head; each accumulator's halves are added, then the
+    /// 8 sums reduced together by the 8-lane kernels' transposing `vhaddps` tree. A short last
+    /// group repeats its last key, so a key's score never depends on its neighbours.
+    ///
+    /// SAFETY contract: the CPU has AVX-512F/VL (and so AVX2); `q.len()` is a multiple of 16.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    pub(super) unsafe fn qk_scores_by16(
+        q: &[f32],
+        keys: &[f32],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (d, n) = (q.len(), out.len());
+        if n == 0 {
+            return;
+        }
+        // One bounds check for every key read below (the documented panic).
+        assert!(
+            keys.len() >= (n - 1) * stride + d,
+            "qk_scores: keys too short"
+        );
+        let (kp, qp) = (keys.as_ptr(), q.as_ptr());
+        let sv = _mm256_set1_ps(scale);
+        for j0 in (0..n).step_by(8) {
+            // SAFETY (all `add`s and loads here): key rows `(j0 + k).min(n - 1) < n` start at
+            // `row * stride` and hold `d` floats within `keys` (asserted above); `c + 16 <= d`.
+            let p: [*const f32; 8] =
+                core::array::from_fn(|k| unsafe { kp.add((j0 + k).min(n - 1) * stride) });
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for c in (0..d).step_by(16) {
+                let qv = unsafe { _mm512_loadu_ps(qp.add(c)) };
+                for (a, &pk) in acc.iter_mut().zip(&p) {
+                    *a = _mm512_fmadd_ps(qv, unsafe { _mm512_loadu_ps(pk.add(c)) }, *a);
+                }
+            }
+            let h: [__m256; 8] = core::array::from_fn(|k| {
+                _mm256_add_ps(
+                    _mm512_castps512_ps256(acc[k]),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[k]))),
+                )
+            });
+            let t0 = _mm256_hadd_ps(h[0], h[1]);
+            let t1 = _mm256_hadd_ps(h[2], h[3]);
+            let t2 = _mm256_hadd_ps(h[4], h[5]);
+            let t3 = _mm256_hadd_ps(h[6], h[7]);
+            let u0 = _mm256_hadd_ps(t0, t1);
+            let u1 = _mm256_hadd_ps(t2, t3);
+            let sums = _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(u0, u1),
+                _mm256_permute2f128_ps::<0x31>(u0, u1),
+            );
+            let v = _mm256_mul_ps(sums, sv);
+            let m = (n - j0).min(8);
+            let dst = &mut out[j0..j0 + m];
+            // SAFETY: the mask keeps the `m` lanes of `dst`.
+            unsafe { _mm256_mask_storeu_ps(dst.as_mut_ptr(), ((1u16 << m) - 1) as __mmask8, v) };
+        }
+    }
+
+    /// [`super::weighted_sum_acc`]: up to 64 columns (4 registers) at a time kept in registers
+    /// over all rows, the last vector of a head that is not a whole number of them masked. Every
+    /// element is its own running sum of `w_j * v_j` in row order, whatever its lane.
+    ///
+    /// SAFETY contract: the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_sum_acc(
+        weights: &[f32],
+        values: &[f32],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let d = out.len();
+        let nw = weights.len();
+        if nw == 0 || d == 0 {
+            return;
+        }
+        // One bounds check for every value read below (the documented panic).
+        assert!(
+            values.len() >= (nw - 1) * stride + d,
+            "weighted_sum: values too short"
+        );
+        let vp = values.as_ptr();
+        let op = out.as_mut_ptr();
+        let mut c0 = 0;
+        while c0 < d {
+            let width = (d - c0).div_ceil(16).min(4);
+            // Lanes of each of the `width` vectors that lie within the head.
+            let masks: [__mmask16; 4] = core::array::from_fn(|c| {
+                let left = (d - c0).saturating_sub(16 * c).min(16);
+                ((1u32 << left) - 1) as __mmask16
+            });
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (c, a) in acc.iter_mut().enumerate().take(width) {
+                // SAFETY: the mask keeps lanes `c0 + 16 c + i < d` of `out`.
+                *a = unsafe { _mm512_maskz_loadu_ps(masks[c], op.add(c0 + 16 * c)) };
+            }
+            for (j, &w) in weights.iter().enumerate() {
+                let wv = _mm512_set1_ps(w);
+                // SAFETY: row `j < nw` holds `d` floats from `j * stride` within `values`
+                // (asserted above), and the masks keep lanes below `d`.
+                let row = unsafe { vp.add(j * stride + c0) };
+                for (c, a) in acc.iter_mut().enumerate().take(width) {
+                    let v = unsafe { _mm512_maskz_loadu_ps(masks[c], row.add(16 * c)) };
+                    *a = _mm512_fmadd_ps(wv, v, *a);
+                }
+            }
+            for (c, a) in acc.iter().enumerate().take(width) {
+                // SAFETY: as the loads.
+                unsafe { _mm512_mask_storeu_ps(op.add(c0 + 16 * c), masks[c], *a) };
+            }
+            c0 += 16 * width;
         }
     }
 }

@@ -78,9 +78,120 @@ pub fn attend_group(
     }
 }
 
+/// [`attend_group`] for `n_rows` consecutive query rows of one sequence over its keys and values
+/// from position 0 (`k`, `v`: `[positions, kv_dim]`): row `i` (`q[i * q_dim..]`, its group's
+/// heads at `kvh * group * head_dim`) attends over positions `..n_kv0 + i`. Each block of keys
+/// and values is brought into L1 once for every row and head instead of once per row (a prompt's
+/// rows otherwise stream the whole cache from L2 one row at a time). Every row gets bit for bit
+/// what `attend_group` gives it alone: the same kernel calls on the same blocks, in the same
+/// order. `scores`: at least `n_rows * group * (n_kv0 + n_rows - 1)`; `out`: `[n_rows, group *
+/// head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows(
+    q: &[f32],
+    q_dim: usize,
+    n_rows: usize,
+    group: usize,
+    head_dim: usize,
+    n_kv0: usize,
+    k: &[f32],
+    v: &[f32],
+    kvh: usize,
+    kv_dim: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    if n_rows == 0 || n_kv0 == 0 {
+        return;
+    }
+    let n_max = n_kv0 + n_rows - 1;
+    let (off, q_off) = (kvh * head_dim, kvh * group * head_dim);
+    // Row i, head g: its scores at `(i * group + g) * n_max`, its query and output heads.
+    let at = |i: usize, g: usize| (i * group + g) * n_max;
+    let q_head = |i: usize, g: usize| &q[i * q_dim + q_off + g * head_dim..][..head_dim];
+    for b0 in (0..n_max).step_by(KV_BLOCK) {
+        let keys = &k[off + b0 * kv_dim..];
+        for i in (0..n_rows).filter(|&i| n_kv0 + i > b0) {
+            let len = KV_BLOCK.min(n_kv0 + i - b0);
+            for g in 0..group {
+                let dst = &mut scores[at(i, g) + b0..at(i, g) + b0 + len];
+                attn::qk_scores(q_head(i, g), keys, kv_dim, scale, dst);
+            }
+        }
+    }
+    for i in 0..n_rows {
+        for g in 0..group {
+            softmax(&mut scores[at(i, g)..at(i, g) + n_kv0 + i]);
+        }
+    }
+    let out = &mut out[..n_rows * group * head_dim];
+    out.fill(0.0);
+    for b0 in (0..n_max).step_by(KV_BLOCK) {
+        let values = &v[off + b0 * kv_dim..];
+        for i in (0..n_rows).filter(|&i| n_kv0 + i > b0) {
+            let len = KV_BLOCK.min(n_kv0 + i - b0);
+            for g in 0..group {
+                let w = &scores[at(i, g) + b0..at(i, g) + b0 + len];
+                let o = &mut out[(i * group + g) * head_dim..(i * group + g + 1) * head_dim];
+                attn::weighted_sum_acc(w, values, kv_dim, o);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows attended together equal each row attended alone, bit for bit (head size 64, so the
+    /// SIMD kernels run; 70 positions, so blocks are full and partial).
+    #[test]
+    fn rows_together_equal_each_row_alone() {
+        let (hd, n_head_kv, group) = (64, 2, 3);
+        let (kv_dim, q_dim) = (n_head_kv * hd, n_head_kv * group * hd);
+        let n_pos = 70;
+        let val = |i: usize, m: usize| (((i * m) % 97) as f32 - 48.0) / 40.0;
+        let k: Vec<f32> = (0..n_pos * kv_dim).map(|i| val(i, 7)).collect();
+        let v: Vec<f32> = (0..n_pos * kv_dim).map(|i| val(i, 5)).collect();
+        let (n_rows, n_kv0) = (5, 66);
+        let q: Vec<f32> = (0..n_rows * q_dim).map(|i| val(i, 3)).collect();
+        for kvh in 0..n_head_kv {
+            let mut scores = vec![0.0; n_rows * group * n_pos];
+            let mut got = vec![f32::NAN; n_rows * group * hd];
+            attend_rows(
+                &q,
+                q_dim,
+                n_rows,
+                group,
+                hd,
+                n_kv0,
+                &k,
+                &v,
+                kvh,
+                kv_dim,
+                0.125,
+                &mut scores,
+                &mut got,
+            );
+            for i in 0..n_rows {
+                let n = n_kv0 + i;
+                let one = [KvSpan {
+                    k: &k[..n * kv_dim],
+                    v: &v[..n * kv_dim],
+                    n,
+                }];
+                let qg = &q[i * q_dim + kvh * group * hd..i * q_dim + (kvh + 1) * group * hd];
+                let mut want = vec![0.0; group * hd];
+                attend_group(qg, hd, &one, kvh, kv_dim, 0.125, &mut scores, &mut want);
+                assert_eq!(
+                    &got[i * group * hd..(i + 1) * group * hd],
+                    &want[..],
+                    "row {i}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn split_spans_equal_one_contiguous_run() {

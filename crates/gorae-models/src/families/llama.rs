@@ -10,7 +10,7 @@
 //! `r` the residual multiplier; EXAONE 4's local layers attend over a sliding window with rope and
 //! its global layers over everything without rope.
 
-use crate::blocks::attention::{KvSpan, attend_group};
+use crate::blocks::attention::{KvSpan, attend_group, attend_rows};
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::{ffn::swiglu, norm};
 use crate::config::LlamaConfig;
@@ -52,6 +52,13 @@ pub struct LlamaModel {
 }
 
 /// Preallocated activations for batches of up to `n_batch` tokens (llama2.c's `RunState`).
+/// Most prompt rows of one sequence attended together by one task ([`attend_rows`]).
+const ATTN_ROWS: usize = 8;
+
+/// Scores each thread may hold for that (f32s): with a long context and many heads per group,
+/// fewer rows go together, down to one.
+const ATTN_SCORES_PER_THREAD: usize = 1 << 18;
+
 pub struct LlamaScratch {
     n_batch: usize,
     x: Vec<f32>,      // [n_batch, n_embd] residual stream
@@ -65,8 +72,11 @@ pub struct LlamaScratch {
     up: Vec<f32>,     // [n_batch, n_ff]
     cos: Vec<f32>,    // [n_batch, n_rot / 2]
     sin: Vec<f32>,    // [n_batch, n_rot / 2]
-    scores: Vec<f32>, // [n_threads, n_ctx]
+    scores: Vec<f32>, // [n_threads, attn_rows * group * n_ctx]
     n_ctx: usize,
+    /// Prompt rows attended together per task (1: one row at a time).
+    attn_rows: usize,
+    attn_t: Vec<f32>, // [blocks of attn_rows, n_head_kv, attn_rows, group * head_dim]
     logits: Vec<f32>, // [n_batch, n_vocab]
     qbuf: Vec<u8>,    // activations quantized for the matmul kernels
     rows: BatchRows,
@@ -165,6 +175,8 @@ impl LlamaModel {
         let q_dim = c.n_head * c.head_dim;
         let kv_dim = c.n_head_kv * c.head_dim;
         let half = c.rope.n_rot / 2;
+        let group = c.n_head / c.n_head_kv;
+        let attn_rows = (ATTN_SCORES_PER_THREAD / (group * n_ctx).max(1)).clamp(1, ATTN_ROWS);
         LlamaScratch {
             n_batch,
             x: vec![0.0; n_batch * c.n_embd],
@@ -178,8 +190,14 @@ impl LlamaModel {
             up: vec![0.0; n_batch * c.n_ff],
             cos: vec![0.0; n_batch * half],
             sin: vec![0.0; n_batch * half],
-            scores: vec![0.0; pool::global().n_threads() * n_ctx * (c.n_head / c.n_head_kv)],
+            scores: vec![0.0; pool::global().n_threads() * attn_rows * group * n_ctx],
             n_ctx,
+            attn_rows,
+            attn_t: if attn_rows > 1 {
+                vec![0.0; n_batch.next_multiple_of(attn_rows) * q_dim]
+            } else {
+                Vec::new()
+            },
             logits: vec![0.0; n_batch * c.n_vocab],
             qbuf: Vec::new(),
             rows: BatchRows::new(n_batch),
@@ -316,51 +334,109 @@ impl LlamaModel {
                 kv.v_mut(il, sp.pos0, sp.pos0 + sp.n)
                     .copy_from_slice(&s.v[rows.start * kv_dim..rows.end * kv_dim]);
             }
-            // One (row, KV head) per task: the `group` query heads sharing that KV head, which
-            // are contiguous in [n, n_head, head_dim]; each row attends over its own sequence's
-            // cache up to its own position.
             let (q, n_ctx, seqs_ro, rows) = (&s.q[..n * q_dim], s.n_ctx, &*seqs, &s.rows);
             let (k_new, v_new) = (&s.k[..n * kv_dim], &s.v[..n * kv_dim]);
             let group = c.n_head / c.n_head_kv;
-            par_rows(
-                pool::global(),
-                &mut s.attn[..n * q_dim],
-                group * hd,
-                &mut s.scores,
-                group * n_ctx,
-                |r, out, scores| {
-                    let (t, kvh) = (r / c.n_head_kv, r % c.n_head_kv);
-                    let n_kv = rows.row_pos[t] + 1;
-                    let Some(kv) = seqs_ro[rows.row_seq[t]].cache.standard() else {
-                        // Unreachable: every cache was checked above.
-                        out.fill(0.0);
-                        return;
-                    };
-                    let qg = &q[t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd];
-                    if let Some(w) = window {
-                        let sp = rows.spans[rows.row_seq[t]];
-                        let spans = window_spans(
-                            kv,
-                            il,
-                            w,
-                            sp.pos0,
-                            sp.start,
-                            rows.row_pos[t],
-                            t,
-                            k_new,
-                            v_new,
-                        );
-                        attend_group(qg, hd, &spans, kvh, kv_dim, scale, scores, out);
-                        return;
+            let gd = group * hd;
+            // Row `t`'s heads of KV head `kvh` over its own sequence's cache up to its position.
+            let attend_row = |t: usize, kvh: usize, out: &mut [f32], scores: &mut [f32]| {
+                let n_kv = rows.row_pos[t] + 1;
+                let Some(kv) = seqs_ro[rows.row_seq[t]].cache.standard() else {
+                    // Unreachable: every cache was checked above.
+                    out.fill(0.0);
+                    return;
+                };
+                let qg = &q[t * q_dim + kvh * gd..t * q_dim + (kvh + 1) * gd];
+                if let Some(w) = window {
+                    let sp = rows.spans[rows.row_seq[t]];
+                    let spans = window_spans(
+                        kv,
+                        il,
+                        w,
+                        sp.pos0,
+                        sp.start,
+                        rows.row_pos[t],
+                        t,
+                        k_new,
+                        v_new,
+                    );
+                    attend_group(qg, hd, &spans, kvh, kv_dim, scale, scores, out);
+                    return;
+                }
+                let all = [KvSpan {
+                    k: kv.k(il, 0, n_kv),
+                    v: kv.v(il, 0, n_kv),
+                    n: n_kv,
+                }];
+                attend_group(qg, hd, &all, kvh, kv_dim, scale, scores, out);
+            };
+            let r_max = s.attn_rows;
+            if window.is_none() && r_max > 1 && n >= 2 * r_max {
+                // A prompt: one task per (block of `r_max` rows, KV head), the block's rows
+                // sharing every key and value block they read ([`attend_rows`]); results land in
+                // `attn_t` and are put back in row order after.
+                let n_blk = n.div_ceil(r_max);
+                par_rows(
+                    pool::global(),
+                    &mut s.attn_t[..n_blk * c.n_head_kv * r_max * gd],
+                    r_max * gd,
+                    &mut s.scores,
+                    r_max * group * n_ctx,
+                    |r, out, scores| {
+                        let (blk, kvh) = (r / c.n_head_kv, r % c.n_head_kv);
+                        let (t0, t1) = (blk * r_max, (blk * r_max + r_max).min(n));
+                        let seq = rows.row_seq[t0];
+                        let consecutive = (t0..t1).all(|t| {
+                            rows.row_seq[t] == seq && rows.row_pos[t] == rows.row_pos[t0] + t - t0
+                        });
+                        match seqs_ro[seq].cache.standard() {
+                            Some(kv) if consecutive => {
+                                let n_end = rows.row_pos[t1 - 1] + 1;
+                                attend_rows(
+                                    &q[t0 * q_dim..t1 * q_dim],
+                                    q_dim,
+                                    t1 - t0,
+                                    group,
+                                    hd,
+                                    rows.row_pos[t0] + 1,
+                                    kv.k(il, 0, n_end),
+                                    kv.v(il, 0, n_end),
+                                    kvh,
+                                    kv_dim,
+                                    scale,
+                                    scores,
+                                    out,
+                                );
+                            }
+                            _ => {
+                                for t in t0..t1 {
+                                    let o = &mut out[(t - t0) * gd..(t - t0 + 1) * gd];
+                                    attend_row(t, kvh, o, scores);
+                                }
+                            }
+                        }
+                    },
+                )?;
+                for t in 0..n {
+                    let (blk, i) = (t / r_max, t % r_max);
+                    for kvh in 0..c.n_head_kv {
+                        let from = ((blk * c.n_head_kv + kvh) * r_max + i) * gd;
+                        s.attn[t * q_dim + kvh * gd..t * q_dim + (kvh + 1) * gd]
+                            .copy_from_slice(&s.attn_t[from..from + gd]);
                     }
-                    let all = [KvSpan {
-                        k: kv.k(il, 0, n_kv),
-                        v: kv.v(il, 0, n_kv),
-                        n: n_kv,
-                    }];
-                    attend_group(qg, hd, &all, kvh, kv_dim, scale, scores, out);
-                },
-            )?;
+                }
+            } else {
+                // One (row, KV head) per task: the `group` query heads sharing that KV head,
+                // which are contiguous in [n, n_head, head_dim].
+                par_rows(
+                    pool::global(),
+                    &mut s.attn[..n * q_dim],
+                    gd,
+                    &mut s.scores,
+                    group * n_ctx,
+                    |r, out, scores| attend_row(r / c.n_head_kv, r % c.n_head_kv, out, scores),
+                )?;
+            }
             l.wo.matmul(
                 &s.attn[..n * q_dim],
                 n,
