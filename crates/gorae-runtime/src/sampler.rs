@@ -113,6 +113,17 @@ impl Sampler {
         if self.cfg.temperature <= 0.0 {
             return argmax(logits);
         }
+        let whole_vocab = (self.cfg.top_k == 0 || self.cfg.top_k >= logits.len())
+            && self.cfg.top_p >= 1.0
+            && self.cfg.min_p <= 0.0;
+        if whole_vocab && let Some(id) = self.sample_whole_vocab(logits) {
+            return id;
+        }
+        self.sample_candidates(logits)
+    }
+
+    /// The general draw: candidates cut by top-k, top-p and min-p, then weighted by temperature.
+    fn sample_candidates(&mut self, logits: &[f32]) -> u32 {
         self.cand.clear();
         self.cand.extend(
             logits
@@ -199,6 +210,37 @@ impl Sampler {
         self.cand[self.cand.len() - 1].1
     }
 
+    /// The draw over every id (no top-k, top-p or min-p: OpenAI's defaults) straight from the
+    /// logits, without building the candidate list: the same weights, sum and walk as the
+    /// general path (a NaN logit gets weight 0, which the walk steps over, where the general
+    /// path leaves it out), so the same token for the same random draw. `None` when no logit is
+    /// finite, which the general path handles.
+    fn sample_whole_vocab(&mut self, logits: &[f32]) -> Option<u32> {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if !max.is_finite() {
+            return None;
+        }
+        let t = self.cfg.temperature;
+        self.weights.clear();
+        self.weights.extend(logits.iter().map(|&l| {
+            if l.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                (l - max) / t
+            }
+        }));
+        gorae_kernels::attn::exp_nonpositive(&mut self.weights);
+        let total: f64 = self.weights.iter().map(|&w| w as f64).sum();
+        let mut r = self.rng.random::<f64>() * total;
+        for (i, &w) in self.weights.iter().enumerate() {
+            r -= w as f64;
+            if r <= 0.0 && !logits[i].is_nan() {
+                return Some(i as u32);
+            }
+        }
+        logits.iter().rposition(|l| !l.is_nan()).map(|i| i as u32)
+    }
+
     fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
         let c = &self.cfg;
         let active =
@@ -283,6 +325,30 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    /// The whole-vocabulary draw picks what the general path picks for the same seed, with NaN
+    /// and -inf logits present (neither may be drawn).
+    #[test]
+    fn whole_vocab_draw_equals_the_general_path() {
+        let mut l: Vec<f32> = (0..3000).map(|i| ((i * 37 % 101) as f32) / 17.0).collect();
+        l[5] = f32::NAN;
+        l[2999] = f32::NEG_INFINITY;
+        let cfg = |top_k| SamplerConfig {
+            temperature: 0.8,
+            top_k,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 42,
+            ..Default::default()
+        };
+        let (mut fast, mut general) = (Sampler::new(cfg(0)), Sampler::new(cfg(0)));
+        for step in 0..500 {
+            let a = fast.sample(&mut l.clone(), &[]);
+            let b = general.sample_candidates(&l);
+            assert_eq!(a, b, "step {step}");
+            assert!(a != 5 && a != 2999);
+        }
     }
 
     #[test]
