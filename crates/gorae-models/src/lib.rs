@@ -16,6 +16,7 @@ pub mod registry;
 pub mod rope;
 pub mod weights;
 
+pub use blocks::attention::KV_CHUNK;
 pub use blocks::batch::SeqInput;
 pub use error::{ModelError, Result};
 pub use families::deepseek::MlaMode;

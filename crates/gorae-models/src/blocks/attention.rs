@@ -78,14 +78,131 @@ pub fn attend_group(
     }
 }
 
-/// [`attend_group`] for `n_rows` consecutive query rows of one sequence over its keys and values
-/// from position 0 (`k`, `v`: `[positions, kv_dim]`): row `i` (`q[i * q_dim..]`, its group's
-/// heads at `kvh * group * head_dim`) attends over positions `..n_kv0 + i`. Each block of keys
-/// and values is brought into L1 once for every row and head instead of once per row (a prompt's
-/// rows otherwise stream the whole cache from L2 one row at a time). Every row gets bit for bit
-/// what `attend_group` gives it alone: the same kernel calls on the same blocks, in the same
-/// order. `scores`: at least `n_rows * group * (n_kv0 + n_rows - 1)`; `out`: `[n_rows, group *
-/// head_dim]`.
+/// Positions per chunk of split-KV attention. A row attending over more positions than this
+/// takes one softmax per chunk and merges the chunks by their statistics ([`merge_chunk`]), so
+/// one decoded row's attention can go to several threads by chunks (a model with fewer KV heads
+/// than twice the threads left a thread idle otherwise) and each task reads whole contiguous
+/// cache rows. Every path (a decoded row's chunk tasks, a prompt block, a single row) computes a
+/// row's chunks with [`attend_chunk`] and merges them in order with [`merge_chunk`], so a row's
+/// result does not depend on the path or on what shares its pass. Up to one chunk of context
+/// is one plain softmax, as before chunks.
+pub const KV_CHUNK: usize = 256;
+
+/// f32s of per-row scratch [`attend_row`] and [`attend_rows`] need for a group of `group` heads
+/// of `head_dim`: one chunk's scores, a chunk's partial output and two sets of statistics.
+pub const fn row_scratch(group: usize, head_dim: usize) -> usize {
+    group * (KV_CHUNK + head_dim + 4)
+}
+
+/// One row's `group` query heads of KV head `kvh` (`qg`: `[group, head_dim]`) over positions
+/// `c0..c1` of `k`, `v` (`[positions, kv_dim]` from position 0): a softmax within the chunk,
+/// the normalized weighted sums into `out` (`[group, head_dim]`), each head's softmax max and
+/// sum into `stats` (`[group, 2]`). `scores`: at least `group * (c1 - c0)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_chunk(
+    qg: &[f32],
+    head_dim: usize,
+    k: &[f32],
+    v: &[f32],
+    (c0, c1): (usize, usize),
+    kvh: usize,
+    kv_dim: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+    stats: &mut [f32],
+) {
+    let group = qg.len() / head_dim.max(1);
+    let (len, off) = (c1 - c0, kvh * head_dim);
+    for b0 in (0..len).step_by(KV_BLOCK) {
+        let bl = KV_BLOCK.min(len - b0);
+        let keys = &k[off + (c0 + b0) * kv_dim..];
+        for (g, qh) in qg.chunks_exact(head_dim).enumerate() {
+            attn::qk_scores(
+                qh,
+                keys,
+                kv_dim,
+                scale,
+                &mut scores[g * len + b0..g * len + b0 + bl],
+            );
+        }
+    }
+    for g in 0..group {
+        let (m, l) = attn::softmax_stats(&mut scores[g * len..(g + 1) * len]);
+        (stats[2 * g], stats[2 * g + 1]) = (m, l);
+    }
+    out.fill(0.0);
+    for b0 in (0..len).step_by(KV_BLOCK) {
+        let bl = KV_BLOCK.min(len - b0);
+        let values = &v[off + (c0 + b0) * kv_dim..];
+        for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
+            attn::weighted_sum_acc(&scores[g * len + b0..g * len + b0 + bl], values, kv_dim, o);
+        }
+    }
+}
+
+/// Merges one head's chunk (`part`, normalized by its own sum, with its softmax `[max, sum]`)
+/// into the head's result so far (`out`, with `stats`), which becomes normalized over both.
+pub fn merge_chunk(out: &mut [f32], stats: &mut [f32], part: &[f32], part_stats: &[f32]) {
+    let (mo, lo, m, l) = (stats[0], stats[1], part_stats[0], part_stats[1]);
+    let mx = mo.max(m);
+    let (a, b) = (lo * (mo - mx).exp(), l * (m - mx).exp());
+    let total = a + b;
+    let (wa, wb) = (a / total, b / total);
+    for (o, p) in out.iter_mut().zip(part) {
+        *o = *o * wa + *p * wb;
+    }
+    (stats[0], stats[1]) = (mx, total);
+}
+
+/// One row over positions `..n_kv` of `k`, `v`: its chunks in order, each merged into `out`
+/// (`[group, head_dim]`). `scratch`: at least [`row_scratch`].
+#[allow(clippy::too_many_arguments)]
+pub fn attend_row(
+    qg: &[f32],
+    head_dim: usize,
+    k: &[f32],
+    v: &[f32],
+    n_kv: usize,
+    kvh: usize,
+    kv_dim: usize,
+    scale: f32,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = qg.len() / head_dim.max(1);
+    let (scores, rest) = scratch.split_at_mut(group * KV_CHUNK);
+    let (part, rest) = rest.split_at_mut(group * head_dim);
+    let (stats, part_stats) = rest.split_at_mut(2 * group);
+    for c0 in (0..n_kv).step_by(KV_CHUNK) {
+        let c1 = (c0 + KV_CHUNK).min(n_kv);
+        let span = (c0, c1);
+        if c0 == 0 {
+            attend_chunk(
+                qg, head_dim, k, v, span, kvh, kv_dim, scale, scores, out, stats,
+            );
+            continue;
+        }
+        attend_chunk(
+            qg, head_dim, k, v, span, kvh, kv_dim, scale, scores, part, part_stats,
+        );
+        for g in 0..group {
+            merge_chunk(
+                &mut out[g * head_dim..(g + 1) * head_dim],
+                &mut stats[2 * g..2 * g + 2],
+                &part[g * head_dim..(g + 1) * head_dim],
+                &part_stats[2 * g..2 * g + 2],
+            );
+        }
+    }
+}
+
+/// [`attend_row`] for `n_rows` consecutive query rows of one sequence: row `i` (`q[i * q_dim..]`,
+/// its group's heads at `kvh * group * head_dim`) attends over positions `..n_kv0 + i`. Chunk by
+/// chunk, each block of keys and values is brought into L1 once for every row and head instead of
+/// once per row. Every row gets bit for bit what `attend_row` gives it alone: the same kernel
+/// calls on the same blocks, chunks and merges in the same order. `scratch`: at least `n_rows *`
+/// [`row_scratch`]; `out`: `[n_rows, group * head_dim]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_rows(
     q: &[f32],
@@ -99,42 +216,70 @@ pub fn attend_rows(
     kvh: usize,
     kv_dim: usize,
     scale: f32,
-    scores: &mut [f32],
+    scratch: &mut [f32],
     out: &mut [f32],
 ) {
     if n_rows == 0 || n_kv0 == 0 {
         return;
     }
+    let gd = group * head_dim;
     let n_max = n_kv0 + n_rows - 1;
-    let (off, q_off) = (kvh * head_dim, kvh * group * head_dim);
-    // Row i, head g: its scores at `(i * group + g) * n_max`, its query and output heads.
-    let at = |i: usize, g: usize| (i * group + g) * n_max;
+    let (off, q_off) = (kvh * head_dim, kvh * gd);
+    let (scores, rest) = scratch.split_at_mut(n_rows * group * KV_CHUNK);
+    let (part, rest) = rest.split_at_mut(n_rows * gd);
+    let (stats, part_stats) = rest.split_at_mut(n_rows * 2 * group);
     let q_head = |i: usize, g: usize| &q[i * q_dim + q_off + g * head_dim..][..head_dim];
-    for b0 in (0..n_max).step_by(KV_BLOCK) {
-        let keys = &k[off + b0 * kv_dim..];
-        for i in (0..n_rows).filter(|&i| n_kv0 + i > b0) {
-            let len = KV_BLOCK.min(n_kv0 + i - b0);
-            for g in 0..group {
-                let dst = &mut scores[at(i, g) + b0..at(i, g) + b0 + len];
-                attn::qk_scores(q_head(i, g), keys, kv_dim, scale, dst);
+    for c0 in (0..n_max).step_by(KV_CHUNK) {
+        // Rows reaching into this chunk, and the length of their part of it.
+        let live = |i: usize| n_kv0 + i > c0;
+        let len_of = |i: usize| (n_kv0 + i).min(c0 + KV_CHUNK) - c0;
+        // Row i, head g: its chunk scores at `(i * group + g) * len_of(i)` within row i's
+        // `group * KV_CHUNK`, as `attend_chunk` lays them out.
+        let at = |i: usize, g: usize| i * group * KV_CHUNK + g * len_of(i);
+        for b0 in (0..KV_CHUNK.min(n_max - c0)).step_by(KV_BLOCK) {
+            let keys = &k[off + (c0 + b0) * kv_dim..];
+            for i in (0..n_rows).filter(|&i| live(i) && len_of(i) > b0) {
+                let bl = KV_BLOCK.min(len_of(i) - b0);
+                for g in 0..group {
+                    let dst = &mut scores[at(i, g) + b0..at(i, g) + b0 + bl];
+                    attn::qk_scores(q_head(i, g), keys, kv_dim, scale, dst);
+                }
             }
         }
-    }
-    for i in 0..n_rows {
-        for g in 0..group {
-            softmax(&mut scores[at(i, g)..at(i, g) + n_kv0 + i]);
-        }
-    }
-    let out = &mut out[..n_rows * group * head_dim];
-    out.fill(0.0);
-    for b0 in (0..n_max).step_by(KV_BLOCK) {
-        let values = &v[off + b0 * kv_dim..];
-        for i in (0..n_rows).filter(|&i| n_kv0 + i > b0) {
-            let len = KV_BLOCK.min(n_kv0 + i - b0);
+        let first = c0 == 0;
+        for i in (0..n_rows).filter(|&i| live(i)) {
+            let st = if first { &mut *stats } else { &mut *part_stats };
             for g in 0..group {
-                let w = &scores[at(i, g) + b0..at(i, g) + b0 + len];
-                let o = &mut out[(i * group + g) * head_dim..(i * group + g + 1) * head_dim];
-                attn::weighted_sum_acc(w, values, kv_dim, o);
+                let (m, l) = attn::softmax_stats(&mut scores[at(i, g)..at(i, g) + len_of(i)]);
+                (st[(i * group + g) * 2], st[(i * group + g) * 2 + 1]) = (m, l);
+            }
+            let dst = if first { &mut *out } else { &mut *part };
+            dst[i * gd..(i + 1) * gd].fill(0.0);
+        }
+        for b0 in (0..KV_CHUNK.min(n_max - c0)).step_by(KV_BLOCK) {
+            let values = &v[off + (c0 + b0) * kv_dim..];
+            for i in (0..n_rows).filter(|&i| live(i) && len_of(i) > b0) {
+                let bl = KV_BLOCK.min(len_of(i) - b0);
+                let dst = if first { &mut *out } else { &mut *part };
+                for g in 0..group {
+                    let w = &scores[at(i, g) + b0..at(i, g) + b0 + bl];
+                    let o = &mut dst[i * gd + g * head_dim..i * gd + (g + 1) * head_dim];
+                    attn::weighted_sum_acc(w, values, kv_dim, o);
+                }
+            }
+        }
+        if first {
+            continue;
+        }
+        for i in (0..n_rows).filter(|&i| live(i)) {
+            for g in 0..group {
+                let h = i * group + g;
+                merge_chunk(
+                    &mut out[h * head_dim..(h + 1) * head_dim],
+                    &mut stats[2 * h..2 * h + 2],
+                    &part[h * head_dim..(h + 1) * head_dim],
+                    &part_stats[2 * h..2 * h + 2],
+                );
             }
         }
     }
@@ -144,50 +289,110 @@ pub fn attend_rows(
 mod tests {
     use super::*;
 
-    /// Rows attended together equal each row attended alone, bit for bit (head size 64, so the
-    /// SIMD kernels run; 70 positions, so blocks are full and partial).
+    /// Rows attended together equal each row attended alone, bit for bit, and a row alone over
+    /// one chunk equals `attend_group` (head size 64, so the SIMD kernels run; up to three
+    /// chunks, with full and partial blocks).
     #[test]
     fn rows_together_equal_each_row_alone() {
         let (hd, n_head_kv, group) = (64, 2, 3);
         let (kv_dim, q_dim) = (n_head_kv * hd, n_head_kv * group * hd);
-        let n_pos = 70;
+        let n_pos = 2 * KV_CHUNK + 50;
         let val = |i: usize, m: usize| (((i * m) % 97) as f32 - 48.0) / 40.0;
         let k: Vec<f32> = (0..n_pos * kv_dim).map(|i| val(i, 7)).collect();
         let v: Vec<f32> = (0..n_pos * kv_dim).map(|i| val(i, 5)).collect();
-        let (n_rows, n_kv0) = (5, 66);
-        let q: Vec<f32> = (0..n_rows * q_dim).map(|i| val(i, 3)).collect();
-        for kvh in 0..n_head_kv {
-            let mut scores = vec![0.0; n_rows * group * n_pos];
-            let mut got = vec![f32::NAN; n_rows * group * hd];
-            attend_rows(
-                &q,
-                q_dim,
-                n_rows,
-                group,
-                hd,
-                n_kv0,
-                &k,
-                &v,
-                kvh,
-                kv_dim,
-                0.125,
-                &mut scores,
-                &mut got,
-            );
-            for i in 0..n_rows {
-                let n = n_kv0 + i;
-                let one = [KvSpan {
-                    k: &k[..n * kv_dim],
-                    v: &v[..n * kv_dim],
-                    n,
-                }];
-                let qg = &q[i * q_dim + kvh * group * hd..i * q_dim + (kvh + 1) * group * hd];
-                let mut want = vec![0.0; group * hd];
-                attend_group(qg, hd, &one, kvh, kv_dim, 0.125, &mut scores, &mut want);
-                assert_eq!(
-                    &got[i * group * hd..(i + 1) * group * hd],
-                    &want[..],
-                    "row {i}"
+        let c = KV_CHUNK;
+        for (n_rows, n_kv0) in [(5, 66), (8, c - 5), (6, 2 * c - 3), (3, 1), (8, c + 40)] {
+            let q: Vec<f32> = (0..n_rows * q_dim).map(|i| val(i, 3)).collect();
+            for kvh in 0..n_head_kv {
+                let mut scratch = vec![0.0; n_rows * row_scratch(group, hd)];
+                let mut got = vec![f32::NAN; n_rows * group * hd];
+                attend_rows(
+                    &q,
+                    q_dim,
+                    n_rows,
+                    group,
+                    hd,
+                    n_kv0,
+                    &k,
+                    &v,
+                    kvh,
+                    kv_dim,
+                    0.125,
+                    &mut scratch,
+                    &mut got,
+                );
+                for i in 0..n_rows {
+                    let n = n_kv0 + i;
+                    let qg = &q[i * q_dim + kvh * group * hd..i * q_dim + (kvh + 1) * group * hd];
+                    let mut want = vec![0.0; group * hd];
+                    attend_row(
+                        qg,
+                        hd,
+                        &k,
+                        &v,
+                        n,
+                        kvh,
+                        kv_dim,
+                        0.125,
+                        &mut scratch,
+                        &mut want,
+                    );
+                    let row = &got[i * group * hd..(i + 1) * group * hd];
+                    assert_eq!(row, &want[..], "rows {n_rows} from {n_kv0}: row {i}");
+                    if n <= KV_CHUNK {
+                        let one = [KvSpan {
+                            k: &k[..n * kv_dim],
+                            v: &v[..n * kv_dim],
+                            n,
+                        }];
+                        let mut plain = vec![0.0; group * hd];
+                        let mut sc = vec![0.0; group * n];
+                        attend_group(qg, hd, &one, kvh, kv_dim, 0.125, &mut sc, &mut plain);
+                        assert_eq!(row, &plain[..], "one chunk: row {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Merged chunks give the softmax over all positions (to rounding): three chunks against one
+    /// softmax computed in f64. Tolerance 1e-5 relative to the largest
+    /// output magnitude: each chunk's f32 softmax and the merge weights round at about 1e-7;
+    /// a merge weight off by 1 % moves outputs by about 1e-2 here.
+    #[test]
+    fn merged_chunks_equal_one_softmax() {
+        let (hd, kv_dim, group) = (64, 64, 2);
+        let n = 2 * KV_CHUNK + 44;
+        let val = |i: usize, m: usize| (((i * m) % 89) as f32 - 44.0) / 30.0;
+        let k: Vec<f32> = (0..n * kv_dim).map(|i| val(i, 11)).collect();
+        let v: Vec<f32> = (0..n * kv_dim).map(|i| val(i, 13)).collect();
+        let qg: Vec<f32> = (0..group * hd).map(|i| val(i, 3)).collect();
+        let mut scratch = vec![0.0; row_scratch(group, hd)];
+        let mut got = vec![0.0; group * hd];
+        attend_row(&qg, hd, &k, &v, n, 0, kv_dim, 0.125, &mut scratch, &mut got);
+        for g in 0..group {
+            let qh = &qg[g * hd..(g + 1) * hd];
+            let s: Vec<f64> = (0..n)
+                .map(|j| {
+                    let kj = &k[j * kv_dim..j * kv_dim + hd];
+                    0.125
+                        * qh.iter()
+                            .zip(kj)
+                            .map(|(a, b)| (*a as f64) * (*b as f64))
+                            .sum::<f64>()
+                })
+                .collect();
+            let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let total: f64 = w.iter().sum();
+            let want: Vec<f64> = (0..hd)
+                .map(|d| (0..n).map(|j| w[j] * v[j * kv_dim + d] as f64).sum::<f64>() / total)
+                .collect();
+            let scale = want.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+            for (d, (a, b)) in got[g * hd..(g + 1) * hd].iter().zip(&want).enumerate() {
+                assert!(
+                    ((*a as f64) - b).abs() <= 1e-5 * scale,
+                    "head {g} dim {d}: {a} vs {b}"
                 );
             }
         }

@@ -9,7 +9,7 @@
 //! `kv_lora_rank + qk_rope_head_dim` values per token per layer.
 
 use crate::Logits;
-use crate::blocks::attention::softmax;
+use crate::blocks::attention::{merge_chunk, softmax};
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::moe::{RouteScratch, route};
 use crate::blocks::{ffn::swiglu, norm};
@@ -909,16 +909,12 @@ impl DeepseekModel {
                                 continue;
                             }
                             // Merge: both outputs are normalized by their own sums.
-                            let (mo, lo) = (stats[2 * g], stats[2 * g + 1]);
-                            let mx = mo.max(m);
-                            let (a, b) = (lo * (mo - mx).exp(), l * (m - mx).exp());
-                            let total = a + b;
-                            let (wa, wb) = (a / total, b / total);
-                            let o = &mut out[g * lora..(g + 1) * lora];
-                            for (o, p) in o.iter_mut().zip(&part[g * lora..(g + 1) * lora]) {
-                                *o = *o * wa + *p * wb;
-                            }
-                            (stats[2 * g], stats[2 * g + 1]) = (mx, total);
+                            merge_chunk(
+                                &mut out[g * lora..(g + 1) * lora],
+                                &mut stats[2 * g..2 * g + 2],
+                                &part[g * lora..(g + 1) * lora],
+                                &[m, l],
+                            );
                         }
                     }
                 },

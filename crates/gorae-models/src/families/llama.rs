@@ -10,7 +10,9 @@
 //! `r` the residual multiplier; EXAONE 4's local layers attend over a sliding window with rope and
 //! its global layers over everything without rope.
 
-use crate::blocks::attention::{KvSpan, attend_group, attend_rows};
+use crate::blocks::attention::{
+    self, KV_CHUNK, KvSpan, attend_chunk, attend_group, attend_row, attend_rows, merge_chunk,
+};
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::{ffn::swiglu, norm};
 use crate::config::LlamaConfig;
@@ -52,12 +54,16 @@ pub struct LlamaModel {
 }
 
 /// Preallocated activations for batches of up to `n_batch` tokens (llama2.c's `RunState`).
-/// Most prompt rows of one sequence attended together by one task ([`attend_rows`]).
+/// Prompt rows of one sequence attended together by one task ([`attend_rows`]).
 const ATTN_ROWS: usize = 8;
 
-/// Scores each thread may hold for that (f32s): with a long context and many heads per group,
-/// fewer rows go together, down to one.
-const ATTN_SCORES_PER_THREAD: usize = 1 << 18;
+/// Most rows of a pass whose attention splits into (row, chunk) tasks: decode steps, one row
+/// per sequence. Longer passes have rows enough to share out.
+const SPLIT_MAX_ROWS: usize = 32;
+
+/// f32s held for the chunk outputs of a split pass (8 MiB); a pass needing more chunks than fit
+/// runs per (row, KV head) instead, with the same results.
+const SPLIT_FLOATS: usize = 1 << 21;
 
 pub struct LlamaScratch {
     n_batch: usize,
@@ -72,11 +78,14 @@ pub struct LlamaScratch {
     up: Vec<f32>,     // [n_batch, n_ff]
     cos: Vec<f32>,    // [n_batch, n_rot / 2]
     sin: Vec<f32>,    // [n_batch, n_rot / 2]
-    scores: Vec<f32>, // [n_threads, attn_rows * group * n_ctx]
+    scores: Vec<f32>, // [n_threads, scores_per_thread] attention scratch
+    scores_per_thread: usize,
     n_ctx: usize,
-    /// Prompt rows attended together per task (1: one row at a time).
-    attn_rows: usize,
-    attn_t: Vec<f32>, // [blocks of attn_rows, n_head_kv, attn_rows, group * head_dim]
+    attn_t: Vec<f32>, // [blocks of ATTN_ROWS, n_head_kv, ATTN_ROWS, group * head_dim]
+    /// `[split_slots, n_head * head_dim + 2 * n_head]`: a decoded row's chunk outputs and
+    /// softmax statistics before they are merged.
+    split_part: Vec<f32>,
+    split_slots: usize,
     logits: Vec<f32>, // [n_batch, n_vocab]
     qbuf: Vec<u8>,    // activations quantized for the matmul kernels
     rows: BatchRows,
@@ -176,7 +185,11 @@ impl LlamaModel {
         let kv_dim = c.n_head_kv * c.head_dim;
         let half = c.rope.n_rot / 2;
         let group = c.n_head / c.n_head_kv;
-        let attn_rows = (ATTN_SCORES_PER_THREAD / (group * n_ctx).max(1)).clamp(1, ATTN_ROWS);
+        // A prompt block's rows, or one row over a sliding window's spans (whole softmax).
+        let scores_per_thread =
+            (ATTN_ROWS * attention::row_scratch(group, c.head_dim)).max(group * n_ctx);
+        let slot = q_dim + 2 * c.n_head;
+        let split_slots = (SPLIT_FLOATS / slot).min(SPLIT_MAX_ROWS * n_ctx.div_ceil(KV_CHUNK));
         LlamaScratch {
             n_batch,
             x: vec![0.0; n_batch * c.n_embd],
@@ -190,14 +203,12 @@ impl LlamaModel {
             up: vec![0.0; n_batch * c.n_ff],
             cos: vec![0.0; n_batch * half],
             sin: vec![0.0; n_batch * half],
-            scores: vec![0.0; pool::global().n_threads() * attn_rows * group * n_ctx],
+            scores: vec![0.0; pool::global().n_threads() * scores_per_thread],
+            scores_per_thread,
             n_ctx,
-            attn_rows,
-            attn_t: if attn_rows > 1 {
-                vec![0.0; n_batch.next_multiple_of(attn_rows) * q_dim]
-            } else {
-                Vec::new()
-            },
+            attn_t: vec![0.0; n_batch.next_multiple_of(ATTN_ROWS) * q_dim],
+            split_part: vec![0.0; split_slots * slot],
+            split_slots,
             logits: vec![0.0; n_batch * c.n_vocab],
             qbuf: Vec::new(),
             rows: BatchRows::new(n_batch),
@@ -334,12 +345,13 @@ impl LlamaModel {
                 kv.v_mut(il, sp.pos0, sp.pos0 + sp.n)
                     .copy_from_slice(&s.v[rows.start * kv_dim..rows.end * kv_dim]);
             }
-            let (q, n_ctx, seqs_ro, rows) = (&s.q[..n * q_dim], s.n_ctx, &*seqs, &s.rows);
+            let (q, seqs_ro, rows) = (&s.q[..n * q_dim], &*seqs, &s.rows);
             let (k_new, v_new) = (&s.k[..n * kv_dim], &s.v[..n * kv_dim]);
             let group = c.n_head / c.n_head_kv;
             let gd = group * hd;
+            let per_thread = s.scores_per_thread;
             // Row `t`'s heads of KV head `kvh` over its own sequence's cache up to its position.
-            let attend_row = |t: usize, kvh: usize, out: &mut [f32], scores: &mut [f32]| {
+            let attend_one = |t: usize, kvh: usize, out: &mut [f32], scratch: &mut [f32]| {
                 let n_kv = rows.row_pos[t] + 1;
                 let Some(kv) = seqs_ro[rows.row_seq[t]].cache.standard() else {
                     // Unreachable: every cache was checked above.
@@ -360,31 +372,82 @@ impl LlamaModel {
                         k_new,
                         v_new,
                     );
-                    attend_group(qg, hd, &spans, kvh, kv_dim, scale, scores, out);
+                    attend_group(qg, hd, &spans, kvh, kv_dim, scale, scratch, out);
                     return;
                 }
-                let all = [KvSpan {
-                    k: kv.k(il, 0, n_kv),
-                    v: kv.v(il, 0, n_kv),
-                    n: n_kv,
-                }];
-                attend_group(qg, hd, &all, kvh, kv_dim, scale, scores, out);
+                let (k, v) = (kv.k(il, 0, n_kv), kv.v(il, 0, n_kv));
+                attend_row(qg, hd, k, v, n_kv, kvh, kv_dim, scale, scratch, out);
             };
-            let r_max = s.attn_rows;
-            if window.is_none() && r_max > 1 && n >= 2 * r_max {
-                // A prompt: one task per (block of `r_max` rows, KV head), the block's rows
-                // sharing every key and value block they read ([`attend_rows`]); results land in
-                // `attn_t` and are put back in row order after.
-                let n_blk = n.div_ceil(r_max);
+            // Chunks of every row, as tasks: `chunk_at[t]` is row t's first.
+            let mut chunk_at = [0usize; SPLIT_MAX_ROWS + 1];
+            let split = window.is_none() && n <= SPLIT_MAX_ROWS && {
+                for t in 0..n {
+                    chunk_at[t + 1] = chunk_at[t] + (rows.row_pos[t] + 1).div_ceil(KV_CHUNK);
+                }
+                chunk_at[n] <= s.split_slots
+            };
+            if split {
+                // Decode: one task per (row, chunk of positions) for all KV heads, so a row's
+                // attention spreads over the threads and each task reads whole cache rows; the
+                // chunks are then merged in order, as `attend_row` merges them.
+                let slot = q_dim + 2 * c.n_head;
                 par_rows(
                     pool::global(),
-                    &mut s.attn_t[..n_blk * c.n_head_kv * r_max * gd],
-                    r_max * gd,
+                    &mut s.split_part[..chunk_at[n] * slot],
+                    slot,
                     &mut s.scores,
-                    r_max * group * n_ctx,
-                    |r, out, scores| {
+                    per_thread,
+                    |r, part, scores| {
+                        let t = chunk_at[1..=n].partition_point(|&end| end <= r);
+                        let c0 = (r - chunk_at[t]) * KV_CHUNK;
+                        let n_kv = rows.row_pos[t] + 1;
+                        let Some(kv) = seqs_ro[rows.row_seq[t]].cache.standard() else {
+                            part.fill(0.0);
+                            return;
+                        };
+                        let (k, v) = (kv.k(il, 0, n_kv), kv.v(il, 0, n_kv));
+                        let (outs, stats) = part.split_at_mut(q_dim);
+                        let span = (c0, (c0 + KV_CHUNK).min(n_kv));
+                        for kvh in 0..c.n_head_kv {
+                            let qg = &q[t * q_dim + kvh * gd..t * q_dim + (kvh + 1) * gd];
+                            let out = &mut outs[kvh * gd..(kvh + 1) * gd];
+                            let st = &mut stats[kvh * 2 * group..(kvh + 1) * 2 * group];
+                            attend_chunk(qg, hd, k, v, span, kvh, kv_dim, scale, scores, out, st);
+                        }
+                    },
+                )?;
+                for t in 0..n {
+                    let first = &s.split_part[chunk_at[t] * slot..(chunk_at[t] + 1) * slot];
+                    let out = &mut s.attn[t * q_dim..(t + 1) * q_dim];
+                    out.copy_from_slice(&first[..q_dim]);
+                    let mut stats = [0.0f32; 2];
+                    for h in 0..c.n_head {
+                        stats.copy_from_slice(&first[q_dim + 2 * h..q_dim + 2 * h + 2]);
+                        for r in chunk_at[t] + 1..chunk_at[t + 1] {
+                            let part = &s.split_part[r * slot..(r + 1) * slot];
+                            merge_chunk(
+                                &mut out[h * hd..(h + 1) * hd],
+                                &mut stats,
+                                &part[h * hd..(h + 1) * hd],
+                                &part[q_dim + 2 * h..q_dim + 2 * h + 2],
+                            );
+                        }
+                    }
+                }
+            } else if window.is_none() && n >= 2 * ATTN_ROWS {
+                // A prompt: one task per (block of ATTN_ROWS rows, KV head), the block's rows
+                // sharing every key and value block they read ([`attend_rows`]); results land in
+                // `attn_t` and are put back in row order after.
+                let n_blk = n.div_ceil(ATTN_ROWS);
+                par_rows(
+                    pool::global(),
+                    &mut s.attn_t[..n_blk * c.n_head_kv * ATTN_ROWS * gd],
+                    ATTN_ROWS * gd,
+                    &mut s.scores,
+                    per_thread,
+                    |r, out, scratch| {
                         let (blk, kvh) = (r / c.n_head_kv, r % c.n_head_kv);
-                        let (t0, t1) = (blk * r_max, (blk * r_max + r_max).min(n));
+                        let (t0, t1) = (blk * ATTN_ROWS, (blk * ATTN_ROWS + ATTN_ROWS).min(n));
                         let seq = rows.row_seq[t0];
                         let consecutive = (t0..t1).all(|t| {
                             rows.row_seq[t] == seq && rows.row_pos[t] == rows.row_pos[t0] + t - t0
@@ -404,23 +467,23 @@ impl LlamaModel {
                                     kvh,
                                     kv_dim,
                                     scale,
-                                    scores,
+                                    scratch,
                                     out,
                                 );
                             }
                             _ => {
                                 for t in t0..t1 {
                                     let o = &mut out[(t - t0) * gd..(t - t0 + 1) * gd];
-                                    attend_row(t, kvh, o, scores);
+                                    attend_one(t, kvh, o, scratch);
                                 }
                             }
                         }
                     },
                 )?;
                 for t in 0..n {
-                    let (blk, i) = (t / r_max, t % r_max);
+                    let (blk, i) = (t / ATTN_ROWS, t % ATTN_ROWS);
                     for kvh in 0..c.n_head_kv {
-                        let from = ((blk * c.n_head_kv + kvh) * r_max + i) * gd;
+                        let from = ((blk * c.n_head_kv + kvh) * ATTN_ROWS + i) * gd;
                         s.attn[t * q_dim + kvh * gd..t * q_dim + (kvh + 1) * gd]
                             .copy_from_slice(&s.attn_t[from..from + gd]);
                     }
@@ -433,8 +496,8 @@ impl LlamaModel {
                     &mut s.attn[..n * q_dim],
                     gd,
                     &mut s.scores,
-                    group * n_ctx,
-                    |r, out, scores| attend_row(r / c.n_head_kv, r % c.n_head_kv, out, scores),
+                    per_thread,
+                    |r, out, scratch| attend_one(r / c.n_head_kv, r % c.n_head_kv, out, scratch),
                 )?;
             }
             l.wo.matmul(

@@ -25,6 +25,18 @@ fn tensor(w: &mut GgufWriter, key: TensorKey, ty: GgmlType, shape: &[usize], see
 
 /// 2 layers, n_embd 64, 4 heads (2 KV heads), n_vocab 256; weights of 8 different types.
 pub fn quantized_llama() -> Model {
+    llama(false)
+}
+
+/// The same model with every matrix in f32: activations are never quantized, so a change in the
+/// last bit of any intermediate reaches the logits.
+#[allow(dead_code)] // not every test binary uses it
+pub fn f32_llama() -> Model {
+    llama(true)
+}
+
+fn llama(all_f32: bool) -> Model {
+    let ty = |t: GgmlType| if all_f32 { GgmlType::F32 } else { t };
     let (n_embd, n_ff, n_vocab, n_layer) = (64usize, 128usize, 256usize, 2usize);
     let mut w = GgufWriter::new();
     for (k, v) in [
@@ -42,7 +54,7 @@ pub fn quantized_llama() -> Model {
     tensor(
         &mut w,
         TensorKey::global(K::TokenEmbd),
-        GgmlType::Q8_0,
+        ty(GgmlType::Q8_0),
         &[n_vocab, n_embd],
         1,
     );
@@ -56,26 +68,50 @@ pub fn quantized_llama() -> Model {
     for il in 0..n_layer {
         let l = |k| TensorKey::layer(k, il);
         tensor(&mut w, l(K::AttnNorm), GgmlType::F32, &[n_embd], 3);
-        tensor(&mut w, l(K::AttnQ), GgmlType::Q4_0, &[n_embd, n_embd], 4);
+        tensor(
+            &mut w,
+            l(K::AttnQ),
+            ty(GgmlType::Q4_0),
+            &[n_embd, n_embd],
+            4,
+        );
         tensor(
             &mut w,
             l(K::AttnK),
-            GgmlType::Q4_1,
+            ty(GgmlType::Q4_1),
             &[n_embd / 2, n_embd],
             5,
         );
         tensor(
             &mut w,
             l(K::AttnV),
-            GgmlType::Q8_0,
+            ty(GgmlType::Q8_0),
             &[n_embd / 2, n_embd],
             6,
         );
-        tensor(&mut w, l(K::AttnOut), GgmlType::F16, &[n_embd, n_embd], 7);
+        tensor(
+            &mut w,
+            l(K::AttnOut),
+            ty(GgmlType::F16),
+            &[n_embd, n_embd],
+            7,
+        );
         tensor(&mut w, l(K::FfnNorm), GgmlType::F32, &[n_embd], 8);
-        tensor(&mut w, l(K::FfnGate), GgmlType::Q5_0, &[n_ff, n_embd], 9);
-        tensor(&mut w, l(K::FfnUp), GgmlType::Q5_1, &[n_ff, n_embd], 10);
-        tensor(&mut w, l(K::FfnDown), GgmlType::BF16, &[n_embd, n_ff], 11);
+        tensor(
+            &mut w,
+            l(K::FfnGate),
+            ty(GgmlType::Q5_0),
+            &[n_ff, n_embd],
+            9,
+        );
+        tensor(&mut w, l(K::FfnUp), ty(GgmlType::Q5_1), &[n_ff, n_embd], 10);
+        tensor(
+            &mut w,
+            l(K::FfnDown),
+            ty(GgmlType::BF16),
+            &[n_embd, n_ff],
+            11,
+        );
     }
     let mut bytes = Vec::new();
     w.write_to(&mut bytes).unwrap();
