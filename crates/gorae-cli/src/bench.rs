@@ -171,12 +171,12 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
     if only_membw {
         let bw = membw();
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 json!([{ "test": "membw", "n_threads": n_threads, "read_gbs": bw }])
             );
         } else {
-            println!("DRAM read bandwidth ({n_threads} threads): {bw:.1} GB/s");
+            outln!("DRAM read bandwidth ({n_threads} threads): {bw:.1} GB/s");
         }
         return Ok(());
     }
@@ -279,16 +279,18 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
             let korean = syl_stats.map_or(String::new(), |(m, sd)| {
                 format!(" {m:>9.2} ± {sd:>6.2} syl/s")
             });
-            println!(
+            outln!(
                 "{:<8} {:>9.2} ± {:>6.2} t/s{korean}{extra}",
-                name, avg_ts, sd_ts
+                name,
+                avg_ts,
+                sd_ts
             );
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        outln!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        println!(
+        outln!(
             "model {} ({}), {:.1} MiB of weights, {n_threads} threads, ISA {}, KV cache {} B/token",
             model_path.display(),
             info.architecture,

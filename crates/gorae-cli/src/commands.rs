@@ -147,7 +147,7 @@ pub fn run(model_path: &Path, opts: &RunOptions<'_>, sampling: &SamplingArgs) ->
         Ok(())
     })?;
     splitter.finish(|p| show(&mut stdout.lock(), p))?;
-    println!();
+    outln!();
     if stats {
         eprintln!("\n{}", stats_block(&g));
     } else {
@@ -229,7 +229,7 @@ fn run_mtp(
     syllables.push(&rest);
     splitter.push(&rest, |p| show(&mut stdout.lock(), p))?;
     splitter.finish(|p| show(&mut stdout.lock(), p))?;
-    println!();
+    outln!();
     let secs = t0.elapsed().as_secs_f64();
     let korean = syllables.per_second(secs).map_or(String::new(), |r| {
         format!(", {} Hangul syllables, {r:.1} syl/s", syllables.syllables)
@@ -340,7 +340,7 @@ pub fn chat(
             }
             show(&mut stdout.lock(), p)
         })?;
-        println!();
+        outln!();
         print_timings(&g);
         messages.push(json!({"role": "assistant", "content": answer.trim()}));
     }
@@ -351,16 +351,16 @@ pub fn inspect(model_path: &Path, list_tensors: bool) -> Result<()> {
     match ModelPath::resolve(model_path)? {
         ModelPath::Gguf(p) => {
             let file = load::open_gguf(&p)?;
-            println!("file:          {}", p.display());
-            println!("format:        GGUF v{}", file.version());
-            println!("architecture:  {}", file.architecture().unwrap_or("(none)"));
+            outln!("file:          {}", p.display());
+            outln!("format:        GGUF v{}", file.version());
+            outln!("architecture:  {}", file.architecture().unwrap_or("(none)"));
             if let Some(name) = file.get("general.name").and_then(|v| v.as_str()) {
-                println!("name:          {name}");
+                outln!("name:          {name}");
             }
             let arch = file.architecture().unwrap_or("");
             for (k, v) in file.metadata() {
                 if k.starts_with(&format!("{arch}.")) {
-                    println!("  {k} = {}", short_value(v));
+                    outln!("  {k} = {}", short_value(v));
                 }
             }
             let mut by_type: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
@@ -370,19 +370,19 @@ pub fn inspect(model_path: &Path, list_tensors: bool) -> Result<()> {
                 e.1 += t.n_bytes as u64;
             }
             let total: u64 = by_type.values().map(|v| v.1).sum();
-            println!(
+            outln!(
                 "tensors:       {} ({:.1} MiB)",
                 file.tensors().len(),
                 total as f64 / (1 << 20) as f64
             );
             for (ty, (n, bytes)) in &by_type {
-                println!(
+                outln!(
                     "  {ty:<8} {n:>5} tensors {:>10.1} MiB",
                     *bytes as f64 / (1 << 20) as f64
                 );
             }
             let tmpl = file.get("tokenizer.chat_template").and_then(|v| v.as_str());
-            println!(
+            outln!(
                 "chat template: {}",
                 if tmpl.is_some() { "present" } else { "absent" }
             );
@@ -395,36 +395,36 @@ pub fn inspect(model_path: &Path, list_tensors: bool) -> Result<()> {
                     .get("tokenizer.ggml.tokens")
                     .and_then(|v| v.as_array())
                     .map_or(0, |a| a.len());
-                println!("tokenizer:     {m} (pre: {pre}), {n} tokens");
+                outln!("tokenizer:     {m} (pre: {pre}), {n} tokens");
             }
             match Model::from_gguf(&file) {
-                Ok(m) => print_model_info(&m),
-                Err(e) => println!("loadable:      no ({e})"),
+                Ok(m) => print_model_info(&m)?,
+                Err(e) => outln!("loadable:      no ({e})"),
             }
             if list_tensors {
                 for t in file.tensors() {
-                    println!("  {:<40} {:<6} {:?}", t.name, t.ty.to_string(), t.shape);
+                    outln!("  {:<40} {:<6} {:?}", t.name, t.ty.to_string(), t.shape);
                 }
             }
         }
         ModelPath::Dir(d) => {
-            println!("directory:     {}", d.display());
+            outln!("directory:     {}", d.display());
             if d.join("config.json").exists() {
                 let loaded = load::load_model(&d, false)?;
-                print_model_info(&loaded.model);
+                print_model_info(&loaded.model)?;
                 let template = loaded
                     .tokenizer()
                     .ok()
                     .and_then(|t| t.chat_template())
                     .is_some();
-                println!(
+                outln!(
                     "chat template: {}",
                     if template { "present" } else { "absent" }
                 );
             } else {
                 let tok = load::tokenizer(&ModelPath::Dir(d.clone()), None)?;
-                println!("tokenizer:     {} tokens", tok.n_vocab());
-                println!(
+                outln!("tokenizer:     {} tokens", tok.n_vocab());
+                outln!(
                     "chat template: {}",
                     if tok.chat_template().is_some() {
                         "present"
@@ -438,28 +438,34 @@ pub fn inspect(model_path: &Path, list_tensors: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_model_info(m: &Model) {
+fn print_model_info(m: &Model) -> std::io::Result<()> {
     let i = m.info();
-    println!("family:        {:?} ({})", i.family, i.architecture);
+    outln!("family:        {:?} ({})", i.family, i.architecture);
     let details: String = i.details.iter().map(|(k, v)| format!(" {k} {v}")).collect();
     let tied = if i.tie_embeddings {
         " (tied embeddings)"
     } else {
         ""
     };
-    println!(
+    outln!(
         "hparams:       n_vocab {} n_embd {} n_layer {} n_head {}{details} n_ctx_train {} rope_theta {}{tied}",
-        i.n_vocab, i.n_embd, i.n_layer, i.n_head, i.n_ctx_train, i.rope_theta,
+        i.n_vocab,
+        i.n_embd,
+        i.n_layer,
+        i.n_head,
+        i.n_ctx_train,
+        i.rope_theta,
     );
-    println!(
+    outln!(
         "weights:       {:.1} MiB in memory, {:.1} MiB read per decoded token",
         i.weight_bytes as f64 / (1 << 20) as f64,
         i.active_weight_bytes as f64 / (1 << 20) as f64
     );
-    println!(
+    outln!(
         "kv cache:      {} bytes per token (f32)",
         i.kv_bytes_per_token
     );
+    Ok(())
 }
 
 fn short_value(v: &gorae_formats::gguf::MetaValue) -> String {

@@ -294,3 +294,21 @@ fn speculative_mtp_prints_the_greedy_output_and_the_acceptance_rate() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--temp 0"));
 }
+
+/// A reader that goes away (`gorae inspect M | head -1`) ends the command quietly: no panic
+/// ("failed printing to stdout"), a success status. The pipe is closed before the model has
+/// loaded, so every write the command makes meets a closed pipe.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let mut child = gorae()
+        .args(["inspect", common::smollm2().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
