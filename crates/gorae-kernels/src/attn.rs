@@ -104,6 +104,79 @@ pub fn weighted_sum_acc_with(
     }
 }
 
+/// [`weighted_sum_acc`] for `n_heads` heads over the same `n` rows of values: head `h` adds
+/// `Σ_j weights[h · w_stride + j] · values[j·stride ..][..d]` into `outs[h · out_stride ..][..d]`.
+/// Each head gets bit for bit what `weighted_sum_acc` gives it on its own (the same operation
+/// per element in the same order); on AVX-512 the heads share every load of the values, which
+/// otherwise stream from L2 once per head.
+///
+/// Panics (slice bounds) if an operand is shorter than those ranges.
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_sum_acc_heads(
+    weights: &[f32],
+    w_stride: usize,
+    n: usize,
+    values: &[f32],
+    stride: usize,
+    outs: &mut [f32],
+    out_stride: usize,
+    d: usize,
+    n_heads: usize,
+) {
+    weighted_sum_acc_heads_with(
+        detected_isa(),
+        weights,
+        w_stride,
+        n,
+        values,
+        stride,
+        outs,
+        out_stride,
+        d,
+        n_heads,
+    )
+}
+
+/// [`weighted_sum_acc_heads`] on an explicit ISA.
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_sum_acc_heads_with(
+    isa: Isa,
+    weights: &[f32],
+    w_stride: usize,
+    n: usize,
+    values: &[f32],
+    stride: usize,
+    outs: &mut [f32],
+    out_stride: usize,
+    d: usize,
+    n_heads: usize,
+) {
+    if n == 0 || d == 0 || n_heads == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && Isa::Avx512.is_available() {
+        assert!(
+            weights.len() >= (n_heads - 1) * w_stride + n
+                && values.len() >= (n - 1) * stride + d
+                && outs.len() >= (n_heads - 1) * out_stride + d,
+            "weighted_sum_acc_heads: operands too short"
+        );
+        // SAFETY: AVX-512F was just confirmed available; the operand lengths were asserted.
+        unsafe {
+            x86_512::weighted_sum_acc_heads(
+                weights, w_stride, n, values, stride, outs, out_stride, d, n_heads,
+            )
+        };
+        return;
+    }
+    for h in 0..n_heads {
+        let w = &weights[h * w_stride..h * w_stride + n];
+        let out = &mut outs[h * out_stride..h * out_stride + d];
+        weighted_sum_acc_with(isa, w, values, stride, out);
+    }
+}
+
 /// Normalizes `scores` into probabilities in place: `exp(s - max) / sum`, max-subtracted so
 /// nothing overflows. The SIMD variants evaluate `exp` with a polynomial (relative error below
 /// 2e-7, against libm's correctly rounded value in the reference); a row's result depends only
@@ -481,6 +554,100 @@ mod x86_512 {
         }
     }
 
+    /// [`super::weighted_sum_acc_heads`]: heads four at a time, 64 columns at a time (the last
+    /// vectors masked), each row of values loaded once for the heads in flight; per element the
+    /// same `vfmadd` sequence as [`weighted_sum_acc`].
+    ///
+    /// SAFETY contract: the CPU has AVX-512F; `weights`, `values` and `outs` hold the ranges
+    /// [`super::weighted_sum_acc_heads`] documents (asserted by the caller), `n`, `d`, `n_heads`
+    /// nonzero.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_sum_acc_heads(
+        weights: &[f32],
+        w_stride: usize,
+        n: usize,
+        values: &[f32],
+        stride: usize,
+        outs: &mut [f32],
+        out_stride: usize,
+        d: usize,
+        n_heads: usize,
+    ) {
+        let mut h0 = 0;
+        while h0 < n_heads {
+            let args = (weights, w_stride, n, values, stride, d, h0);
+            // SAFETY: the caller's contract, for heads `h0..h0 + HN <= n_heads`.
+            unsafe {
+                match n_heads - h0 {
+                    1 => heads::<1>(args, outs, out_stride),
+                    2 => heads::<2>(args, outs, out_stride),
+                    3 => heads::<3>(args, outs, out_stride),
+                    _ => heads::<4>(args, outs, out_stride),
+                }
+            }
+            h0 += 4;
+        }
+    }
+
+    /// Heads `h0..h0 + HN` of [`weighted_sum_acc_heads`].
+    ///
+    /// SAFETY contract: as [`weighted_sum_acc_heads`], with `h0 + HN <= n_heads`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn heads<const HN: usize>(
+        (weights, w_stride, n, values, stride, d, h0): (
+            &[f32],
+            usize,
+            usize,
+            &[f32],
+            usize,
+            usize,
+            usize,
+        ),
+        outs: &mut [f32],
+        out_stride: usize,
+    ) {
+        let (vp, wp, op) = (values.as_ptr(), weights.as_ptr(), outs.as_mut_ptr());
+        let mut c0 = 0;
+        while c0 < d {
+            // Lanes of each of the 4 vectors that lie within the head (none past its end).
+            let masks: [__mmask16; 4] = core::array::from_fn(|c| {
+                let left = (d - c0).saturating_sub(16 * c).min(16);
+                ((1u32 << left) - 1) as __mmask16
+            });
+            // SAFETY (all pointer arithmetic and accesses below): head `h0 + h < n_heads`,
+            // row `j < n` and the masked lanes `c0 + 16 c + i < d` lie within the operands
+            // (the caller's contract); masked-off lanes are not accessed.
+            let mut acc = [[_mm512_setzero_ps(); 4]; HN];
+            for (h, a) in acc.iter_mut().enumerate() {
+                let o = unsafe { op.add((h0 + h) * out_stride + c0) };
+                for (c, v) in a.iter_mut().enumerate() {
+                    *v = unsafe { _mm512_maskz_loadu_ps(masks[c], o.add(16 * c)) };
+                }
+            }
+            for j in 0..n {
+                let row = unsafe { vp.add(j * stride + c0) };
+                let v: [__m512; 4] = core::array::from_fn(|c| unsafe {
+                    _mm512_maskz_loadu_ps(masks[c], row.add(16 * c))
+                });
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(unsafe { *wp.add((h0 + h) * w_stride + j) });
+                    for (x, &vc) in a.iter_mut().zip(&v) {
+                        *x = _mm512_fmadd_ps(wv, vc, *x);
+                    }
+                }
+            }
+            for (h, a) in acc.iter().enumerate() {
+                let o = unsafe { op.add((h0 + h) * out_stride + c0) };
+                for (c, v) in a.iter().enumerate() {
+                    unsafe { _mm512_mask_storeu_ps(o.add(16 * c), masks[c], *v) };
+                }
+            }
+            c0 += 64;
+        }
+    }
+
     /// [`super::weighted_sum_acc`]: up to 64 columns (4 registers) at a time kept in registers
     /// over all rows, the last vector of a head that is not a whole number of them masked. Every
     /// element is its own running sum of `w_j * v_j` in row order, whatever its lane.
@@ -621,6 +788,35 @@ mod tests {
                             .zip(&all[start..])
                             .all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "{isa:?} d {d} start {start} len {len}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Several heads at once equal each head alone, bit for bit, on every ISA: head sizes with
+    /// tails, 1 to 6 heads (a partial group of four), strided weights and outputs.
+    #[test]
+    fn heads_together_equal_each_head_alone() {
+        for &d in &[8usize, 64, 72, 512, 100] {
+            for n_heads in 1..=6 {
+                let (n, stride, w_stride, out_stride) = (37, d + 5, 41, d + 3);
+                let values = data((n - 1) * stride + d, 7);
+                let weights = data((n_heads - 1) * w_stride + n, 8);
+                let init = data((n_heads - 1) * out_stride + d, 9);
+                for isa in available_isas() {
+                    let mut got = init.clone();
+                    weighted_sum_acc_heads_with(
+                        isa, &weights, w_stride, n, &values, stride, &mut got, out_stride, d,
+                        n_heads,
+                    );
+                    for h in 0..n_heads {
+                        let mut want = init[h * out_stride..h * out_stride + d].to_vec();
+                        let w = &weights[h * w_stride..h * w_stride + n];
+                        weighted_sum_acc_with(isa, w, &values, stride, &mut want);
+                        let g = &got[h * out_stride..h * out_stride + d];
+                        let same = g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{isa:?} d {d} heads {n_heads} head {h}");
                     }
                 }
             }

@@ -131,14 +131,12 @@ pub fn attend_chunk(
         let (m, l) = attn::softmax_stats(&mut scores[g * len..(g + 1) * len]);
         (stats[2 * g], stats[2 * g + 1]) = (m, l);
     }
+    // The group's weighted sums over the chunk in one pass, sharing each value row's loads.
     out.fill(0.0);
-    for b0 in (0..len).step_by(KV_BLOCK) {
-        let bl = KV_BLOCK.min(len - b0);
-        let values = &v[off + (c0 + b0) * kv_dim..];
-        for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
-            attn::weighted_sum_acc(&scores[g * len + b0..g * len + b0 + bl], values, kv_dim, o);
-        }
-    }
+    let values = &v[off + c0 * kv_dim..];
+    attn::weighted_sum_acc_heads(
+        scores, len, len, values, kv_dim, out, head_dim, head_dim, group,
+    );
 }
 
 /// Merges one head's chunk (`part`, normalized by its own sum, with its softmax `[max, sum]`)
@@ -261,11 +259,17 @@ pub fn attend_rows(
             for i in (0..n_rows).filter(|&i| live(i) && len_of(i) > b0) {
                 let bl = KV_BLOCK.min(len_of(i) - b0);
                 let dst = if first { &mut *out } else { &mut *part };
-                for g in 0..group {
-                    let w = &scores[at(i, g) + b0..at(i, g) + b0 + bl];
-                    let o = &mut dst[i * gd + g * head_dim..i * gd + (g + 1) * head_dim];
-                    attn::weighted_sum_acc(w, values, kv_dim, o);
-                }
+                attn::weighted_sum_acc_heads(
+                    &scores[at(i, 0) + b0..],
+                    len_of(i),
+                    bl,
+                    values,
+                    kv_dim,
+                    &mut dst[i * gd..(i + 1) * gd],
+                    head_dim,
+                    head_dim,
+                    group,
+                );
             }
         }
         if first {

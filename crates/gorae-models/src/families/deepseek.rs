@@ -167,7 +167,7 @@ fn mla_heads_per_task(n_head: usize, n_threads: usize) -> usize {
 /// f32 scratch one absorbed-attention task of `hg` heads needs: scores and rope parts for a
 /// chunk, a chunk's partial outputs, and a max and a sum per head.
 fn mla_task_scratch(hg: usize, lora: usize) -> usize {
-    hg * (2 * MLA_CHUNK + lora + 2)
+    hg * (2 * MLA_CHUNK + lora + 4)
 }
 
 /// A derived matrix in a type the kernels can multiply: F32 stays F32; a quantized source becomes
@@ -887,33 +887,44 @@ impl DeepseekModel {
                                 attn::qk_scores(qpe, &keys[lora..], width, scale, &mut pe[at]);
                             }
                         }
+                        let (running, chunk_stats) = stats.split_at_mut(2 * hg);
                         for g in 0..hg {
                             let sg = &mut sc[g * MLA_CHUNK..g * MLA_CHUNK + len];
                             let pg = &pe[g * MLA_CHUNK..g * MLA_CHUNK + len];
                             sg.iter_mut().zip(pg).for_each(|(s, p)| *s += p);
                             let (m, l) = attn::softmax_stats(sg);
-                            // Values are the latents themselves; the sum runs on across blocks.
-                            let dst = if c0 == 0 {
-                                &mut out[g * lora..(g + 1) * lora]
+                            let st = if c0 == 0 {
+                                &mut *running
                             } else {
-                                &mut part[g * lora..(g + 1) * lora]
+                                &mut *chunk_stats
                             };
-                            dst.fill(0.0);
-                            for b0 in (0..len).step_by(MLA_KV_BLOCK) {
-                                let bl = MLA_KV_BLOCK.min(len - b0);
-                                let w = &sc[g * MLA_CHUNK + b0..g * MLA_CHUNK + b0 + bl];
-                                attn::weighted_sum_acc(w, &cache[(c0 + b0) * width..], width, dst);
-                            }
-                            if c0 == 0 {
-                                (stats[2 * g], stats[2 * g + 1]) = (m, l);
-                                continue;
-                            }
+                            (st[2 * g], st[2 * g + 1]) = (m, l);
+                        }
+                        // Values are the latents themselves: every head's weighted sum over the
+                        // chunk in one pass, the heads sharing each cache row's loads.
+                        let dst = if c0 == 0 { &mut *out } else { &mut *part };
+                        dst[..hg * lora].fill(0.0);
+                        attn::weighted_sum_acc_heads(
+                            sc,
+                            MLA_CHUNK,
+                            len,
+                            &cache[c0 * width..],
+                            width,
+                            dst,
+                            lora,
+                            lora,
+                            hg,
+                        );
+                        if c0 == 0 {
+                            continue;
+                        }
+                        for g in 0..hg {
                             // Merge: both outputs are normalized by their own sums.
                             merge_chunk(
                                 &mut out[g * lora..(g + 1) * lora],
-                                &mut stats[2 * g..2 * g + 2],
+                                &mut running[2 * g..2 * g + 2],
                                 &part[g * lora..(g + 1) * lora],
-                                &[m, l],
+                                &chunk_stats[2 * g..2 * g + 2],
                             );
                         }
                     }
