@@ -413,17 +413,7 @@ pub(crate) mod x86 {
                     *a = _mm256_fmadd_ps(qv, unsafe { _mm256_loadu_ps(pk.add(c)) }, *a);
                 }
             }
-            let t0 = _mm256_hadd_ps(acc[0], acc[1]);
-            let t1 = _mm256_hadd_ps(acc[2], acc[3]);
-            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
-            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
-            let u0 = _mm256_hadd_ps(t0, t1);
-            let u1 = _mm256_hadd_ps(t2, t3);
-            let sums = _mm256_add_ps(
-                _mm256_permute2f128_ps::<0x20>(u0, u1),
-                _mm256_permute2f128_ps::<0x31>(u0, u1),
-            );
-            let v = _mm256_mul_ps(sums, sv);
+            let v = _mm256_mul_ps(sum8(&acc), sv);
             let m = (n - j0).min(8);
             if m == 8 {
                 store8(out, j0, v);
@@ -433,6 +423,23 @@ pub(crate) mod x86 {
                 out[j0..j0 + m].copy_from_slice(&lanes[..m]);
             }
         }
+    }
+
+    /// The sums of 8 accumulators' lanes, one per lane of the result, by a transposing
+    /// `vhaddps` tree: lane `k` is `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))` of `acc[k]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn sum8(acc: &[__m256; 8]) -> __m256 {
+        let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+        let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+        let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+        let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(u0, u1),
+            _mm256_permute2f128_ps::<0x31>(u0, u1),
+        )
     }
 
     /// SAFETY contract: the CPU has AVX2 and FMA.
@@ -536,17 +543,7 @@ mod x86_512 {
                     _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[k]))),
                 )
             });
-            let t0 = _mm256_hadd_ps(h[0], h[1]);
-            let t1 = _mm256_hadd_ps(h[2], h[3]);
-            let t2 = _mm256_hadd_ps(h[4], h[5]);
-            let t3 = _mm256_hadd_ps(h[6], h[7]);
-            let u0 = _mm256_hadd_ps(t0, t1);
-            let u1 = _mm256_hadd_ps(t2, t3);
-            let sums = _mm256_add_ps(
-                _mm256_permute2f128_ps::<0x20>(u0, u1),
-                _mm256_permute2f128_ps::<0x31>(u0, u1),
-            );
-            let v = _mm256_mul_ps(sums, sv);
+            let v = _mm256_mul_ps(super::x86::sum8(&h), sv);
             let m = (n - j0).min(8);
             let dst = &mut out[j0..j0 + m];
             // SAFETY: the mask keeps the `m` lanes of `dst`.
