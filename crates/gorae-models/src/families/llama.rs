@@ -388,48 +388,61 @@ impl LlamaModel {
             };
             if split {
                 // Decode: one task per (row, chunk of positions) for all KV heads, so a row's
-                // attention spreads over the threads and each task reads whole cache rows; the
-                // chunks are then merged in order, as `attend_row` merges them.
-                let slot = q_dim + 2 * c.n_head;
+                // attention spreads over the threads and each task reads whole cache rows; with
+                // fewer chunks than two per thread (short contexts), one per (row, chunk, KV
+                // head). The chunks are then merged in order, as `attend_row` merges them.
+                // Slot of a (row, chunk): per KV head, its group's outputs then their
+                // `[max, sum]` statistics.
+                let sub = gd + 2 * group;
+                let slot = c.n_head_kv * sub;
+                let kv_split = if chunk_at[n] < 2 * pool::global().n_threads() {
+                    c.n_head_kv
+                } else {
+                    1
+                };
                 par_rows(
                     pool::global(),
                     &mut s.split_part[..chunk_at[n] * slot],
-                    slot,
+                    slot / kv_split,
                     &mut s.scores,
                     per_thread,
                     |r, part, scores| {
-                        let t = chunk_at[1..=n].partition_point(|&end| end <= r);
-                        let c0 = (r - chunk_at[t]) * KV_CHUNK;
+                        let (ct, kv0) = (r / kv_split, (r % kv_split) * (c.n_head_kv / kv_split));
+                        let t = chunk_at[1..=n].partition_point(|&end| end <= ct);
+                        let c0 = (ct - chunk_at[t]) * KV_CHUNK;
                         let n_kv = rows.row_pos[t] + 1;
                         let Some(kv) = seqs_ro[rows.row_seq[t]].cache.standard() else {
                             part.fill(0.0);
                             return;
                         };
                         let (k, v) = (kv.k(il, 0, n_kv), kv.v(il, 0, n_kv));
-                        let (outs, stats) = part.split_at_mut(q_dim);
                         let span = (c0, (c0 + KV_CHUNK).min(n_kv));
-                        for kvh in 0..c.n_head_kv {
+                        for (i, sp) in part.chunks_exact_mut(sub).enumerate() {
+                            let kvh = kv0 + i;
                             let qg = &q[t * q_dim + kvh * gd..t * q_dim + (kvh + 1) * gd];
-                            let out = &mut outs[kvh * gd..(kvh + 1) * gd];
-                            let st = &mut stats[kvh * 2 * group..(kvh + 1) * 2 * group];
+                            let (out, st) = sp.split_at_mut(gd);
                             attend_chunk(qg, hd, k, v, span, kvh, kv_dim, scale, scores, out, st);
                         }
                     },
                 )?;
                 for t in 0..n {
-                    let first = &s.split_part[chunk_at[t] * slot..(chunk_at[t] + 1) * slot];
                     let out = &mut s.attn[t * q_dim..(t + 1) * q_dim];
-                    out.copy_from_slice(&first[..q_dim]);
                     let mut stats = [0.0f32; 2];
                     for h in 0..c.n_head {
-                        stats.copy_from_slice(&first[q_dim + 2 * h..q_dim + 2 * h + 2]);
+                        // Head h's output and statistics within a chunk's slot.
+                        let (o, st) =
+                            ((h / group) * sub + (h % group) * hd, (h / group) * sub + gd);
+                        let st = st + 2 * (h % group);
+                        let first = &s.split_part[chunk_at[t] * slot..(chunk_at[t] + 1) * slot];
+                        out[h * hd..(h + 1) * hd].copy_from_slice(&first[o..o + hd]);
+                        stats.copy_from_slice(&first[st..st + 2]);
                         for r in chunk_at[t] + 1..chunk_at[t + 1] {
                             let part = &s.split_part[r * slot..(r + 1) * slot];
                             merge_chunk(
                                 &mut out[h * hd..(h + 1) * hd],
                                 &mut stats,
-                                &part[h * hd..(h + 1) * hd],
-                                &part[q_dim + 2 * h..q_dim + 2 * h + 2],
+                                &part[o..o + hd],
+                                &part[st..st + 2],
                             );
                         }
                     }
