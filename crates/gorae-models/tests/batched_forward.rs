@@ -217,3 +217,63 @@ fn long_context_rows_do_not_depend_on_the_path() {
         assert!(same(&got[..n_vocab]), "row {t}: decoded in a batch differs");
     }
 }
+
+/// Absorbed MLA past one chunk (256 positions): a prompt's rows prefilled at once (head-group
+/// tasks merging chunks inside) equal, bit for bit, the same rows decoded one at a time and
+/// beside another sequence ((row, chunk) tasks merged after).
+#[test]
+fn long_context_mla_rows_do_not_depend_on_the_path() {
+    let mut model = common::load_fixture("tiny-deepseek-v3");
+    model.set_mla_mode(MlaMode::Absorbed);
+    let n_vocab = model.n_vocab();
+    let n = 2 * 256 + 45;
+    let tokens: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % n_vocab) as u32).collect();
+    let mut state = model.new_state(n + 1, n);
+    let all = model
+        .forward(&tokens, &mut state, Logits::All)
+        .unwrap()
+        .to_vec();
+    let head = 40;
+    let mut one = model.new_state(n + 1, 64);
+    model
+        .forward(&tokens[..head], &mut one, Logits::Last)
+        .unwrap();
+    let mut work = model.new_workspace(64, n + 1);
+    let (mut a, mut b) = (model.new_cache(n + 1), model.new_cache(n + 1));
+    let mut seqs = [
+        SeqInput {
+            tokens: &tokens[..head],
+            cache: &mut a,
+        },
+        SeqInput {
+            tokens: &tokens[..5],
+            cache: &mut b,
+        },
+    ];
+    model
+        .forward_batch(&mut seqs, &mut work, Logits::Last)
+        .unwrap();
+    for t in head..n {
+        let want = &all[t * n_vocab..(t + 1) * n_vocab];
+        let got = model
+            .forward(&tokens[t..t + 1], &mut one, Logits::Last)
+            .unwrap();
+        let same = |x: &[f32]| x.iter().zip(want).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same(got), "row {t}: decoded alone differs from the prefill");
+        let other = [tokens[(t * 3) % n]];
+        let mut seqs = [
+            SeqInput {
+                tokens: &tokens[t..t + 1],
+                cache: &mut a,
+            },
+            SeqInput {
+                tokens: &other,
+                cache: &mut b,
+            },
+        ];
+        let got = model
+            .forward_batch(&mut seqs, &mut work, Logits::Last)
+            .unwrap();
+        assert!(same(&got[..n_vocab]), "row {t}: decoded in a batch differs");
+    }
+}

@@ -106,27 +106,29 @@ pub struct DeepseekModel {
 /// Preallocated activations for batches of up to `n_batch` tokens.
 pub struct DeepseekScratch {
     n_batch: usize,
-    x: Vec<f32>,                    // [n_batch, n_embd]
-    xn: Vec<f32>,                   // [n_batch, n_embd]
-    cq: Vec<f32>,                   // [n_batch, q_lora_rank]
-    q: Vec<f32>,                    // [n_batch, n_head * qk_head_dim]
-    kva: Vec<f32>,                  // [n_batch, kv_lora_rank + qk_rope]
-    head_in: Vec<f32>,              // [n_batch, max(qk_nope, kv_lora)] one head's inputs, gathered
-    head_out: Vec<f32>,             // [n_batch, max(kv_lora, v_head)]
-    q_abs: Vec<f32>,                // [n_batch, n_head, kv_lora_rank]
-    o_lat: Vec<f32>,                // [n_batch, n_head, kv_lora_rank]
-    kv_full: Vec<f32>,              // [n_batch, n_head * (qk_nope + v_head)] (naive path)
-    attn: Vec<f32>,                 // [n_batch, n_head * v_head]
-    proj: Vec<f32>,                 // [n_batch, n_embd]
-    gate: Vec<f32>,                 // [n_batch, max(n_ff, n_ff_exp * n_shared)]
-    up: Vec<f32>,                   // same
-    moe_out: Vec<f32>,              // [n_batch, n_embd]
-    gathered: Vec<f32>,             // [n_batch, n_embd] tokens routed to one expert
-    router_logits: Vec<f32>,        // [n_expert]
-    route_ids: Vec<u32>,            // [n_batch, n_expert_used]
-    route_w: Vec<f32>,              // [n_batch, n_expert_used]
+    x: Vec<f32>,        // [n_batch, n_embd]
+    xn: Vec<f32>,       // [n_batch, n_embd]
+    cq: Vec<f32>,       // [n_batch, q_lora_rank]
+    q: Vec<f32>,        // [n_batch, n_head * qk_head_dim]
+    kva: Vec<f32>,      // [n_batch, kv_lora_rank + qk_rope]
+    head_in: Vec<f32>,  // [n_batch, max(qk_nope, kv_lora)] one head's inputs, gathered
+    head_out: Vec<f32>, // [n_batch, max(kv_lora, v_head)]
+    q_abs: Vec<f32>,    // [n_batch, n_head, kv_lora_rank]
+    o_lat: Vec<f32>,    // [n_batch, n_head, kv_lora_rank]
+    /// A split decode pass's chunk outputs and softmax statistics before they are merged.
+    mla_split: Vec<f32>,
+    kv_full: Vec<f32>,       // [n_batch, n_head * (qk_nope + v_head)] (naive path)
+    attn: Vec<f32>,          // [n_batch, n_head * v_head]
+    proj: Vec<f32>,          // [n_batch, n_embd]
+    gate: Vec<f32>,          // [n_batch, max(n_ff, n_ff_exp * n_shared)]
+    up: Vec<f32>,            // same
+    moe_out: Vec<f32>,       // [n_batch, n_embd]
+    gathered: Vec<f32>,      // [n_batch, n_embd] tokens routed to one expert
+    router_logits: Vec<f32>, // [n_expert]
+    route_ids: Vec<u32>,     // [n_batch, n_expert_used]
+    route_w: Vec<f32>,       // [n_batch, n_expert_used]
     expert_tokens: Vec<(u32, f32)>, // [n_batch * n_expert_used] grouped by expert
-    expert_count: Vec<usize>,       // [n_expert + 1]
+    expert_count: Vec<usize>, // [n_expert + 1]
     route_scratch: RouteScratch,
     cos: Vec<f32>, // [n_batch, qk_rope / 2]
     sin: Vec<f32>,
@@ -168,6 +170,84 @@ fn mla_heads_per_task(n_head: usize, n_threads: usize) -> usize {
 /// chunk, a chunk's partial outputs, and a max and a sum per head.
 fn mla_task_scratch(hg: usize, lora: usize) -> usize {
     hg * (2 * MLA_CHUNK + lora + 4)
+}
+
+/// Most rows of a pass whose absorbed attention splits into (row, chunk) tasks (decode).
+const MLA_SPLIT_MAX_ROWS: usize = 32;
+
+/// f32s held for a split pass's chunk outputs (8 MiB); a pass needing more runs per head group.
+const MLA_SPLIT_FLOATS: usize = 1 << 21;
+
+/// The sizes absorbed attention works with.
+#[derive(Clone, Copy)]
+struct MlaDims {
+    n_head: usize,
+    qk: usize,
+    nope: usize,
+    lora: usize,
+    width: usize,
+    scale: f32,
+}
+
+/// One chunk of absorbed attention for heads `h0..h0 + hg` of row `t`: positions `c0..c0 + len`
+/// of the latent `cache`; the chunk's softmax within it, its normalized weighted sums into `dst`
+/// (`[hg, lora]`) and each head's `[max, sum]` into `st`. `sc`, `pe`: at least `hg * MLA_CHUNK`.
+/// Every path calls this per (row, head, chunk), whatever the grouping, so a head's result
+/// never depends on the path: scores are per key, and the weighted sums per head.
+#[allow(clippy::too_many_arguments)]
+fn mla_chunk(
+    d: MlaDims,
+    q: &[f32],
+    q_abs: &[f32],
+    cache: &[f32],
+    (t, h0, hg): (usize, usize, usize),
+    (c0, len): (usize, usize),
+    sc: &mut [f32],
+    pe: &mut [f32],
+    dst: &mut [f32],
+    st: &mut [f32],
+) {
+    let MlaDims {
+        n_head: h,
+        qk,
+        nope,
+        lora,
+        width,
+        scale,
+    } = d;
+    for b0 in (0..len).step_by(MLA_KV_BLOCK) {
+        let bl = MLA_KV_BLOCK.min(len - b0);
+        let keys = &cache[(c0 + b0) * width..];
+        for g in 0..hg {
+            let row = t * h + h0 + g;
+            let qa = &q_abs[row * lora..(row + 1) * lora];
+            let qpe = &q[row * qk + nope..(row + 1) * qk];
+            let at = g * MLA_CHUNK + b0..g * MLA_CHUNK + b0 + bl;
+            attn::qk_scores(qa, keys, width, scale, &mut sc[at.clone()]);
+            attn::qk_scores(qpe, &keys[lora..], width, scale, &mut pe[at]);
+        }
+    }
+    for g in 0..hg {
+        let sg = &mut sc[g * MLA_CHUNK..g * MLA_CHUNK + len];
+        let pg = &pe[g * MLA_CHUNK..g * MLA_CHUNK + len];
+        sg.iter_mut().zip(pg).for_each(|(s, p)| *s += p);
+        let (m, l) = attn::softmax_stats(sg);
+        (st[2 * g], st[2 * g + 1]) = (m, l);
+    }
+    // Values are the latents themselves: every head's weighted sum over the chunk in one pass,
+    // the heads sharing each cache row's loads.
+    dst[..hg * lora].fill(0.0);
+    attn::weighted_sum_acc_heads(
+        sc,
+        MLA_CHUNK,
+        len,
+        &cache[c0 * width..],
+        width,
+        dst,
+        lora,
+        lora,
+        hg,
+    );
 }
 
 /// A derived matrix in a type the kernels can multiply: F32 stays F32; a quantized source becomes
@@ -493,10 +573,16 @@ impl DeepseekModel {
             scores: vec![
                 0.0;
                 pool::global().n_threads()
-                    * (2 * n_ctx).max(mla_task_scratch(
-                        mla_heads_per_task(c.n_head, pool::global().n_threads()),
-                        c.kv_lora_rank
-                    ))
+                    * (2 * n_ctx).max(mla_task_scratch(c.n_head, c.kv_lora_rank))
+            ],
+            mla_split: vec![
+                0.0;
+                MLA_SPLIT_FLOATS.min(
+                    MLA_SPLIT_MAX_ROWS
+                        * n_ctx.div_ceil(MLA_CHUNK)
+                        * c.n_head
+                        * (c.kv_lora_rank + 2)
+                )
             ],
             n_ctx,
             logits: vec![0.0; nb * c.n_vocab],
@@ -852,84 +938,134 @@ impl DeepseekModel {
             // attention); a context of at most one chunk is one plain softmax.
             let (q, q_abs) = (&s.q[..n * h * qk], &s.q_abs[..n * h * lora]);
             let (seqs_ro, rows) = (&*seqs, &s.rows);
-            let hg = mla_heads_per_task(h, pool::global().n_threads());
-            par_rows(
-                pool::global(),
-                &mut s.o_lat[..n * h * lora],
-                hg * lora,
-                &mut s.scores,
-                mla_task_scratch(hg, lora),
-                |r, out, scratch| {
-                    let (t, h0) = ((r * hg) / h, (r * hg) % h);
-                    let n_kv = rows.row_pos[t] + 1;
-                    let Some(kv) = seqs_ro[rows.row_seq[t]].cache.latent() else {
-                        // Unreachable: every cache was checked by `forward`.
-                        out.fill(0.0);
-                        return;
-                    };
-                    let cache = kv.rows(il, 0, n_kv);
-                    // Per head of the group: the chunk's scores and their rope parts, a later
-                    // chunk's partial output, and the running softmax max and sum.
-                    let (sc, rest) = scratch.split_at_mut(hg * MLA_CHUNK);
-                    let (pe, rest) = rest.split_at_mut(hg * MLA_CHUNK);
-                    let (part, stats) = rest.split_at_mut(hg * lora);
-                    for c0 in (0..n_kv).step_by(MLA_CHUNK) {
-                        let len = MLA_CHUNK.min(n_kv - c0);
-                        for b0 in (0..len).step_by(MLA_KV_BLOCK) {
-                            let bl = MLA_KV_BLOCK.min(len - b0);
-                            let keys = &cache[(c0 + b0) * width..];
-                            for g in 0..hg {
-                                let row = t * h + h0 + g;
-                                let qa = &q_abs[row * lora..(row + 1) * lora];
-                                let qpe = &q[row * qk + nope..(row + 1) * qk];
-                                let at = g * MLA_CHUNK + b0..g * MLA_CHUNK + b0 + bl;
-                                attn::qk_scores(qa, keys, width, scale, &mut sc[at.clone()]);
-                                attn::qk_scores(qpe, &keys[lora..], width, scale, &mut pe[at]);
-                            }
-                        }
-                        let (running, chunk_stats) = stats.split_at_mut(2 * hg);
-                        for g in 0..hg {
-                            let sg = &mut sc[g * MLA_CHUNK..g * MLA_CHUNK + len];
-                            let pg = &pe[g * MLA_CHUNK..g * MLA_CHUNK + len];
-                            sg.iter_mut().zip(pg).for_each(|(s, p)| *s += p);
-                            let (m, l) = attn::softmax_stats(sg);
-                            let st = if c0 == 0 {
-                                &mut *running
-                            } else {
-                                &mut *chunk_stats
-                            };
-                            (st[2 * g], st[2 * g + 1]) = (m, l);
-                        }
-                        // Values are the latents themselves: every head's weighted sum over the
-                        // chunk in one pass, the heads sharing each cache row's loads.
-                        let dst = if c0 == 0 { &mut *out } else { &mut *part };
-                        dst[..hg * lora].fill(0.0);
-                        attn::weighted_sum_acc_heads(
-                            sc,
-                            MLA_CHUNK,
-                            len,
-                            &cache[c0 * width..],
-                            width,
-                            dst,
-                            lora,
-                            lora,
-                            hg,
-                        );
-                        if c0 == 0 {
-                            continue;
-                        }
-                        for g in 0..hg {
-                            // Merge: both outputs are normalized by their own sums.
+            let dims = MlaDims {
+                n_head: h,
+                qk,
+                nope,
+                lora,
+                width,
+                scale,
+            };
+            let nth = pool::global().n_threads();
+            let hg = mla_heads_per_task(h, nth);
+            // Chunks of every row, as tasks: `chunk_at[t]` is row t's first.
+            let mut chunk_at = [0usize; MLA_SPLIT_MAX_ROWS + 1];
+            let split = n <= MLA_SPLIT_MAX_ROWS && {
+                for t in 0..n {
+                    chunk_at[t + 1] = chunk_at[t] + (rows.row_pos[t] + 1).div_ceil(MLA_CHUNK);
+                }
+                chunk_at[n] * h * (lora + 2) <= s.mla_split.len()
+            };
+            if split {
+                // Decode: one task per (row, chunk) for every head, so each chunk of the cache
+                // is read by one thread only; with fewer chunks than two per thread, one per
+                // (row, chunk, head group). The chunks are then merged in order, as the
+                // per-group path merges them. Slot of a (row, chunk): per head group, its
+                // outputs then their `[max, sum]` statistics.
+                let hs = if chunk_at[n] < 2 * nth { hg } else { h };
+                let sub = hs * (lora + 2);
+                let slot = h * (lora + 2);
+                par_rows(
+                    pool::global(),
+                    &mut s.mla_split[..chunk_at[n] * slot],
+                    sub,
+                    &mut s.scores,
+                    mla_task_scratch(h, lora),
+                    |r, part, scratch| {
+                        let (ct, h0) = (r / (h / hs), (r % (h / hs)) * hs);
+                        let t = chunk_at[1..=n].partition_point(|&end| end <= ct);
+                        let c0 = (ct - chunk_at[t]) * MLA_CHUNK;
+                        let n_kv = rows.row_pos[t] + 1;
+                        let Some(kv) = seqs_ro[rows.row_seq[t]].cache.latent() else {
+                            part.fill(0.0);
+                            return;
+                        };
+                        let cache = kv.rows(il, 0, n_kv);
+                        let (sc, rest) = scratch.split_at_mut(hs * MLA_CHUNK);
+                        let (pe, _) = rest.split_at_mut(hs * MLA_CHUNK);
+                        let (dst, st) = part.split_at_mut(hs * lora);
+                        let span = (c0, MLA_CHUNK.min(n_kv - c0));
+                        mla_chunk(dims, q, q_abs, cache, (t, h0, hs), span, sc, pe, dst, st);
+                    },
+                )?;
+                for t in 0..n {
+                    let out = &mut s.o_lat[t * h * lora..(t + 1) * h * lora];
+                    let mut stats = [0.0f32; 2];
+                    for hh in 0..h {
+                        // Head hh's output and statistics within a chunk's slot.
+                        let (grp, g) = (hh / hs, hh % hs);
+                        let o = grp * sub + g * lora;
+                        let st = grp * sub + hs * lora + 2 * g;
+                        let first = &s.mla_split[chunk_at[t] * slot..(chunk_at[t] + 1) * slot];
+                        out[hh * lora..(hh + 1) * lora].copy_from_slice(&first[o..o + lora]);
+                        stats.copy_from_slice(&first[st..st + 2]);
+                        for r in chunk_at[t] + 1..chunk_at[t + 1] {
+                            let part = &s.mla_split[r * slot..(r + 1) * slot];
                             merge_chunk(
-                                &mut out[g * lora..(g + 1) * lora],
-                                &mut running[2 * g..2 * g + 2],
-                                &part[g * lora..(g + 1) * lora],
-                                &chunk_stats[2 * g..2 * g + 2],
+                                &mut out[hh * lora..(hh + 1) * lora],
+                                &mut stats,
+                                &part[o..o + lora],
+                                &part[st..st + 2],
                             );
                         }
                     }
-                },
-            )?;
+                }
+            } else {
+                // One task takes a group of `hg` heads of one row and walks the cache in chunks
+                // of MLA_CHUNK positions: the chunk's scores for the whole group, in blocks that
+                // stay in L1 while each head passes over them, then its weighted sums while the
+                // chunk is still in L2; chunks after the first are merged by their statistics.
+                par_rows(
+                    pool::global(),
+                    &mut s.o_lat[..n * h * lora],
+                    hg * lora,
+                    &mut s.scores,
+                    mla_task_scratch(hg, lora),
+                    |r, out, scratch| {
+                        let (t, h0) = ((r * hg) / h, (r * hg) % h);
+                        let n_kv = rows.row_pos[t] + 1;
+                        let Some(kv) = seqs_ro[rows.row_seq[t]].cache.latent() else {
+                            // Unreachable: every cache was checked by `forward`.
+                            out.fill(0.0);
+                            return;
+                        };
+                        let cache = kv.rows(il, 0, n_kv);
+                        let (sc, rest) = scratch.split_at_mut(hg * MLA_CHUNK);
+                        let (pe, rest) = rest.split_at_mut(hg * MLA_CHUNK);
+                        let (part, stats) = rest.split_at_mut(hg * lora);
+                        let (running, chunk_stats) = stats.split_at_mut(2 * hg);
+                        for c0 in (0..n_kv).step_by(MLA_CHUNK) {
+                            let span = (c0, MLA_CHUNK.min(n_kv - c0));
+                            let group = (t, h0, hg);
+                            if c0 == 0 {
+                                mla_chunk(dims, q, q_abs, cache, group, span, sc, pe, out, running);
+                                continue;
+                            }
+                            mla_chunk(
+                                dims,
+                                q,
+                                q_abs,
+                                cache,
+                                group,
+                                span,
+                                sc,
+                                pe,
+                                part,
+                                chunk_stats,
+                            );
+                            for g in 0..hg {
+                                // Merge: both outputs are normalized by their own sums.
+                                merge_chunk(
+                                    &mut out[g * lora..(g + 1) * lora],
+                                    &mut running[2 * g..2 * g + 2],
+                                    &part[g * lora..(g + 1) * lora],
+                                    &chunk_stats[2 * g..2 * g + 2],
+                                );
+                            }
+                        }
+                    },
+                )?;
+            }
             // Un-absorb W_UV: o[t, h] = W_UV[h] o_lat[t, h]  ([n, h, dv]).
             per_head_matmul(
                 &a.wv_b,
