@@ -156,16 +156,12 @@ fn batch_errors_are_clear() {
     assert!(e.to_string().contains("context"), "{e}");
 }
 
-/// Past one attention chunk (`KV_CHUNK` positions), a row's attention is split into chunks
-/// merged by their statistics, by (row, chunk) tasks when decoding and inside a prompt block's
-/// task when prefilling: a prompt's rows prefilled at once must still equal, bit for bit, the
-/// same rows decoded one at a time and the same rows decoded beside another sequence.
-#[test]
-fn long_context_rows_do_not_depend_on_the_path() {
-    // All f32: no activation quantization hides a difference in the attention's last bits.
-    let model = common::f32_llama();
+/// Past one attention chunk, a row's attention is split into chunks merged by their statistics:
+/// by (row, chunk) tasks when decoding, inside a prompt block's task when prefilling. A
+/// prompt's `n` rows prefilled at once must still equal, bit for bit, the same rows decoded one
+/// at a time and the same rows decoded beside another sequence.
+fn check_long_context(model: &Model, n: usize) {
     let n_vocab = model.n_vocab();
-    let n = 2 * gorae_models::KV_CHUNK + 45;
     let tokens: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % n_vocab) as u32).collect();
     let mut state = model.new_state(n + 1, n);
     let all = model
@@ -218,62 +214,18 @@ fn long_context_rows_do_not_depend_on_the_path() {
     }
 }
 
-/// Absorbed MLA past one chunk (256 positions): a prompt's rows prefilled at once (head-group
-/// tasks merging chunks inside) equal, bit for bit, the same rows decoded one at a time and
-/// beside another sequence ((row, chunk) tasks merged after).
+/// Llama-family attention over three chunks of `KV_CHUNK` positions. All f32: no activation
+/// quantization hides a difference in the attention's last bits.
+#[test]
+fn long_context_rows_do_not_depend_on_the_path() {
+    check_long_context(&common::f32_llama(), 2 * gorae_models::KV_CHUNK + 45);
+}
+
+/// Absorbed MLA over three chunks of 256 positions (head-group tasks merging inside when
+/// prefilling, (row, chunk) tasks merged after when decoding).
 #[test]
 fn long_context_mla_rows_do_not_depend_on_the_path() {
     let mut model = common::load_fixture("tiny-deepseek-v3");
     model.set_mla_mode(MlaMode::Absorbed);
-    let n_vocab = model.n_vocab();
-    let n = 2 * 256 + 45;
-    let tokens: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % n_vocab) as u32).collect();
-    let mut state = model.new_state(n + 1, n);
-    let all = model
-        .forward(&tokens, &mut state, Logits::All)
-        .unwrap()
-        .to_vec();
-    let head = 40;
-    let mut one = model.new_state(n + 1, 64);
-    model
-        .forward(&tokens[..head], &mut one, Logits::Last)
-        .unwrap();
-    let mut work = model.new_workspace(64, n + 1);
-    let (mut a, mut b) = (model.new_cache(n + 1), model.new_cache(n + 1));
-    let mut seqs = [
-        SeqInput {
-            tokens: &tokens[..head],
-            cache: &mut a,
-        },
-        SeqInput {
-            tokens: &tokens[..5],
-            cache: &mut b,
-        },
-    ];
-    model
-        .forward_batch(&mut seqs, &mut work, Logits::Last)
-        .unwrap();
-    for t in head..n {
-        let want = &all[t * n_vocab..(t + 1) * n_vocab];
-        let got = model
-            .forward(&tokens[t..t + 1], &mut one, Logits::Last)
-            .unwrap();
-        let same = |x: &[f32]| x.iter().zip(want).all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(same(got), "row {t}: decoded alone differs from the prefill");
-        let other = [tokens[(t * 3) % n]];
-        let mut seqs = [
-            SeqInput {
-                tokens: &tokens[t..t + 1],
-                cache: &mut a,
-            },
-            SeqInput {
-                tokens: &other,
-                cache: &mut b,
-            },
-        ];
-        let got = model
-            .forward_batch(&mut seqs, &mut work, Logits::Last)
-            .unwrap();
-        assert!(same(&got[..n_vocab]), "row {t}: decoded in a batch differs");
-    }
+    check_long_context(&model, 2 * 256 + 45);
 }
