@@ -153,6 +153,83 @@ pub fn merge_chunk(out: &mut [f32], stats: &mut [f32], part: &[f32], part_stats:
     (stats[0], stats[1]) = (mx, total);
 }
 
+/// Most rows of a pass whose attention splits into (row, chunk) tasks: decode steps, one row
+/// per sequence. Longer passes have rows enough to share out.
+pub const SPLIT_MAX_ROWS: usize = 32;
+
+/// The (row, chunk) tasks of a split decode pass: each row's positions `..=row_pos[t]` cut
+/// into chunks of `chunk` positions, rows in order, a row's chunks in order.
+#[derive(Clone, Copy)]
+pub struct ChunkTasks {
+    /// `at[t]`: row t's first task; `at[n]`: the number of tasks.
+    at: [usize; SPLIT_MAX_ROWS + 1],
+    n: usize,
+    chunk: usize,
+}
+
+impl ChunkTasks {
+    /// The tasks of rows at positions `row_pos`, or `None` for more than [`SPLIT_MAX_ROWS`].
+    pub fn new(row_pos: &[usize], chunk: usize) -> Option<Self> {
+        let n = row_pos.len();
+        if n > SPLIT_MAX_ROWS || chunk == 0 {
+            return None;
+        }
+        let mut at = [0usize; SPLIT_MAX_ROWS + 1];
+        for (t, &pos) in row_pos.iter().enumerate() {
+            at[t + 1] = at[t] + (pos + 1).div_ceil(chunk);
+        }
+        Some(ChunkTasks { at, n, chunk })
+    }
+
+    pub fn total(&self) -> usize {
+        self.at[self.n]
+    }
+
+    /// Task `ct`'s row and the first position of its chunk.
+    pub fn locate(&self, ct: usize) -> (usize, usize) {
+        let t = self.at[1..=self.n].partition_point(|&end| end <= ct);
+        (t, (ct - self.at[t]) * self.chunk)
+    }
+
+    /// Row t's tasks.
+    pub fn of_row(&self, t: usize) -> std::ops::Range<usize> {
+        self.at[t]..self.at[t + 1]
+    }
+}
+
+/// Merges the chunk results of row `t` of a split pass into `out` (`[n_heads, head_dim]`).
+/// `parts` holds one slot per task, `n_heads * (head_dim + 2)` f32 each; a slot is sub-slots of
+/// `per_sub` heads, each their outputs then their `[max, sum]` statistics. Chunks merge in
+/// order with [`merge_chunk`], as [`attend_row`] merges them.
+pub fn merge_split_row(
+    tasks: &ChunkTasks,
+    t: usize,
+    parts: &[f32],
+    head_dim: usize,
+    per_sub: usize,
+    out: &mut [f32],
+) {
+    let n_heads = out.len() / head_dim.max(1);
+    let (slot, sub) = (n_heads * (head_dim + 2), per_sub * (head_dim + 2));
+    let mut rows = tasks.of_row(t);
+    let Some(first) = rows.next() else {
+        return;
+    };
+    for h in 0..n_heads {
+        // Head h's output and statistics within a slot.
+        let o = (h / per_sub) * sub + (h % per_sub) * head_dim;
+        let st = (h / per_sub) * sub + per_sub * head_dim + 2 * (h % per_sub);
+        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
+        let head = &parts[first * slot..(first + 1) * slot];
+        oh.copy_from_slice(&head[o..o + head_dim]);
+        let mut stats = [head[st], head[st + 1]];
+        for r in rows.clone() {
+            let part = &parts[r * slot..(r + 1) * slot];
+            merge_chunk(oh, &mut stats, &part[o..o + head_dim], &part[st..st + 2]);
+        }
+    }
+}
+
 /// One row over positions `..n_kv` of `k`, `v`: its chunks in order, each merged into `out`
 /// (`[group, head_dim]`). `scratch`: at least [`row_scratch`].
 #[allow(clippy::too_many_arguments)]

@@ -9,7 +9,7 @@
 //! `kv_lora_rank + qk_rope_head_dim` values per token per layer.
 
 use crate::Logits;
-use crate::blocks::attention::{merge_chunk, softmax};
+use crate::blocks::attention::{ChunkTasks, SPLIT_MAX_ROWS, merge_chunk, merge_split_row, softmax};
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::moe::{RouteScratch, route};
 use crate::blocks::{ffn::swiglu, norm};
@@ -171,9 +171,6 @@ fn mla_heads_per_task(n_head: usize, n_threads: usize) -> usize {
 fn mla_task_scratch(hg: usize, lora: usize) -> usize {
     hg * (2 * MLA_CHUNK + lora + 4)
 }
-
-/// Most rows of a pass whose absorbed attention splits into (row, chunk) tasks (decode).
-const MLA_SPLIT_MAX_ROWS: usize = 32;
 
 /// f32s held for a split pass's chunk outputs (8 MiB); a pass needing more runs per head group.
 const MLA_SPLIT_FLOATS: usize = 1 << 21;
@@ -578,10 +575,7 @@ impl DeepseekModel {
             mla_split: vec![
                 0.0;
                 MLA_SPLIT_FLOATS.min(
-                    MLA_SPLIT_MAX_ROWS
-                        * n_ctx.div_ceil(MLA_CHUNK)
-                        * c.n_head
-                        * (c.kv_lora_rank + 2)
+                    SPLIT_MAX_ROWS * n_ctx.div_ceil(MLA_CHUNK) * c.n_head * (c.kv_lora_rank + 2)
                 )
             ],
             n_ctx,
@@ -948,33 +942,26 @@ impl DeepseekModel {
             };
             let nth = pool::global().n_threads();
             let hg = mla_heads_per_task(h, nth);
-            // Chunks of every row, as tasks: `chunk_at[t]` is row t's first.
-            let mut chunk_at = [0usize; MLA_SPLIT_MAX_ROWS + 1];
-            let split = n <= MLA_SPLIT_MAX_ROWS && {
-                for t in 0..n {
-                    chunk_at[t + 1] = chunk_at[t] + (rows.row_pos[t] + 1).div_ceil(MLA_CHUNK);
-                }
-                chunk_at[n] * h * (lora + 2) <= s.mla_split.len()
-            };
-            if split {
+            let slot = h * (lora + 2);
+            let split = ChunkTasks::new(&rows.row_pos[..n], MLA_CHUNK)
+                .filter(|tasks| tasks.total() * slot <= s.mla_split.len());
+            if let Some(tasks) = split {
                 // Decode: one task per (row, chunk) for every head, so each chunk of the cache
                 // is read by one thread only; with fewer chunks than two per thread, one per
                 // (row, chunk, head group). The chunks are then merged in order, as the
                 // per-group path merges them. Slot of a (row, chunk): per head group, its
                 // outputs then their `[max, sum]` statistics.
-                let hs = if chunk_at[n] < 2 * nth { hg } else { h };
+                let hs = if tasks.total() < 2 * nth { hg } else { h };
                 let sub = hs * (lora + 2);
-                let slot = h * (lora + 2);
                 par_rows(
                     pool::global(),
-                    &mut s.mla_split[..chunk_at[n] * slot],
+                    &mut s.mla_split[..tasks.total() * slot],
                     sub,
                     &mut s.scores,
                     mla_task_scratch(h, lora),
                     |r, part, scratch| {
                         let (ct, h0) = (r / (h / hs), (r % (h / hs)) * hs);
-                        let t = chunk_at[1..=n].partition_point(|&end| end <= ct);
-                        let c0 = (ct - chunk_at[t]) * MLA_CHUNK;
+                        let (t, c0) = tasks.locate(ct);
                         let n_kv = rows.row_pos[t] + 1;
                         let Some(kv) = seqs_ro[rows.row_seq[t]].cache.latent() else {
                             part.fill(0.0);
@@ -990,25 +977,7 @@ impl DeepseekModel {
                 )?;
                 for t in 0..n {
                     let out = &mut s.o_lat[t * h * lora..(t + 1) * h * lora];
-                    let mut stats = [0.0f32; 2];
-                    for hh in 0..h {
-                        // Head hh's output and statistics within a chunk's slot.
-                        let (grp, g) = (hh / hs, hh % hs);
-                        let o = grp * sub + g * lora;
-                        let st = grp * sub + hs * lora + 2 * g;
-                        let first = &s.mla_split[chunk_at[t] * slot..(chunk_at[t] + 1) * slot];
-                        out[hh * lora..(hh + 1) * lora].copy_from_slice(&first[o..o + lora]);
-                        stats.copy_from_slice(&first[st..st + 2]);
-                        for r in chunk_at[t] + 1..chunk_at[t + 1] {
-                            let part = &s.mla_split[r * slot..(r + 1) * slot];
-                            merge_chunk(
-                                &mut out[hh * lora..(hh + 1) * lora],
-                                &mut stats,
-                                &part[o..o + lora],
-                                &part[st..st + 2],
-                            );
-                        }
-                    }
+                    merge_split_row(&tasks, t, &s.mla_split, lora, hs, out);
                 }
             } else {
                 // One task takes a group of `hg` heads of one row and walks the cache in chunks

@@ -11,7 +11,8 @@
 //! its global layers over everything without rope.
 
 use crate::blocks::attention::{
-    self, KV_CHUNK, KvSpan, attend_chunk, attend_group, attend_row, attend_rows, merge_chunk,
+    self, ChunkTasks, KV_CHUNK, KvSpan, SPLIT_MAX_ROWS, attend_chunk, attend_group, attend_row,
+    attend_rows, merge_split_row,
 };
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::{ffn::swiglu, norm};
@@ -53,18 +54,14 @@ pub struct LlamaModel {
     rope_mscale: f32,
 }
 
-/// Preallocated activations for batches of up to `n_batch` tokens (llama2.c's `RunState`).
 /// Prompt rows of one sequence attended together by one task ([`attend_rows`]).
 const ATTN_ROWS: usize = 8;
-
-/// Most rows of a pass whose attention splits into (row, chunk) tasks: decode steps, one row
-/// per sequence. Longer passes have rows enough to share out.
-const SPLIT_MAX_ROWS: usize = 32;
 
 /// f32s held for the chunk outputs of a split pass (8 MiB); a pass needing more chunks than fit
 /// runs per (row, KV head) instead, with the same results.
 const SPLIT_FLOATS: usize = 1 << 21;
 
+/// Preallocated activations for batches of up to `n_batch` tokens (llama2.c's `RunState`).
 pub struct LlamaScratch {
     n_batch: usize,
     x: Vec<f32>,      // [n_batch, n_embd] residual stream
@@ -82,10 +79,9 @@ pub struct LlamaScratch {
     scores_per_thread: usize,
     n_ctx: usize,
     attn_t: Vec<f32>, // [blocks of ATTN_ROWS, n_head_kv, ATTN_ROWS, group * head_dim]
-    /// `[split_slots, n_head * head_dim + 2 * n_head]`: a decoded row's chunk outputs and
-    /// softmax statistics before they are merged.
+    /// `[slots, n_head * head_dim + 2 * n_head]`: a decoded row's chunk outputs and softmax
+    /// statistics before they are merged.
     split_part: Vec<f32>,
-    split_slots: usize,
     logits: Vec<f32>, // [n_batch, n_vocab]
     qbuf: Vec<u8>,    // activations quantized for the matmul kernels
     rows: BatchRows,
@@ -208,7 +204,6 @@ impl LlamaModel {
             n_ctx,
             attn_t: vec![0.0; n_batch.next_multiple_of(ATTN_ROWS) * q_dim],
             split_part: vec![0.0; split_slots * slot],
-            split_slots,
             logits: vec![0.0; n_batch * c.n_vocab],
             qbuf: Vec::new(),
             rows: BatchRows::new(n_batch),
@@ -378,15 +373,10 @@ impl LlamaModel {
                 let (k, v) = (kv.k(il, 0, n_kv), kv.v(il, 0, n_kv));
                 attend_row(qg, hd, k, v, n_kv, kvh, kv_dim, scale, scratch, out);
             };
-            // Chunks of every row, as tasks: `chunk_at[t]` is row t's first.
-            let mut chunk_at = [0usize; SPLIT_MAX_ROWS + 1];
-            let split = window.is_none() && n <= SPLIT_MAX_ROWS && {
-                for t in 0..n {
-                    chunk_at[t + 1] = chunk_at[t] + (rows.row_pos[t] + 1).div_ceil(KV_CHUNK);
-                }
-                chunk_at[n] <= s.split_slots
-            };
-            if split {
+            let slot = q_dim + 2 * c.n_head;
+            let split = ChunkTasks::new(&rows.row_pos[..n], KV_CHUNK)
+                .filter(|tasks| window.is_none() && tasks.total() * slot <= s.split_part.len());
+            if let Some(tasks) = split {
                 // Decode: one task per (row, chunk of positions) for all KV heads, so a row's
                 // attention spreads over the threads and each task reads whole cache rows; with
                 // fewer chunks than two per thread (short contexts), one per (row, chunk, KV
@@ -394,22 +384,20 @@ impl LlamaModel {
                 // Slot of a (row, chunk): per KV head, its group's outputs then their
                 // `[max, sum]` statistics.
                 let sub = gd + 2 * group;
-                let slot = c.n_head_kv * sub;
-                let kv_split = if chunk_at[n] < 2 * pool::global().n_threads() {
+                let kv_split = if tasks.total() < 2 * pool::global().n_threads() {
                     c.n_head_kv
                 } else {
                     1
                 };
                 par_rows(
                     pool::global(),
-                    &mut s.split_part[..chunk_at[n] * slot],
+                    &mut s.split_part[..tasks.total() * slot],
                     slot / kv_split,
                     &mut s.scores,
                     per_thread,
                     |r, part, scores| {
                         let (ct, kv0) = (r / kv_split, (r % kv_split) * (c.n_head_kv / kv_split));
-                        let t = chunk_at[1..=n].partition_point(|&end| end <= ct);
-                        let c0 = (ct - chunk_at[t]) * KV_CHUNK;
+                        let (t, c0) = tasks.locate(ct);
                         let n_kv = rows.row_pos[t] + 1;
                         let Some(kv) = seqs_ro[rows.row_seq[t]].cache.standard() else {
                             part.fill(0.0);
@@ -427,25 +415,7 @@ impl LlamaModel {
                 )?;
                 for t in 0..n {
                     let out = &mut s.attn[t * q_dim..(t + 1) * q_dim];
-                    let mut stats = [0.0f32; 2];
-                    for h in 0..c.n_head {
-                        // Head h's output and statistics within a chunk's slot.
-                        let (o, st) =
-                            ((h / group) * sub + (h % group) * hd, (h / group) * sub + gd);
-                        let st = st + 2 * (h % group);
-                        let first = &s.split_part[chunk_at[t] * slot..(chunk_at[t] + 1) * slot];
-                        out[h * hd..(h + 1) * hd].copy_from_slice(&first[o..o + hd]);
-                        stats.copy_from_slice(&first[st..st + 2]);
-                        for r in chunk_at[t] + 1..chunk_at[t + 1] {
-                            let part = &s.split_part[r * slot..(r + 1) * slot];
-                            merge_chunk(
-                                &mut out[h * hd..(h + 1) * hd],
-                                &mut stats,
-                                &part[o..o + hd],
-                                &part[st..st + 2],
-                            );
-                        }
-                    }
+                    merge_split_row(&tasks, t, &s.split_part, hd, group, out);
                 }
             } else if window.is_none() && n >= 2 * ATTN_ROWS {
                 // A prompt: one task per (block of ATTN_ROWS rows, KV head), the block's rows
