@@ -29,6 +29,16 @@ const Q8_0: u8 = 0;
 const Q4_0: u8 = 1;
 const Q4_1: u8 = 2;
 
+/// The offset a kind's stored quants carry (Q8_0 stores `q + 128`, Q4_0 `w + 8`), taken back
+/// out of a block's integer sum as `offset * sum(x)`.
+const fn quant_offset(k: u8) -> i32 {
+    match k {
+        Q8_0 => -128,
+        Q4_0 => -8,
+        _ => 0,
+    }
+}
+
 /// Bytes of one panel block of kind `K`.
 const fn panel_block(k: u8) -> usize {
     match k {
@@ -99,11 +109,7 @@ fn halves(blk: &[u8], at: usize) -> __m512 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn isums<const K: u8>(w: &[__m512i; 8], x: &BlockQ8P) -> __m512i {
-    let off = match K {
-        Q8_0 => -128,
-        Q4_0 => -8,
-        _ => 0,
-    };
+    let off = quant_offset(K);
     let q: [i32; 8] = core::array::from_fn(|k| {
         i32::from_le_bytes([
             x.qs[4 * k] as u8,
@@ -183,11 +189,7 @@ fn tile_pair<const K: u8, const T: usize>(
     mut acc: [[__m512; T]; 2],
 ) -> [[__m512; T]; 2] {
     let pb = panel_block(K);
-    let off = match K {
-        Q8_0 => -128,
-        Q4_0 => -8,
-        _ => 0,
-    };
+    let off = quant_offset(K);
     for b in 0..nb {
         let blk = [
             &panels[0][b * pb..(b + 1) * pb],
