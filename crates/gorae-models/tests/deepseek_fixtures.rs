@@ -182,7 +182,8 @@ fn fp8_checkpoint_loads_to_its_twin() {
 }
 
 /// Absorbed MLA splits a long context into chunks of 256 positions and merges their softmaxes
-/// (split-KV attention); the naive path does one softmax over everything. Over a 600-token
+/// (split-KV attention); the naive path attends over the decompressed keys, row blocks at a
+/// time (`attend_rows`, with the rope key as a second key part). Over a 600-token
 /// context (three chunks), prefilled in one batch and then decoded token by token, both agree
 /// to float rounding: 1e-4 on logits up to ~1.6 in magnitude (observed 6e-7; merging with a
 /// chunk's weight off by 10 % moves them by 5e-2).

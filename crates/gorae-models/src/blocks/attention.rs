@@ -272,24 +272,51 @@ pub fn attend_row(
     }
 }
 
-/// [`attend_row`] for `n_rows` consecutive query rows of one sequence: row `i` (`q[i * q_dim..]`,
-/// its group's heads at `kvh * group * head_dim`) attends over positions `..n_kv0 + i`. Chunk by
-/// chunk, each block of keys and values is brought into L1 once for every row and head instead of
-/// once per row. Every row gets bit for bit what `attend_row` gives it alone: the same kernel
-/// calls on the same blocks, chunks and merges in the same order. `scratch`: at least `n_rows *`
-/// [`row_scratch`]; `out`: `[n_rows, group * head_dim]`.
-#[allow(clippy::too_many_arguments)]
+/// The query rows of [`attend_rows`]: row `i`'s head `g` is
+/// `q[i * row_stride + g * head_dim..][..head_dim]`.
+#[derive(Clone, Copy)]
+pub struct QueryRows<'a> {
+    pub q: &'a [f32],
+    pub row_stride: usize,
+    pub head_dim: usize,
+    /// Query heads sharing the keys and values.
+    pub group: usize,
+}
+
+/// One KV head's keys and values, from position 0.
+#[derive(Clone, Copy)]
+pub struct HeadKv<'a> {
+    /// Position `j`'s key at `k[j * k_stride..]`, scored against the query head's first
+    /// `head_dim - rope_len` elements (all of them without `rope_k`).
+    pub k: &'a [f32],
+    pub k_stride: usize,
+    /// A second key part, `(keys, stride, rope_len)`, scored against the query head's last
+    /// `rope_len` elements and added (MLA's rope key, shared by every head).
+    pub rope_k: Option<(&'a [f32], usize, usize)>,
+    /// Position `j`'s value at `v[j * v_stride..][..v_dim]`.
+    pub v: &'a [f32],
+    pub v_stride: usize,
+    pub v_dim: usize,
+}
+
+/// Prompt rows of one sequence attended together by one task ([`attend_rows`]).
+pub const ATTN_ROWS: usize = 8;
+
+/// f32s of scratch [`attend_rows`] needs for `n_rows` rows.
+pub const fn rows_scratch(n_rows: usize, group: usize, v_dim: usize) -> usize {
+    n_rows * row_scratch(group, v_dim) + KV_BLOCK
+}
+
+/// [`attend_row`] for `n_rows` consecutive query rows of one sequence: row `i` attends over
+/// positions `..n_kv0 + i`. Chunk by chunk, each block of keys and values is brought into L1
+/// once for every row and head instead of once per row. Every row gets bit for bit what
+/// `attend_row` gives it alone: the same kernel calls on the same blocks, chunks and merges in
+/// the same order. `scratch`: at least [`rows_scratch`]; `out`: `[n_rows, group * v_dim]`.
 pub fn attend_rows(
-    q: &[f32],
-    q_dim: usize,
+    q: QueryRows<'_>,
     n_rows: usize,
-    group: usize,
-    head_dim: usize,
     n_kv0: usize,
-    k: &[f32],
-    v: &[f32],
-    kvh: usize,
-    kv_dim: usize,
+    kv: HeadKv<'_>,
     scale: f32,
     scratch: &mut [f32],
     out: &mut [f32],
@@ -297,13 +324,15 @@ pub fn attend_rows(
     if n_rows == 0 || n_kv0 == 0 {
         return;
     }
-    let gd = group * head_dim;
+    let (group, v_dim) = (q.group, kv.v_dim);
+    let gv = group * v_dim;
     let n_max = n_kv0 + n_rows - 1;
-    let (off, q_off) = (kvh * head_dim, kvh * gd);
     let (scores, rest) = scratch.split_at_mut(n_rows * group * KV_CHUNK);
-    let (part, rest) = rest.split_at_mut(n_rows * gd);
-    let (stats, part_stats) = rest.split_at_mut(n_rows * 2 * group);
-    let q_head = |i: usize, g: usize| &q[i * q_dim + q_off + g * head_dim..][..head_dim];
+    let (part, rest) = rest.split_at_mut(n_rows * gv);
+    let (stats, rest) = rest.split_at_mut(n_rows * 2 * group);
+    let (part_stats, rope_scores) = rest.split_at_mut(n_rows * 2 * group);
+    let rope_len = kv.rope_k.map_or(0, |r| r.2);
+    let q_head = |i: usize, g: usize| &q.q[i * q.row_stride + g * q.head_dim..][..q.head_dim];
     for c0 in (0..n_max).step_by(KV_CHUNK) {
         // Rows reaching into this chunk, and the length of their part of it.
         let live = |i: usize| n_kv0 + i > c0;
@@ -312,12 +341,19 @@ pub fn attend_rows(
         // `group * KV_CHUNK`, as `attend_chunk` lays them out.
         let at = |i: usize, g: usize| i * group * KV_CHUNK + g * len_of(i);
         for b0 in (0..KV_CHUNK.min(n_max - c0)).step_by(KV_BLOCK) {
-            let keys = &k[off + (c0 + b0) * kv_dim..];
+            let keys = &kv.k[(c0 + b0) * kv.k_stride..];
             for i in (0..n_rows).filter(|&i| live(i) && len_of(i) > b0) {
                 let bl = KV_BLOCK.min(len_of(i) - b0);
                 for g in 0..group {
+                    let qh = q_head(i, g);
+                    let (q_main, q_rope) = qh.split_at(qh.len() - rope_len);
                     let dst = &mut scores[at(i, g) + b0..at(i, g) + b0 + bl];
-                    attn::qk_scores(q_head(i, g), keys, kv_dim, scale, dst);
+                    attn::qk_scores(q_main, keys, kv.k_stride, scale, dst);
+                    if let Some((rk, stride, _)) = kv.rope_k {
+                        let extra = &mut rope_scores[..bl];
+                        attn::qk_scores(q_rope, &rk[(c0 + b0) * stride..], stride, scale, extra);
+                        dst.iter_mut().zip(extra.iter()).for_each(|(s, e)| *s += e);
+                    }
                 }
             }
         }
@@ -329,10 +365,10 @@ pub fn attend_rows(
                 (st[(i * group + g) * 2], st[(i * group + g) * 2 + 1]) = (m, l);
             }
             let dst = if first { &mut *out } else { &mut *part };
-            dst[i * gd..(i + 1) * gd].fill(0.0);
+            dst[i * gv..(i + 1) * gv].fill(0.0);
         }
         for b0 in (0..KV_CHUNK.min(n_max - c0)).step_by(KV_BLOCK) {
-            let values = &v[off + (c0 + b0) * kv_dim..];
+            let values = &kv.v[(c0 + b0) * kv.v_stride..];
             for i in (0..n_rows).filter(|&i| live(i) && len_of(i) > b0) {
                 let bl = KV_BLOCK.min(len_of(i) - b0);
                 let dst = if first { &mut *out } else { &mut *part };
@@ -341,10 +377,10 @@ pub fn attend_rows(
                     len_of(i),
                     bl,
                     values,
-                    kv_dim,
-                    &mut dst[i * gd..(i + 1) * gd],
-                    head_dim,
-                    head_dim,
+                    kv.v_stride,
+                    &mut dst[i * gv..(i + 1) * gv],
+                    v_dim,
+                    v_dim,
                     group,
                 );
             }
@@ -356,9 +392,9 @@ pub fn attend_rows(
             for g in 0..group {
                 let h = i * group + g;
                 merge_chunk(
-                    &mut out[h * head_dim..(h + 1) * head_dim],
+                    &mut out[h * v_dim..(h + 1) * v_dim],
                     &mut stats[2 * h..2 * h + 2],
-                    &part[h * head_dim..(h + 1) * head_dim],
+                    &part[h * v_dim..(h + 1) * v_dim],
                     &part_stats[2 * h..2 * h + 2],
                 );
             }
@@ -385,23 +421,23 @@ mod tests {
         for (n_rows, n_kv0) in [(5, 66), (8, c - 5), (6, 2 * c - 3), (3, 1), (8, c + 40)] {
             let q: Vec<f32> = (0..n_rows * q_dim).map(|i| val(i, 3)).collect();
             for kvh in 0..n_head_kv {
-                let mut scratch = vec![0.0; n_rows * row_scratch(group, hd)];
+                let mut scratch = vec![0.0; rows_scratch(n_rows, group, hd)];
                 let mut got = vec![f32::NAN; n_rows * group * hd];
-                attend_rows(
-                    &q,
-                    q_dim,
-                    n_rows,
+                let rows = QueryRows {
+                    q: &q[kvh * group * hd..],
+                    row_stride: q_dim,
+                    head_dim: hd,
                     group,
-                    hd,
-                    n_kv0,
-                    &k,
-                    &v,
-                    kvh,
-                    kv_dim,
-                    0.125,
-                    &mut scratch,
-                    &mut got,
-                );
+                };
+                let head = HeadKv {
+                    k: &k[kvh * hd..],
+                    k_stride: kv_dim,
+                    rope_k: None,
+                    v: &v[kvh * hd..],
+                    v_stride: kv_dim,
+                    v_dim: hd,
+                };
+                attend_rows(rows, n_rows, n_kv0, head, 0.125, &mut scratch, &mut got);
                 for i in 0..n_rows {
                     let n = n_kv0 + i;
                     let qg = &q[i * q_dim + kvh * group * hd..i * q_dim + (kvh + 1) * group * hd];
@@ -463,17 +499,87 @@ mod tests {
                             .sum::<f64>()
                 })
                 .collect();
-            let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-            let total: f64 = w.iter().sum();
-            let want: Vec<f64> = (0..hd)
-                .map(|d| (0..n).map(|j| w[j] * v[j * kv_dim + d] as f64).sum::<f64>() / total)
-                .collect();
+            let want = softmax_sum_f64(&s, &v, kv_dim, hd);
             let scale = want.iter().fold(0.0f64, |a, x| a.max(x.abs()));
             for (d, (a, b)) in got[g * hd..(g + 1) * hd].iter().zip(&want).enumerate() {
                 assert!(
                     ((*a as f64) - b).abs() <= 1e-5 * scale,
                     "head {g} dim {d}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    /// `Σ_j softmax(scores)_j · v[j * stride..][..d]` in f64.
+    fn softmax_sum_f64(scores: &[f64], v: &[f32], stride: usize, d: usize) -> Vec<f64> {
+        let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+        let total: f64 = w.iter().sum();
+        (0..d)
+            .map(|e| {
+                (0..w.len())
+                    .map(|j| w[j] * v[j * stride + e] as f64)
+                    .sum::<f64>()
+                    / total
+            })
+            .collect()
+    }
+
+    /// MLA's prompt layout through `attend_rows`: per-head keys and values interleaved by head
+    /// (stride two heads), query heads of 128 + 64 elements, the last 64 scored against a
+    /// separate rope key; three chunks. Each row equals one softmax over the concatenated keys
+    /// computed in f64, to 1e-5 of the largest output (f32 rounding is about 1e-7; dropping the
+    /// rope part, or scoring it against the wrong query elements, moves outputs by about 1e-1).
+    #[test]
+    fn rope_keys_add_to_the_scores() {
+        let (nope, rd, dv, n_head) = (128, 64, 128, 2);
+        let per = nope + dv;
+        let n_pos = 2 * KV_CHUNK + 20;
+        let val = |i: usize, m: usize| (((i * m) % 83) as f32 - 41.0) / 60.0;
+        let kv: Vec<f32> = (0..n_pos * n_head * per).map(|i| val(i, 7)).collect();
+        let rope: Vec<f32> = (0..n_pos * rd).map(|i| val(i, 11)).collect();
+        let (n_rows, n_kv0, hh) = (5, 2 * KV_CHUNK + 10, 1);
+        let q: Vec<f32> = (0..n_rows * n_head * (nope + rd))
+            .map(|i| val(i, 3))
+            .collect();
+        let q_row = n_head * (nope + rd);
+        let mut scratch = vec![0.0; rows_scratch(n_rows, 1, dv)];
+        let mut got = vec![f32::NAN; n_rows * dv];
+        let query = QueryRows {
+            q: &q[hh * (nope + rd)..],
+            row_stride: q_row,
+            head_dim: nope + rd,
+            group: 1,
+        };
+        let head = HeadKv {
+            k: &kv[hh * per..],
+            k_stride: n_head * per,
+            rope_k: Some((&rope, rd, rd)),
+            v: &kv[hh * per + nope..],
+            v_stride: n_head * per,
+            v_dim: dv,
+        };
+        attend_rows(query, n_rows, n_kv0, head, 0.1, &mut scratch, &mut got);
+        for i in 0..n_rows {
+            let qh = &q[i * q_row + hh * (nope + rd)..][..nope + rd];
+            let dot = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| *x as f64 * *y as f64)
+                    .sum::<f64>()
+            };
+            let s: Vec<f64> = (0..n_kv0 + i)
+                .map(|j| {
+                    let k = &kv[j * n_head * per + hh * per..][..nope];
+                    0.1 * (dot(&qh[..nope], k) + dot(&qh[nope..], &rope[j * rd..][..rd]))
+                })
+                .collect();
+            let want = softmax_sum_f64(&s, &kv[hh * per + nope..], n_head * per, dv);
+            let scale = want.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+            for (d, (a, b)) in got[i * dv..(i + 1) * dv].iter().zip(&want).enumerate() {
+                assert!(
+                    ((*a as f64) - b).abs() <= 1e-5 * scale,
+                    "row {i} dim {d}: {a} vs {b}"
                 );
             }
         }

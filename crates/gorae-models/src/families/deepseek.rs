@@ -9,7 +9,10 @@
 //! `kv_lora_rank + qk_rope_head_dim` values per token per layer.
 
 use crate::Logits;
-use crate::blocks::attention::{ChunkTasks, SPLIT_MAX_ROWS, merge_chunk, merge_split_row, softmax};
+use crate::blocks::attention::{
+    ATTN_ROWS, ChunkTasks, HeadKv, QueryRows, SPLIT_MAX_ROWS, attend_rows, merge_chunk,
+    merge_split_row, rows_scratch,
+};
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::moe::{RouteScratch, route};
 use crate::blocks::{ffn::swiglu, norm};
@@ -119,6 +122,7 @@ pub struct DeepseekScratch {
     mla_split: Vec<f32>,
     kv_full: Vec<f32>,       // [n_batch, n_head * (qk_nope + v_head)] (naive path)
     attn: Vec<f32>,          // [n_batch, n_head * v_head]
+    attn_t: Vec<f32>,        // [blocks of ATTN_ROWS, n_head, ATTN_ROWS, v_head] (naive path)
     proj: Vec<f32>,          // [n_batch, n_embd]
     gate: Vec<f32>,          // [n_batch, max(n_ff, n_ff_exp * n_shared)]
     up: Vec<f32>,            // same
@@ -145,6 +149,16 @@ pub struct DeepseekScratch {
     routed_gate: Vec<f32>, // [n_grouped * n_expert_used, n_ff_exp]
     routed_up: Vec<f32>,   // [n_grouped * n_expert_used, n_ff_exp]
     routed_out: Vec<f32>,  // [n_grouped * n_expert_used, n_embd]
+}
+
+/// Rows of `attn_t` a batch of `n_batch` rows needs (whole blocks of [`ATTN_ROWS`]).
+fn naive_rows(n_batch: usize) -> usize {
+    n_batch.next_multiple_of(ATTN_ROWS)
+}
+
+/// f32 scratch one naive-path task (a block of [`ATTN_ROWS`] rows of one head) needs.
+fn naive_task_scratch(v_head_dim: usize) -> usize {
+    rows_scratch(ATTN_ROWS, 1, v_head_dim)
 }
 
 /// Latent cache rows per block of absorbed MLA attention: 8 rows of `kv_lora_rank + rope` f32
@@ -552,6 +566,7 @@ impl DeepseekModel {
             o_lat: vec![0.0; nb * c.n_head * c.kv_lora_rank],
             kv_full: vec![0.0; nb * c.n_head * (c.qk_nope_head_dim + c.v_head_dim)],
             attn: vec![0.0; nb * c.n_head * c.v_head_dim],
+            attn_t: vec![0.0; naive_rows(nb) * c.n_head * c.v_head_dim],
             proj: vec![0.0; nb * c.n_embd],
             gate: vec![0.0; nb * ff],
             up: vec![0.0; nb * ff],
@@ -565,12 +580,13 @@ impl DeepseekModel {
             route_scratch: RouteScratch::new(m),
             cos: vec![0.0; nb * c.qk_rope_head_dim / 2],
             sin: vec![0.0; nb * c.qk_rope_head_dim / 2],
-            // Per thread: the naive path's scores and rope parts ([2 * n_ctx]) or an absorbed
-            // task's chunk scratch, whichever is larger.
+            // Per thread: a naive-path task's block of rows or an absorbed task's chunk
+            // scratch, whichever is larger.
             scores: vec![
                 0.0;
                 pool::global().n_threads()
-                    * (2 * n_ctx).max(mla_task_scratch(c.n_head, c.kv_lora_rank))
+                    * naive_task_scratch(c.v_head_dim)
+                        .max(mla_task_scratch(c.n_head, c.kv_lora_rank))
             ],
             mla_split: vec![
                 0.0;
@@ -885,32 +901,50 @@ impl DeepseekModel {
                 &mut s.kv_full[..n * h * per],
                 &mut s.qbuf,
             )?;
-            // One (token, head) row per task: [n, h, dv].
-            let (q, kv_full, kva, n_ctx) = (
+            // One task per (block of ATTN_ROWS rows, head), the block's rows sharing every key
+            // and value block they read ([`attend_rows`]); keys are [k_nope (per head); k_pe
+            // (shared)]. Results land in `attn_t` and are put back in row order after.
+            let n_blk = n.div_ceil(ATTN_ROWS);
+            let (q, kv_full, kva) = (
                 &s.q[..n * h * qk],
                 &s.kv_full[..n * h * per],
                 &s.kva[..n * width],
-                s.n_ctx,
             );
             par_rows(
                 pool::global(),
-                &mut s.attn[..n * h * dv],
-                dv,
+                &mut s.attn_t[..n_blk * h * ATTN_ROWS * dv],
+                ATTN_ROWS * dv,
                 &mut s.scores,
-                2 * n_ctx,
-                |r, out, scores| {
-                    let (t, hh) = (r / h, r % h);
-                    let qh = &q[r * qk..(r + 1) * qk];
-                    // Keys [k_nope (per head); k_pe (shared)]: two passes, summed.
-                    let (scores, pe) = scores.split_at_mut(n_ctx);
-                    let (scores, pe) = (&mut scores[..t + 1], &mut pe[..t + 1]);
-                    attn::qk_scores(&qh[..nope], &kv_full[hh * per..], h * per, scale, scores);
-                    attn::qk_scores(&qh[nope..], &kva[lora..], width, scale, pe);
-                    scores.iter_mut().zip(pe.iter()).for_each(|(s, p)| *s += p);
-                    softmax(scores);
-                    attn::weighted_sum(scores, &kv_full[hh * per + nope..], h * per, out);
+                naive_task_scratch(dv),
+                |r, out, scratch| {
+                    let (blk, hh) = (r / h, r % h);
+                    let (t0, t1) = (blk * ATTN_ROWS, (blk * ATTN_ROWS + ATTN_ROWS).min(n));
+                    let query = QueryRows {
+                        q: &q[t0 * h * qk + hh * qk..t1 * h * qk],
+                        row_stride: h * qk,
+                        head_dim: qk,
+                        group: 1,
+                    };
+                    let head = HeadKv {
+                        k: &kv_full[hh * per..],
+                        k_stride: h * per,
+                        rope_k: Some((&kva[lora..], width, rd)),
+                        v: &kv_full[hh * per + nope..],
+                        v_stride: h * per,
+                        v_dim: dv,
+                    };
+                    // The batch is one sequence from position 0: row t sees positions ..=t.
+                    attend_rows(query, t1 - t0, t0 + 1, head, scale, scratch, out);
                 },
             )?;
+            for t in 0..n {
+                let (blk, i) = (t / ATTN_ROWS, t % ATTN_ROWS);
+                for hh in 0..h {
+                    let from = ((blk * h + hh) * ATTN_ROWS + i) * dv;
+                    s.attn[(t * h + hh) * dv..(t * h + hh + 1) * dv]
+                        .copy_from_slice(&s.attn_t[from..from + dv]);
+                }
+            }
         } else {
             // Absorb W_UK into the queries: q_abs[t, h] = W_UK[h]ᵀ q_nope[t, h]  ([n, h, lora]).
             per_head_matmul(

@@ -11,8 +11,8 @@
 //! its global layers over everything without rope.
 
 use crate::blocks::attention::{
-    self, ChunkTasks, KV_CHUNK, KvSpan, SPLIT_MAX_ROWS, attend_chunk, attend_group, attend_row,
-    attend_rows, merge_split_row,
+    self, ATTN_ROWS, ChunkTasks, HeadKv, KV_CHUNK, KvSpan, QueryRows, SPLIT_MAX_ROWS, attend_chunk,
+    attend_group, attend_row, attend_rows, merge_split_row,
 };
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::{ffn::swiglu, norm};
@@ -53,9 +53,6 @@ pub struct LlamaModel {
     inv_freq: Vec<f32>, // [n_rot / 2]
     rope_mscale: f32,
 }
-
-/// Prompt rows of one sequence attended together by one task ([`attend_rows`]).
-const ATTN_ROWS: usize = 8;
 
 /// f32s held for the chunk outputs of a split pass (8 MiB); a pass needing more chunks than fit
 /// runs per (row, KV head) instead, with the same results.
@@ -183,7 +180,7 @@ impl LlamaModel {
         let group = c.n_head / c.n_head_kv;
         // A prompt block's rows, or one row over a sliding window's spans (whole softmax).
         let scores_per_thread =
-            (ATTN_ROWS * attention::row_scratch(group, c.head_dim)).max(group * n_ctx);
+            attention::rows_scratch(ATTN_ROWS, group, c.head_dim).max(group * n_ctx);
         let slot = q_dim + 2 * c.n_head;
         let split_slots = (SPLIT_FLOATS / slot).min(SPLIT_MAX_ROWS * n_ctx.div_ceil(KV_CHUNK));
         LlamaScratch {
@@ -438,21 +435,22 @@ impl LlamaModel {
                         match seqs_ro[seq].cache.standard() {
                             Some(kv) if consecutive => {
                                 let n_end = rows.row_pos[t1 - 1] + 1;
-                                attend_rows(
-                                    &q[t0 * q_dim..t1 * q_dim],
-                                    q_dim,
-                                    t1 - t0,
+                                let query = QueryRows {
+                                    q: &q[t0 * q_dim + kvh * gd..t1 * q_dim],
+                                    row_stride: q_dim,
+                                    head_dim: hd,
                                     group,
-                                    hd,
-                                    rows.row_pos[t0] + 1,
-                                    kv.k(il, 0, n_end),
-                                    kv.v(il, 0, n_end),
-                                    kvh,
-                                    kv_dim,
-                                    scale,
-                                    scratch,
-                                    out,
-                                );
+                                };
+                                let head = HeadKv {
+                                    k: &kv.k(il, 0, n_end)[kvh * hd..],
+                                    k_stride: kv_dim,
+                                    rope_k: None,
+                                    v: &kv.v(il, 0, n_end)[kvh * hd..],
+                                    v_stride: kv_dim,
+                                    v_dim: hd,
+                                };
+                                let n_kv0 = rows.row_pos[t0] + 1;
+                                attend_rows(query, t1 - t0, n_kv0, head, scale, scratch, out);
                             }
                             _ => {
                                 for t in t0..t1 {
