@@ -27,7 +27,7 @@ pub fn qk_scores_with(
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && Isa::Avx512.is_available() && q.len().is_multiple_of(16) {
         // SAFETY: AVX-512F/VL were just confirmed available; `q.len()` is a multiple of 16.
-        unsafe { x86_512::qk_scores_by16(q, keys, stride, scale, out) };
+        unsafe { x86_512::qk_scores_by16([q], keys, stride, scale, [out]) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -46,6 +46,46 @@ pub fn qk_scores_with(
         }
         *o = s * scale;
     }
+}
+
+/// [`qk_scores`] for two queries of the same length over the same keys (`out0`, `out1` of the same
+/// length): each gets bit for bit what `qk_scores` gives it alone; on AVX-512 the two share every
+/// key load, which bounds the kernel.
+///
+/// Panics (slice bounds, or `assert`) if the lengths differ or `keys` is too short.
+pub fn qk_scores_pair(
+    q: [&[f32]; 2],
+    keys: &[f32],
+    stride: usize,
+    scale: f32,
+    out: [&mut [f32]; 2],
+) {
+    qk_scores_pair_with(detected_isa(), q, keys, stride, scale, out)
+}
+
+/// [`qk_scores_pair`] on an explicit ISA.
+pub fn qk_scores_pair_with(
+    isa: Isa,
+    q: [&[f32]; 2],
+    keys: &[f32],
+    stride: usize,
+    scale: f32,
+    out: [&mut [f32]; 2],
+) {
+    assert!(
+        q[0].len() == q[1].len() && out[0].len() == out[1].len(),
+        "qk_scores_pair: the two queries (and outputs) differ in length"
+    );
+    let [o0, o1] = out;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && Isa::Avx512.is_available() && q[0].len().is_multiple_of(16) {
+        // SAFETY: AVX-512F/VL were just confirmed available; the query length is a multiple
+        // of 16, the same for both (asserted above).
+        unsafe { x86_512::qk_scores_by16(q, keys, stride, scale, [o0, o1]) };
+        return;
+    }
+    qk_scores_with(isa, q[0], keys, stride, scale, o0);
+    qk_scores_with(isa, q[1], keys, stride, scale, o1);
 }
 
 /// `out = Σ_j weights[j] · values[j·stride ..][..out.len()]` (overwrites `out`).
@@ -500,21 +540,24 @@ pub(crate) mod x86 {
 mod x86_512 {
     use std::arch::x86_64::*;
 
-    /// [`super::qk_scores`] for head sizes that are whole 16-lane vectors: 8 keys at a time,
-    /// each in its own accumulator over the head; each accumulator's halves are added, then the
-    /// 8 sums reduced together by the 8-lane kernels' transposing `vhaddps` tree. A short last
-    /// group repeats its last key, so a key's score never depends on its neighbours.
+    /// [`super::qk_scores`] for head sizes that are whole 16-lane vectors, for `NQ` queries of
+    /// one length over the same keys: 8 keys at a time, each (query, key) in its own accumulator
+    /// over the head, every key load shared by the queries; each accumulator's halves are added,
+    /// then a query's 8 sums reduced together by the 8-lane kernels' transposing `vhaddps`
+    /// tree. A query's operations do not depend on `NQ`. A short last group repeats its last
+    /// key, so a key's score never depends on its neighbours.
     ///
-    /// SAFETY contract: the CPU has AVX-512F/VL (and so AVX2); `q.len()` is a multiple of 16.
+    /// SAFETY contract: the CPU has AVX-512F/VL (and so AVX2); the queries' common length is a
+    /// multiple of 16; the outputs have one length.
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    pub(super) unsafe fn qk_scores_by16(
-        q: &[f32],
+    pub(super) unsafe fn qk_scores_by16<const NQ: usize>(
+        q: [&[f32]; NQ],
         keys: &[f32],
         stride: usize,
         scale: f32,
-        out: &mut [f32],
+        mut out: [&mut [f32]; NQ],
     ) {
-        let (d, n) = (q.len(), out.len());
+        let (d, n) = (q[0].len(), out[0].len());
         if n == 0 {
             return;
         }
@@ -523,31 +566,44 @@ mod x86_512 {
             keys.len() >= (n - 1) * stride + d,
             "qk_scores: keys too short"
         );
-        let (kp, qp) = (keys.as_ptr(), q.as_ptr());
+        let kp = keys.as_ptr();
+        let qp: [*const f32; NQ] = core::array::from_fn(|i| q[i].as_ptr());
         let sv = _mm256_set1_ps(scale);
         for j0 in (0..n).step_by(8) {
             // SAFETY (all `add`s and loads here): key rows `(j0 + k).min(n - 1) < n` start at
-            // `row * stride` and hold `d` floats within `keys` (asserted above); `c + 16 <= d`.
+            // `row * stride` and hold `d` floats within `keys` (asserted above); `c + 16 <= d`,
+            // and every query holds `d` floats.
             let p: [*const f32; 8] =
                 core::array::from_fn(|k| unsafe { kp.add((j0 + k).min(n - 1) * stride) });
-            let mut acc = [_mm512_setzero_ps(); 8];
+            let mut acc = [[_mm512_setzero_ps(); 8]; NQ];
             for c in (0..d).step_by(16) {
-                let qv = unsafe { _mm512_loadu_ps(qp.add(c)) };
-                for (a, &pk) in acc.iter_mut().zip(&p) {
-                    *a = _mm512_fmadd_ps(qv, unsafe { _mm512_loadu_ps(pk.add(c)) }, *a);
+                let qv: [__m512; NQ] =
+                    core::array::from_fn(|i| unsafe { _mm512_loadu_ps(qp[i].add(c)) });
+                for (k, &pk) in p.iter().enumerate() {
+                    let kv = unsafe { _mm512_loadu_ps(pk.add(c)) };
+                    for i in 0..NQ {
+                        acc[i][k] = _mm512_fmadd_ps(qv[i], kv, acc[i][k]);
+                    }
                 }
             }
-            let h: [__m256; 8] = core::array::from_fn(|k| {
-                _mm256_add_ps(
-                    _mm512_castps512_ps256(acc[k]),
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[k]))),
-                )
-            });
-            let v = _mm256_mul_ps(super::x86::sum8(&h), sv);
             let m = (n - j0).min(8);
-            let dst = &mut out[j0..j0 + m];
-            // SAFETY: the mask keeps the `m` lanes of `dst`.
-            unsafe { _mm256_mask_storeu_ps(dst.as_mut_ptr(), ((1u16 << m) - 1) as __mmask8, v) };
+            for (acc, dst) in acc.iter().zip(out.iter_mut()) {
+                let h: [__m256; 8] = core::array::from_fn(|k| {
+                    _mm256_add_ps(
+                        _mm512_castps512_ps256(acc[k]),
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[k]))),
+                    )
+                });
+                let v = _mm256_mul_ps(super::x86::sum8(&h), sv);
+                // SAFETY: `j0 + m <= n`, the outputs' length; the mask keeps those `m` lanes.
+                unsafe {
+                    _mm256_mask_storeu_ps(
+                        dst.as_mut_ptr().add(j0),
+                        ((1u16 << m) - 1) as __mmask8,
+                        v,
+                    )
+                };
+            }
         }
     }
 
@@ -786,6 +842,29 @@ mod tests {
                             .all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "{isa:?} d {d} start {start} len {len}");
                     }
+                }
+            }
+        }
+    }
+
+    /// Two queries at once equal each alone, bit for bit, on every ISA (head sizes with and
+    /// without a 16-lane tail, runs with a partial group of 8 keys).
+    #[test]
+    fn query_pairs_equal_each_query_alone() {
+        for &d in &[8usize, 64, 72, 128, 192] {
+            let stride = d + 8;
+            let (q0, q1) = (data(d, 11), data(d, 12));
+            let cache = data(40 * stride, 13);
+            for isa in available_isas() {
+                for n in [1, 7, 8, 13, 40] {
+                    let (mut a0, mut a1) = (vec![0.0; n], vec![0.0; n]);
+                    qk_scores_pair_with(isa, [&q0, &q1], &cache, stride, 0.3, [&mut a0, &mut a1]);
+                    let (mut b0, mut b1) = (vec![0.0; n], vec![0.0; n]);
+                    qk_scores_with(isa, &q0, &cache, stride, 0.3, &mut b0);
+                    qk_scores_with(isa, &q1, &cache, stride, 0.3, &mut b1);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a0), bits(&b0), "{isa:?} d {d} n {n} query 0");
+                    assert_eq!(bits(&a1), bits(&b1), "{isa:?} d {d} n {n} query 1");
                 }
             }
         }

@@ -304,7 +304,7 @@ pub const ATTN_ROWS: usize = 8;
 
 /// f32s of scratch [`attend_rows`] needs for `n_rows` rows.
 pub const fn rows_scratch(n_rows: usize, group: usize, v_dim: usize) -> usize {
-    n_rows * row_scratch(group, v_dim) + KV_BLOCK
+    n_rows * row_scratch(group, v_dim) + 2 * KV_BLOCK
 }
 
 /// [`attend_row`] for `n_rows` consecutive query rows of one sequence: row `i` attends over
@@ -342,19 +342,57 @@ pub fn attend_rows(
         let at = |i: usize, g: usize| i * group * KV_CHUNK + g * len_of(i);
         for b0 in (0..KV_CHUNK.min(n_max - c0)).step_by(KV_BLOCK) {
             let keys = &kv.k[(c0 + b0) * kv.k_stride..];
+            let rope = kv
+                .rope_k
+                .map(|(rk, stride, _)| (&rk[(c0 + b0) * stride..], stride));
+            // The (row, head) queries taking part of this block, two at a time when they take
+            // as many keys (a pair shares each key load; each query's scores are the same bits).
+            let mut held: Option<(usize, usize, usize)> = None;
+            let mut score = |a: (usize, usize, usize), b: Option<(usize, usize)>| {
+                let (i, g, bl) = a;
+                let q0 = q_head(i, g).split_at(q.head_dim - rope_len);
+                let r0 = at(i, g) + b0..at(i, g) + b0 + bl;
+                let (e0, e1) = rope_scores[..2 * KV_BLOCK].split_at_mut(KV_BLOCK);
+                let (e0, e1) = (&mut e0[..bl], &mut e1[..bl]);
+                match b {
+                    None => {
+                        let dst = &mut scores[r0];
+                        attn::qk_scores(q0.0, keys, kv.k_stride, scale, dst);
+                        if let Some((rk, stride)) = rope {
+                            attn::qk_scores(q0.1, rk, stride, scale, e0);
+                            dst.iter_mut().zip(&*e0).for_each(|(s, e)| *s += e);
+                        }
+                    }
+                    Some((i1, g1)) => {
+                        let q1 = q_head(i1, g1).split_at(q.head_dim - rope_len);
+                        let r1 = at(i1, g1) + b0..at(i1, g1) + b0 + bl;
+                        // Queries come in (row, head) order, so the second's scores lie after.
+                        let (lo, hi) = scores.split_at_mut(r1.start);
+                        let (d0, d1) = (&mut lo[r0], &mut hi[..bl]);
+                        attn::qk_scores_pair([q0.0, q1.0], keys, kv.k_stride, scale, [d0, d1]);
+                        if let Some((rk, stride)) = rope {
+                            attn::qk_scores_pair([q0.1, q1.1], rk, stride, scale, [e0, e1]);
+                            d0.iter_mut().zip(&*e0).for_each(|(s, e)| *s += e);
+                            d1.iter_mut().zip(&*e1).for_each(|(s, e)| *s += e);
+                        }
+                    }
+                }
+            };
             for i in (0..n_rows).filter(|&i| live(i) && len_of(i) > b0) {
                 let bl = KV_BLOCK.min(len_of(i) - b0);
                 for g in 0..group {
-                    let qh = q_head(i, g);
-                    let (q_main, q_rope) = qh.split_at(qh.len() - rope_len);
-                    let dst = &mut scores[at(i, g) + b0..at(i, g) + b0 + bl];
-                    attn::qk_scores(q_main, keys, kv.k_stride, scale, dst);
-                    if let Some((rk, stride, _)) = kv.rope_k {
-                        let extra = &mut rope_scores[..bl];
-                        attn::qk_scores(q_rope, &rk[(c0 + b0) * stride..], stride, scale, extra);
-                        dst.iter_mut().zip(extra.iter()).for_each(|(s, e)| *s += e);
+                    match held.take() {
+                        Some(h) if h.2 == bl => score(h, Some((i, g))),
+                        Some(h) => {
+                            score(h, None);
+                            held = Some((i, g, bl));
+                        }
+                        None => held = Some((i, g, bl)),
                     }
                 }
+            }
+            if let Some(h) = held {
+                score(h, None);
             }
         }
         let first = c0 == 0;
@@ -367,22 +405,43 @@ pub fn attend_rows(
             let dst = if first { &mut *out } else { &mut *part };
             dst[i * gv..(i + 1) * gv].fill(0.0);
         }
+        // Rows whose heads' scores lie KV_CHUNK apart (every row when a group is one head,
+        // else rows that fill the chunk) and that take as many of a block's values go to the
+        // kernel together, as extra heads sharing each value row's loads.
+        let even = |i: usize| group == 1 || len_of(i) == KV_CHUNK;
         for b0 in (0..KV_CHUNK.min(n_max - c0)).step_by(KV_BLOCK) {
             let values = &kv.v[(c0 + b0) * kv.v_stride..];
-            for i in (0..n_rows).filter(|&i| live(i) && len_of(i) > b0) {
+            let takes = |i: usize| live(i) && len_of(i) > b0;
+            let dst = if first { &mut *out } else { &mut *part };
+            let mut i = 0;
+            while i < n_rows {
+                if !takes(i) {
+                    i += 1;
+                    continue;
+                }
                 let bl = KV_BLOCK.min(len_of(i) - b0);
-                let dst = if first { &mut *out } else { &mut *part };
+                let mut j = i + 1;
+                while j < n_rows
+                    && even(i)
+                    && even(j)
+                    && takes(j)
+                    && KV_BLOCK.min(len_of(j) - b0) == bl
+                {
+                    j += 1;
+                }
+                let w_stride = if j - i > 1 { KV_CHUNK } else { len_of(i) };
                 attn::weighted_sum_acc_heads(
                     &scores[at(i, 0) + b0..],
-                    len_of(i),
+                    w_stride,
                     bl,
                     values,
                     kv.v_stride,
-                    &mut dst[i * gv..(i + 1) * gv],
+                    &mut dst[i * gv..j * gv],
                     v_dim,
                     v_dim,
-                    group,
+                    (j - i) * group,
                 );
+                i = j;
             }
         }
         if first {
