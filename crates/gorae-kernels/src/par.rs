@@ -10,7 +10,7 @@ use crate::matmul::{
     ActForm, WeightRef, matmul_rows, quantize_activations, quantize_activations_into,
     quantized_bytes,
 };
-use crate::pool::{ThreadPool, split};
+use crate::pool::{Prefetch, ThreadPool, split};
 
 /// Rows per split unit: a multiple of every kernel's row group.
 const ROW_ALIGN: usize = 16;
@@ -22,6 +22,19 @@ thread_local! {
     /// A thread's `[n_tokens, its rows]` block of a row-split multi-token product, before it is
     /// scattered into `y`'s strided columns. Grows to the largest block once, then is reused.
     static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// What the next pool job of this thread's caller prefetches after it ([`prefetch_next`]).
+    static NEXT: std::cell::Cell<Prefetch> = std::cell::Cell::new(Prefetch::default());
+}
+
+/// Names the bytes (weights) the product after the next pool job of this thread will read: the
+/// threads of that job (a product, a group or a [`par_rows`] pass) prefetch their shares once
+/// done with it (see [`Prefetch`]). One hint serves one job; a hint no job takes costs nothing.
+pub fn prefetch_next<'a>(parts: impl IntoIterator<Item = &'a [u8]>) {
+    NEXT.set(Prefetch::of(parts));
+}
+
+fn take_next() -> Prefetch {
+    NEXT.take()
 }
 
 /// A pointer to an output (`y`, or quantized activations) that threads write through at
@@ -100,33 +113,37 @@ pub fn matmul_par(
     let first_err = FirstError::new();
     let n_rows = w.n_rows;
     let by_rows = n_tokens <= ROW_SPLIT_MAX_TOKENS && n_rows >= 2 * ROW_ALIGN;
-    pool.run(&|ith, nth| {
-        let r = if n_tokens == 1 {
-            let rows = split(n_rows, ith, nth, ROW_ALIGN);
-            if rows.is_empty() {
-                return;
-            }
-            // SAFETY: row ranges from `split` are disjoint across threads and within `0..n_rows`.
-            let ys = unsafe { out.slice(rows.clone()) };
-            matmul_rows(w, xq, 1, rows, ys)
-        } else if by_rows {
-            let rows = split(n_rows, ith, nth, ROW_ALIGN);
-            if rows.is_empty() {
-                return;
-            }
-            product_rows(w, xq, n_tokens, rows, &out)
-        } else {
-            let toks = split(n_tokens, ith, nth, 1);
-            if toks.is_empty() {
-                return;
-            }
-            // SAFETY: token ranges are disjoint, so their output rows are too.
-            let ys = unsafe { out.slice(toks.start * n_rows..toks.end * n_rows) };
-            let xs = &xq[toks.start * xq_row..toks.end * xq_row];
-            matmul_rows(w, xs, toks.len(), 0..n_rows, ys)
-        };
-        first_err.record(r);
-    });
+    let next = take_next();
+    pool.run_then_prefetch(
+        &|ith, nth| {
+            let r = if n_tokens == 1 {
+                let rows = split(n_rows, ith, nth, ROW_ALIGN);
+                if rows.is_empty() {
+                    return;
+                }
+                // SAFETY: row ranges from `split` are disjoint across threads and within `0..n_rows`.
+                let ys = unsafe { out.slice(rows.clone()) };
+                matmul_rows(w, xq, 1, rows, ys)
+            } else if by_rows {
+                let rows = split(n_rows, ith, nth, ROW_ALIGN);
+                if rows.is_empty() {
+                    return;
+                }
+                product_rows(w, xq, n_tokens, rows, &out)
+            } else {
+                let toks = split(n_tokens, ith, nth, 1);
+                if toks.is_empty() {
+                    return;
+                }
+                // SAFETY: token ranges are disjoint, so their output rows are too.
+                let ys = unsafe { out.slice(toks.start * n_rows..toks.end * n_rows) };
+                let xs = &xq[toks.start * xq_row..toks.end * xq_row];
+                matmul_rows(w, xs, toks.len(), 0..n_rows, ys)
+            };
+            first_err.record(r);
+        },
+        next,
+    );
     first_err.into_result()
 }
 
@@ -293,21 +310,25 @@ pub fn matmul_par_group(
     let total_rows: usize = items.iter().map(padded).sum();
     let slots = &slots;
     let first_err = FirstError::new();
-    pool.run(&|ith, nth| {
-        let mine = split(total_rows, ith, nth, ROW_ALIGN);
-        let mut start = 0;
-        for (it, slot) in items.iter().zip(&slots.0[..n_items]) {
-            // This item's rows are `start..start + n_rows` of the concatenation.
-            let (lo, hi) = (mine.start.max(start), mine.end.min(start + it.w.n_rows));
-            if lo < hi {
-                let xq = &xq_all[slot.xq_at..slot.xq_at + slot.xq_len];
-                let out = OutPtr(slot.y, slot.y_len);
-                let rows = lo - start..hi - start;
-                first_err.record(product_rows(&it.w, xq, it.n_tokens, rows, &out));
+    let next = take_next();
+    pool.run_then_prefetch(
+        &|ith, nth| {
+            let mine = split(total_rows, ith, nth, ROW_ALIGN);
+            let mut start = 0;
+            for (it, slot) in items.iter().zip(&slots.0[..n_items]) {
+                // This item's rows are `start..start + n_rows` of the concatenation.
+                let (lo, hi) = (mine.start.max(start), mine.end.min(start + it.w.n_rows));
+                if lo < hi {
+                    let xq = &xq_all[slot.xq_at..slot.xq_at + slot.xq_len];
+                    let out = OutPtr(slot.y, slot.y_len);
+                    let rows = lo - start..hi - start;
+                    first_err.record(product_rows(&it.w, xq, it.n_tokens, rows, &out));
+                }
+                start += padded(it);
             }
-            start += padded(it);
-        }
-    });
+        },
+        next,
+    );
     first_err.into_result()
 }
 
@@ -523,20 +544,25 @@ where
     let next = std::sync::atomic::AtomicUsize::new(0);
     let out_ptr = OutPtr(out.as_mut_ptr(), out.len());
     let scratch_ptr = OutPtr(scratch.as_mut_ptr(), scratch.len());
-    pool.run(&|ith, _| {
-        // SAFETY: thread `ith` alone uses scratch part `ith`; parts are disjoint and in bounds.
-        let mine =
-            unsafe { scratch_ptr.slice(ith * scratch_per_thread..(ith + 1) * scratch_per_thread) };
-        loop {
-            let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if r >= n_rows {
-                break;
+    let next_job = take_next();
+    pool.run_then_prefetch(
+        &|ith, _| {
+            // SAFETY: thread `ith` alone uses scratch part `ith`; parts are disjoint and in bounds.
+            let mine = unsafe {
+                scratch_ptr.slice(ith * scratch_per_thread..(ith + 1) * scratch_per_thread)
+            };
+            loop {
+                let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if r >= n_rows {
+                    break;
+                }
+                // SAFETY: the counter hands each row index to exactly one thread; rows are disjoint.
+                let row = unsafe { out_ptr.slice(r * row_len..(r + 1) * row_len) };
+                f(r, row, mine);
             }
-            // SAFETY: the counter hands each row index to exactly one thread; rows are disjoint.
-            let row = unsafe { out_ptr.slice(r * row_len..(r + 1) * row_len) };
-            f(r, row, mine);
-        }
-    });
+        },
+        next_job,
+    );
     Ok(())
 }
 

@@ -35,11 +35,81 @@ struct Shared {
     job: UnsafeCell<Option<*const Job<'static>>>,
     /// Threads taking part, the caller included; set once the workers exist.
     nth: AtomicUsize,
+    /// What the threads read into their caches once done with the current job, published
+    /// with it (same protocol as `job`).
+    next: UnsafeCell<Prefetch>,
 }
 
-// SAFETY: `job` is written only by the thread holding `ThreadPool::lock` while no worker reads it
-// (before the generation bump, with Release ordering), and read by workers only after they observe
-// the bump (Acquire). The pointee is `Sync`.
+/// Most byte ranges one [`Prefetch`] names (more are dropped: a hint, not a contract).
+pub const MAX_PREFETCH: usize = 8;
+
+/// Most bytes one thread prefetches while it waits: its part of the next product, up to half
+/// its L2, so the lines are still there when that product starts.
+const PREFETCH_MAX_BYTES: usize = 1 << 20;
+
+/// Cache lines prefetched between two checks of whether the thread is wanted again.
+const PREFETCH_CHECK_LINES: usize = 64;
+
+/// The bytes a coming job will read (the next product's weights). A thread that finishes the
+/// current job early reads its share of them into its cache while it waits (the same near-equal
+/// contiguous split the product gives its rows), so DRAM streams during the waits and serial
+/// steps between products instead of idling. Addresses only: a prefetch never faults, so a
+/// stale one costs nothing but bus time.
+#[derive(Clone, Copy, Default)]
+pub struct Prefetch {
+    ranges: [(usize, usize); MAX_PREFETCH],
+    n: usize,
+}
+
+impl Prefetch {
+    /// The weights of the next product(s), in the order their rows are split.
+    pub fn of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Prefetch {
+        let mut p = Prefetch::default();
+        for part in parts.into_iter().take(MAX_PREFETCH) {
+            p.ranges[p.n] = (part.as_ptr() as usize, part.len());
+            p.n += 1;
+        }
+        p
+    }
+
+    /// Calls `line(addr)` for each 64-byte step of thread `ith`'s share (of `nth`), at most
+    /// [`PREFETCH_MAX_BYTES`] from its start, until `line` returns false.
+    fn for_each_line(&self, ith: usize, nth: usize, mut line: impl FnMut(usize) -> bool) {
+        let total: usize = self.ranges[..self.n].iter().map(|r| r.1).sum();
+        let per = total.div_ceil(nth.max(1));
+        let lo = (per * ith).min(total);
+        let hi = (lo + per).min(total).min(lo + PREFETCH_MAX_BYTES);
+        let mut at = 0usize;
+        for &(addr, len) in &self.ranges[..self.n] {
+            let mut off = lo.max(at);
+            while off < hi.min(at + len) {
+                if !line(addr + (off - at)) {
+                    return;
+                }
+                off += 64;
+            }
+            at += len;
+        }
+    }
+
+    /// Prefetches thread `ith`'s share into L2, stopping early once `stop()` says the thread
+    /// is wanted again.
+    fn run(&self, ith: usize, nth: usize, stop: impl Fn() -> bool) {
+        if self.n == 0 {
+            return;
+        }
+        let mut count = 0usize;
+        self.for_each_line(ith, nth, |addr| {
+            crate::stream::prefetch_l2(addr);
+            count += 1;
+            !(count.is_multiple_of(PREFETCH_CHECK_LINES) && stop())
+        });
+    }
+}
+
+// SAFETY: `job` and `next` are written only by the thread holding `ThreadPool::lock` while no
+// worker reads them (before the generation bump, with Release ordering), and read by workers only
+// after they observe the bump (Acquire). The job's pointee is `Sync`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
@@ -59,6 +129,7 @@ impl ThreadPool {
             pending: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             job: UnsafeCell::new(None),
+            next: UnsafeCell::new(Prefetch::default()),
             nth: AtomicUsize::new(1),
         });
         let mut workers = Vec::with_capacity(nth - 1);
@@ -91,6 +162,11 @@ impl ThreadPool {
 
     /// Runs `f(ith, nth)` on every thread of the pool and returns when all calls have returned.
     pub fn run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
+        self.run_then_prefetch(f, Prefetch::default())
+    }
+
+    /// [`ThreadPool::run`], each thread then prefetching its share of `next` while it waits.
+    pub fn run_then_prefetch(&self, f: &(dyn Fn(usize, usize) + Sync), next: Prefetch) {
         let nth = self.n_threads();
         if nth == 1 {
             f(0, 1);
@@ -104,12 +180,15 @@ impl ThreadPool {
             unsafe { std::mem::transmute::<*const Job<'_>, *const Job<'static>>(f) };
         // SAFETY: no worker reads `job` until it sees the generation bump below.
         unsafe { *self.shared.job.get() = Some(job) };
+        // SAFETY: as for `job`.
+        unsafe { *self.shared.next.get() = next };
         self.shared.pending.store(nth - 1, Ordering::Relaxed);
         self.shared.generation.fetch_add(1, Ordering::Release);
         for (_, t) in &self.workers {
             t.unpark();
         }
         f(0, nth);
+        next.run(0, nth, || self.shared.pending.load(Ordering::Relaxed) == 0);
         let mut spins = 0u32;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
             spins = spins.wrapping_add(1);
@@ -152,7 +231,12 @@ fn worker(s: Arc<Shared>, ith: usize) {
             let f = unsafe { &*job };
             f(ith, s.nth.load(Ordering::Acquire));
         }
+        // Copied before the decrement: the caller may publish the next job's right after.
+        // SAFETY: written before the bump we observed, not rewritten while `pending > 0`.
+        let next = unsafe { *s.next.get() };
         s.pending.fetch_sub(1, Ordering::AcqRel);
+        let nth = s.nth.load(Ordering::Relaxed);
+        next.run(ith, nth, || s.generation.load(Ordering::Relaxed) != seen);
     }
 }
 
@@ -243,6 +327,49 @@ mod tests {
             ran.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(ran.load(Ordering::Relaxed), 2);
+    }
+
+    /// The threads' prefetch shares are disjoint lines of the named ranges, in order, together
+    /// covering them (up to the per-thread cap), and a `false` stops a share.
+    #[test]
+    fn prefetch_shares_cover_the_ranges_once() {
+        let (a, b) = (vec![0u8; 10_000], vec![0u8; 3_000]);
+        let p = Prefetch::of([&a[..], &b[..]]);
+        for nth in 1..4 {
+            let mut seen = Vec::new();
+            for ith in 0..nth {
+                p.for_each_line(ith, nth, |addr| {
+                    seen.push(addr);
+                    true
+                });
+            }
+            let inside = |x: &usize, v: &[u8]| {
+                (v.as_ptr() as usize..v.as_ptr() as usize + v.len()).contains(x)
+            };
+            assert!(
+                seen.iter().all(|x| inside(x, &a) || inside(x, &b)),
+                "nth {nth}"
+            );
+            let mut sorted = seen.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), seen.len(), "nth {nth}: a line twice");
+            // Each range's first line is touched, and every 64-byte step of the whole.
+            assert!(seen.contains(&(a.as_ptr() as usize)) && seen.len() >= 13_000 / 64);
+        }
+        let big = vec![0u8; 3 * PREFETCH_MAX_BYTES];
+        let mut n = 0;
+        Prefetch::of([&big[..]]).for_each_line(0, 1, |_| {
+            n += 1;
+            true
+        });
+        assert_eq!(n, PREFETCH_MAX_BYTES / 64);
+        let mut n = 0;
+        p.for_each_line(0, 1, |_| {
+            n += 1;
+            n < 5
+        });
+        assert_eq!(n, 5);
     }
 
     #[test]

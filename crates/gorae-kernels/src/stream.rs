@@ -93,6 +93,20 @@ mod x86 {
     }
 }
 
+/// Asks for the cache line holding `addr` to be brought into L2 (nothing on other targets).
+#[inline(always)]
+pub(crate) fn prefetch_l2(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it never
+        // faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(addr as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -322,6 +322,15 @@ pub fn matmul_group(items: &mut [GroupItem<'_>], scratch: &mut Vec<u8>) -> Resul
     Ok(())
 }
 
+/// For a decode-sized batch, names the matrices the product after the next pool job reads, so
+/// that job's threads prefetch their shares while they wait (`gorae_kernels::par::prefetch_next`).
+/// Prefill products are compute-bound and take no hint.
+pub fn prefetch_hint<'a>(n_tokens: usize, next: impl IntoIterator<Item = &'a QMatrix>) {
+    if n_tokens <= gorae_kernels::par::ROW_SPLIT_MAX_TOKENS {
+        gorae_kernels::par::prefetch_next(next.into_iter().map(|m| &m.data[..]));
+    }
+}
+
 /// A placeholder item for fixed-size item arrays (no rows, no tokens).
 pub fn empty_group_item<'a>() -> GroupItem<'a> {
     GroupItem {

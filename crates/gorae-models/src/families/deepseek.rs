@@ -23,6 +23,7 @@ use crate::names::{TensorKey, TensorKind as K};
 use crate::rope::{self, RopeLayout};
 use crate::weights::{
     QMatrix, WeightSource, empty_group_item, load_vector, load_vector_opt, matmul_group,
+    prefetch_hint,
 };
 use gorae_kernels::GgmlType;
 use gorae_kernels::attn;
@@ -807,7 +808,20 @@ impl DeepseekModel {
         let c = &self.cfg;
         let e = c.n_embd;
         norm::rms_norm(&s.x[..n * e], &l.attn_norm, c.rms_eps, &mut s.xn[..n * e]);
-        self.attention(il, &l.mla, n, naive, seqs, s)?;
+        // What the products after attention, and after this block, read first (prefetched
+        // while decode-sized batches wait).
+        let ffn_first: &[&QMatrix] = match &l.ffn {
+            Ffn::Dense(p) => &[&p.gate],
+            Ffn::Moe(m) => match &m.shared {
+                Some(p) => &[&p.gate, &p.up],
+                None => &[],
+            },
+        };
+        let next_block = match self.layers.get(il + 1).map(|nl| &nl.mla) {
+            Some(Mla { wq: Some(w), .. }) | Some(Mla { wq_a: Some(w), .. }) => w,
+            _ => &self.output,
+        };
+        self.attention(il, &l.mla, n, naive, seqs, s, ffn_first)?;
         for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
             *a += b;
         }
@@ -815,6 +829,7 @@ impl DeepseekModel {
         match &l.ffn {
             Ffn::Dense(p) => mlp_forward(
                 p,
+                Some(next_block),
                 n,
                 &s.xn[..n * e],
                 &mut s.gate,
@@ -822,7 +837,7 @@ impl DeepseekModel {
                 &mut s.proj[..n * e],
                 &mut s.qbuf,
             )?,
-            Ffn::Moe(m) => self.moe(m, n, s)?,
+            Ffn::Moe(m) => self.moe(m, n, s, next_block)?,
         }
         for (a, b) in s.x[..n * e].iter_mut().zip(&s.proj[..n * e]) {
             *a += b;
@@ -831,6 +846,7 @@ impl DeepseekModel {
     }
 
     /// MLA for the `n` batch rows: reads `s.xn`, writes the projected output to `s.proj`.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         il: usize,
@@ -839,6 +855,7 @@ impl DeepseekModel {
         naive: bool,
         seqs: &mut [SeqInput<'_>],
         s: &mut DeepseekScratch,
+        after: &[&QMatrix],
     ) -> Result<()> {
         let c = &self.cfg;
         let (h, nope, rd, dv, lora) = (
@@ -854,17 +871,25 @@ impl DeepseekModel {
         let e = c.n_embd;
         let xn = &s.xn[..n * e];
         // [n, n_head * qk] queries
+        // Decode-sized batches prefetch each next product's weights while they wait.
+        let after_kv_a: &[QMatrix] = if naive { &[] } else { &a.wk_b };
         match (&a.wq, &a.wq_a, &a.q_a_norm, &a.wq_b) {
-            (Some(wq), ..) => wq.matmul(xn, n, &mut s.q[..n * h * qk], &mut s.qbuf)?,
+            (Some(wq), ..) => {
+                prefetch_hint(n, [&a.wkv_a]);
+                wq.matmul(xn, n, &mut s.q[..n * h * qk], &mut s.qbuf)?
+            }
             (None, Some(wa), Some(na), Some(wb)) => {
                 let r = wa.n_rows;
+                prefetch_hint(n, [wb]);
                 wa.matmul(xn, n, &mut s.cq[..n * r], &mut s.qbuf)?;
                 norm::rms_norm_inplace(&mut s.cq[..n * r], na, c.rms_eps);
+                prefetch_hint(n, [&a.wkv_a]);
                 wb.matmul(&s.cq[..n * r], n, &mut s.q[..n * h * qk], &mut s.qbuf)?;
             }
             _ => return Err(ModelError::MissingTensor(TensorKey::layer(K::AttnQ, il))),
         }
         // [n, lora + rope]: latent (normalized) and the shared rope key, straight into the cache.
+        prefetch_hint(n, after_kv_a);
         a.wkv_a
             .matmul(xn, n, &mut s.kva[..n * width], &mut s.qbuf)?;
         for t in 0..n {
@@ -947,6 +972,7 @@ impl DeepseekModel {
             }
         } else {
             // Absorb W_UK into the queries: q_abs[t, h] = W_UK[h]ᵀ q_nope[t, h]  ([n, h, lora]).
+            prefetch_hint(n, &a.wv_b);
             per_head_matmul(
                 &a.wk_b,
                 &s.q[..n * h * qk],
@@ -977,6 +1003,7 @@ impl DeepseekModel {
             let nth = pool::global().n_threads();
             let hg = mla_heads_per_task(h, nth);
             let slot = h * (lora + 2);
+            prefetch_hint(n, &a.wv_b);
             let split = ChunkTasks::new(&rows.row_pos[..n], MLA_CHUNK)
                 .filter(|tasks| tasks.total() * slot <= s.mla_split.len());
             if let Some(tasks) = split {
@@ -1070,6 +1097,7 @@ impl DeepseekModel {
                 )?;
             }
             // Un-absorb W_UV: o[t, h] = W_UV[h] o_lat[t, h]  ([n, h, dv]).
+            prefetch_hint(n, [&a.wo]);
             per_head_matmul(
                 &a.wv_b,
                 &s.o_lat[..n * h * lora],
@@ -1081,13 +1109,14 @@ impl DeepseekModel {
                 &mut s.qbuf,
             )?;
         }
+        prefetch_hint(n, after.iter().copied());
         a.wo.matmul(&s.attn[..n * h * dv], n, &mut s.proj[..n * e], &mut s.qbuf)?;
         Ok(())
     }
 
     /// Routed experts (each run once over the tokens routed to it) plus shared experts; reads
     /// `s.xn`, writes `s.proj`.
-    fn moe(&self, m: &Moe, n: usize, s: &mut DeepseekScratch) -> Result<()> {
+    fn moe(&self, m: &Moe, n: usize, s: &mut DeepseekScratch, after: &QMatrix) -> Result<()> {
         let c = &self.cfg;
         let mc = &c.moe;
         let (e, k, ff) = (c.n_embd, mc.n_expert_used, mc.n_ff_exp);
@@ -1133,7 +1162,7 @@ impl DeepseekModel {
         }
         s.expert_count[0] = 0;
         if n <= ROW_SPLIT_MAX_TOKENS {
-            return self.moe_grouped(m, n, s);
+            return self.moe_grouped(m, n, s, after);
         }
         s.moe_out[..n * e].fill(0.0);
         for (ex, p) in m.experts.iter().enumerate() {
@@ -1179,6 +1208,7 @@ impl DeepseekModel {
             Some(p) => {
                 mlp_forward(
                     p,
+                    None,
                     n,
                     &s.xn[..n * e],
                     &mut s.gate,
@@ -1198,7 +1228,13 @@ impl DeepseekModel {
     /// [`Self::moe`] for a few tokens (decode): the experts' products go to the thread pool in
     /// three jobs in all (gate and up of every routed and shared expert, then every down)
     /// instead of three per expert. Same arithmetic per row, so the same bits.
-    fn moe_grouped(&self, m: &Moe, n: usize, s: &mut DeepseekScratch) -> Result<()> {
+    fn moe_grouped(
+        &self,
+        m: &Moe,
+        n: usize,
+        s: &mut DeepseekScratch,
+        after: &QMatrix,
+    ) -> Result<()> {
         let c = &self.cfg;
         let (e, k, ff) = (c.n_embd, c.moe.n_expert_used, c.moe.n_ff_exp);
         let rows = n * k;
@@ -1224,6 +1260,10 @@ impl DeepseekModel {
         }
         let ffs = m.shared.as_ref().map_or(0, |p| p.gate.n_rows);
         let span = |ex: usize| (expert_count[ex], expert_count[ex + 1]);
+        // The downs this pass reads are known now: prefetched while gate and up wait.
+        let used = (0..m.experts.len()).filter(|&ex| span(ex).1 > span(ex).0);
+        let downs = m.shared.iter().chain(used.map(|ex| &m.experts[ex]));
+        prefetch_hint(n, downs.map(|p| &p.down));
         // Gate and up.
         {
             let (mut g_rest, mut u_rest) =
@@ -1264,6 +1304,7 @@ impl DeepseekModel {
         swiglu(&mut routed_gate[..rows * ff], &routed_up[..rows * ff]);
         swiglu(&mut gate[..n * ffs], &up[..n * ffs]);
         // Down.
+        prefetch_hint(n, [after]);
         {
             let mut o_rest = &mut routed_out[..rows * e];
             let mut shared = m.shared.as_ref();
@@ -1386,8 +1427,10 @@ fn per_head_matmul(
 }
 
 /// `out = down(silu(gate(x)) ⊙ up(x))` for `n` rows.
+#[allow(clippy::too_many_arguments)]
 fn mlp_forward(
     p: &Mlp,
+    after: Option<&QMatrix>,
     n: usize,
     x: &[f32],
     gate: &mut [f32],
@@ -1396,9 +1439,12 @@ fn mlp_forward(
     qbuf: &mut Vec<u8>,
 ) -> Result<()> {
     let ff = p.gate.n_rows;
+    prefetch_hint(n, [&p.up]);
     p.gate.matmul(x, n, &mut gate[..n * ff], qbuf)?;
+    prefetch_hint(n, [&p.down]);
     p.up.matmul(x, n, &mut up[..n * ff], qbuf)?;
     swiglu(&mut gate[..n * ff], &up[..n * ff]);
+    prefetch_hint(n, after);
     p.down.matmul(&gate[..n * ff], n, out, qbuf)?;
     Ok(())
 }

@@ -21,7 +21,9 @@ use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
 use crate::names::{TensorKey, TensorKind as K};
 use crate::rope;
-use crate::weights::{QMatrix, WeightSource, load_vector, load_vector_opt, matmul_group};
+use crate::weights::{
+    QMatrix, WeightSource, load_vector, load_vector_opt, matmul_group, prefetch_hint,
+};
 use gorae_kernels::par::par_rows;
 use gorae_kernels::pool;
 
@@ -293,6 +295,7 @@ impl LlamaModel {
                 c.rms_eps,
                 &mut s.xn[..n * n_embd],
             );
+            prefetch_hint(n, [&l.wo]);
             // Q, K and V in one hand-off to the pool.
             matmul_group(
                 &mut [
@@ -371,6 +374,7 @@ impl LlamaModel {
                 attend_row(qg, hd, k, v, n_kv, kvh, kv_dim, scale, scratch, out);
             };
             let slot = q_dim + 2 * c.n_head;
+            prefetch_hint(n, [&l.wo]);
             let split = ChunkTasks::new(&rows.row_pos[..n], KV_CHUNK)
                 .filter(|tasks| window.is_none() && tasks.total() * slot <= s.split_part.len());
             if let Some(tasks) = split {
@@ -481,6 +485,7 @@ impl LlamaModel {
                     |r, out, scratch| attend_one(r / c.n_head_kv, r % c.n_head_kv, out, scratch),
                 )?;
             }
+            prefetch_hint(n, [&l.w_gate, &l.w_up]);
             l.wo.matmul(
                 &s.attn[..n * q_dim],
                 n,
@@ -509,6 +514,7 @@ impl LlamaModel {
                 c.rms_eps,
                 &mut s.xn[..n * n_embd],
             );
+            prefetch_hint(n, [&l.w_down]);
             matmul_group(
                 &mut [
                     l.w_gate.group_item(xn, n, &mut s.gate[..n * c.n_ff]),
@@ -517,6 +523,10 @@ impl LlamaModel {
                 &mut s.qbuf,
             )?;
             swiglu(&mut s.gate[..n * c.n_ff], &s.up[..n * c.n_ff]);
+            match self.layers.get(il + 1) {
+                Some(nl) => prefetch_hint(n, [&nl.wq, &nl.wk, &nl.wv]),
+                None => prefetch_hint(n, [self.output.as_ref().unwrap_or(&self.tok_embd)]),
+            }
             l.w_down.matmul(
                 &s.gate[..n * c.n_ff],
                 n,
