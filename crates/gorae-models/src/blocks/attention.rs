@@ -117,14 +117,20 @@ pub fn attend_chunk(
     for b0 in (0..len).step_by(KV_BLOCK) {
         let bl = KV_BLOCK.min(len - b0);
         let keys = &k[off + (c0 + b0) * kv_dim..];
-        for (g, qh) in qg.chunks_exact(head_dim).enumerate() {
-            attn::qk_scores(
-                qh,
-                keys,
-                kv_dim,
-                scale,
-                &mut scores[g * len + b0..g * len + b0 + bl],
-            );
+        // Heads two at a time, sharing each key load (the same bits as one at a time).
+        let mut g = 0;
+        while g < group {
+            let qh = &qg[g * head_dim..(g + 1) * head_dim];
+            let (this, rest) = scores[g * len..].split_at_mut(len);
+            if g + 1 < group {
+                let q1 = &qg[(g + 1) * head_dim..(g + 2) * head_dim];
+                let (d0, d1) = (&mut this[b0..b0 + bl], &mut rest[b0..b0 + bl]);
+                attn::qk_scores_pair([qh, q1], keys, kv_dim, scale, [d0, d1]);
+                g += 2;
+            } else {
+                attn::qk_scores(qh, keys, kv_dim, scale, &mut this[b0..b0 + bl]);
+                g += 1;
+            }
         }
     }
     for g in 0..group {
