@@ -26,6 +26,104 @@ pub fn swiglu_with(isa: Isa, gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// One row RMS-normalized into `out`: `x / sqrt(mean(x²) + eps) * w`, summed in f32 as
+/// transformers' f32 path does.
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+    let scale = 1.0 / (ss + eps).sqrt();
+    for ((o, xv), wv) in out.iter_mut().zip(x).zip(w) {
+        *o = xv * scale * wv;
+    }
+}
+
+/// The activations a product multiplies: token rows as they are, or rows made on the fly from
+/// other tensors by the elementwise step that precedes the product. A made row is built in a
+/// small per-thread buffer and quantized at once (by the threads that quantize), so the step's
+/// whole output is never written out and read back, and it runs in parallel with the
+/// quantization instead of alone on the caller's thread (fused norm + quantize and
+/// SwiGLU + quantize).
+#[derive(Clone, Copy, Debug)]
+pub enum Act<'a> {
+    /// `[n_tokens, n_cols]` values.
+    Rows(&'a [f32]),
+    /// `silu(gate) ⊙ up` ([`swiglu`]), both `[n_tokens, n_cols]`: a gated FFN's hidden state.
+    SwiGlu { gate: &'a [f32], up: &'a [f32] },
+    /// Each row of `x` (`[n_tokens, n_cols]`) RMS-normalized with weight `w` ([`rms_norm_row`]).
+    RmsNorm {
+        x: &'a [f32],
+        w: &'a [f32],
+        eps: f32,
+    },
+}
+
+impl<'a> Act<'a> {
+    /// The values it is made from, for length checks: `[n_tokens, n_cols]` each.
+    pub fn sources(&self) -> [&'a [f32]; 2] {
+        match *self {
+            Act::Rows(x) => [x, x],
+            Act::SwiGlu { gate, up } => [gate, up],
+            Act::RmsNorm { x, .. } => [x, x],
+        }
+    }
+
+    /// Whether `other` makes the same rows from the same tensors (quantize once for both).
+    pub fn same_as(&self, other: &Act<'_>) -> bool {
+        let eq = |a: &[f32], b: &[f32]| std::ptr::eq(a, b);
+        match (self, other) {
+            (Act::Rows(a), Act::Rows(b)) => eq(a, b),
+            (Act::SwiGlu { gate: g, up: u }, Act::SwiGlu { gate: g2, up: u2 }) => {
+                eq(g, g2) && eq(u, u2)
+            }
+            (
+                Act::RmsNorm { x, w, eps },
+                Act::RmsNorm {
+                    x: x2,
+                    w: w2,
+                    eps: e2,
+                },
+            ) => eq(x, x2) && eq(w, w2) && eps.to_bits() == e2.to_bits(),
+            _ => false,
+        }
+    }
+
+    /// Token rows `tokens` only (rows of `n_cols` values).
+    ///
+    /// Panics (slice bounds) if a source is shorter than `tokens.end` rows.
+    pub fn tokens(&self, tokens: std::ops::Range<usize>, n_cols: usize) -> Act<'a> {
+        let at = tokens.start * n_cols..tokens.end * n_cols;
+        match *self {
+            Act::Rows(x) => Act::Rows(&x[at]),
+            Act::SwiGlu { gate, up } => Act::SwiGlu {
+                gate: &gate[at.clone()],
+                up: &up[at],
+            },
+            Act::RmsNorm { x, w, eps } => Act::RmsNorm { x: &x[at], w, eps },
+        }
+    }
+
+    /// Token row `t` (`n_cols` values): borrowed for [`Act::Rows`], else made in `buf` (at
+    /// least `n_cols` long) with `isa`'s kernels.
+    ///
+    /// Panics (slice bounds) if a source or `w` is too short.
+    pub fn row<'b>(&'b self, isa: Isa, t: usize, n_cols: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        let at = t * n_cols..(t + 1) * n_cols;
+        match *self {
+            Act::Rows(x) => &x[at],
+            Act::SwiGlu { gate, up } => {
+                let out = &mut buf[..n_cols];
+                out.copy_from_slice(&gate[at.clone()]);
+                swiglu_with(isa, out, &up[at]);
+                out
+            }
+            Act::RmsNorm { x, w, eps } => {
+                let out = &mut buf[..n_cols];
+                rms_norm_row(&x[at], &w[..n_cols], eps, out);
+                out
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use crate::attn::x86::exp_neg;

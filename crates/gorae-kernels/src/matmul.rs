@@ -15,6 +15,7 @@
 //! forms take an explicit [`Isa`] so tests and benches can run every variant side by side.
 //! The SIMD kernels live in `arch/`; types without one there use the scalar reference below.
 
+use crate::act::Act;
 use crate::arch::{self, Rows};
 use crate::isa::{Isa, detected_isa};
 use crate::packed::{self, Layout, Panels};
@@ -213,32 +214,53 @@ pub fn quantize_activations_with<'s>(
     n_tokens: usize,
     scratch: &'s mut Vec<u8>,
 ) -> Result<&'s [u8], KernelError> {
-    check_activations(isa, x, n_tokens, w.n_cols)?;
-    if ActForm::of(w) == ActForm::Quant(GgmlType::F32) {
-        return Ok(bytemuck::cast_slice(x));
+    quantize_act_with(isa, w, Act::Rows(x), n_tokens, scratch)
+}
+
+/// [`quantize_activations_with`] for activations made on the fly ([`Act`]); float weight types
+/// get made rows as f32 bytes in `scratch`.
+pub fn quantize_act_with<'s>(
+    isa: Isa,
+    w: &WeightRef,
+    x: Act<'s>,
+    n_tokens: usize,
+    scratch: &'s mut Vec<u8>,
+) -> Result<&'s [u8], KernelError> {
+    check_activations(isa, &x, n_tokens, w.n_cols)?;
+    if let (ActForm::Quant(GgmlType::F32), Act::Rows(rows)) = (ActForm::of(w), x) {
+        return Ok(bytemuck::cast_slice(rows));
     }
     let need = quantized_bytes(w, n_tokens)?;
     if scratch.len() < need {
         scratch.resize(need, 0);
     }
-    quantize_activations_into(isa, w, x, n_tokens, &mut scratch[..need])?;
+    quantize_act_into(isa, w, x, n_tokens, &mut scratch[..need])?;
     Ok(&scratch[..need])
 }
 
-/// The ISA runs here and `x` holds `[n_tokens, n_cols]` values.
+/// The ISA runs here and every source of `x` holds `[n_tokens, n_cols]` values (a norm's
+/// weight `n_cols`).
 fn check_activations(
     isa: Isa,
-    x: &[f32],
+    x: &Act<'_>,
     n_tokens: usize,
     n_cols: usize,
 ) -> Result<(), KernelError> {
     check_isa(isa)?;
-    check_len(
-        "activations",
-        "f32",
-        mul(n_tokens, n_cols, "activations")?,
-        x.len(),
-    )
+    let want = mul(n_tokens, n_cols, "activations")?;
+    for src in x.sources() {
+        check_len("activations", "f32", want, src.len())?;
+    }
+    if let Act::RmsNorm { w, .. } = x {
+        check_len("activation norm weight", "f32", n_cols, w.len())?;
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// One made activation row ([`Act::row`]) before it is quantized; grows to the widest
+    /// row once, then is reused.
+    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Bytes of one token row of `w`'s activations in its [`ActForm`].
@@ -266,8 +288,19 @@ pub fn quantize_activations_into(
     n_tokens: usize,
     dst: &mut [u8],
 ) -> Result<(), KernelError> {
+    quantize_act_into(isa, w, Act::Rows(x), n_tokens, dst)
+}
+
+/// [`quantize_activations_into`] for activations made on the fly, a row at a time.
+pub fn quantize_act_into(
+    isa: Isa,
+    w: &WeightRef,
+    x: Act<'_>,
+    n_tokens: usize,
+    dst: &mut [u8],
+) -> Result<(), KernelError> {
     let n_cols = w.n_cols;
-    check_activations(isa, x, n_tokens, n_cols)?;
+    check_activations(isa, &x, n_tokens, n_cols)?;
     check_len(
         "quantized activations",
         "bytes",
@@ -278,27 +311,31 @@ pub fn quantize_activations_into(
     if row == 0 {
         return Ok(());
     }
-    match ActForm::of(w) {
-        ActForm::Quant(GgmlType::F32) => dst.copy_from_slice(bytemuck::cast_slice(x)),
-        ActForm::Quant(xq_ty) => {
-            let simd = arch::quant_fn(isa, xq_ty);
-            for (xt, qt) in x.chunks_exact(n_cols).zip(dst.chunks_exact_mut(row)) {
-                match simd {
+    let form = ActForm::of(w);
+    let simd = match form {
+        ActForm::Quant(ty) if ty != GgmlType::F32 => arch::quant_fn(isa, ty),
+        _ => None,
+    };
+    let q8p = arch::q8p_fn(isa);
+    ROW.with_borrow_mut(|buf| {
+        if !matches!(x, Act::Rows(_)) && buf.len() < n_cols {
+            buf.resize(n_cols, 0.0);
+        }
+        for (t, qt) in dst.chunks_exact_mut(row).enumerate().take(n_tokens) {
+            let xt = x.row(isa, t, n_cols, buf);
+            match form {
+                ActForm::Quant(GgmlType::F32) => qt.copy_from_slice(bytemuck::cast_slice(xt)),
+                ActForm::Quant(xq_ty) => match simd {
                     // SAFETY: `check_isa` above confirmed the CPU runs `isa`'s kernels; `qt` is
                     // exactly the row's bytes of `xq_ty` for `xt` (row_bytes checked n_cols).
                     Some(f) => unsafe { f(xt, qt) },
                     None => quant::quantize_row(xq_ty, xt, qt)?,
-                }
+                },
+                ActForm::Panels => packed::quantize_row_q8p(q8p, xt, qt)?,
             }
         }
-        ActForm::Panels => {
-            let simd = arch::q8p_fn(isa);
-            for (xt, qt) in x.chunks_exact(n_cols).zip(dst.chunks_exact_mut(row)) {
-                packed::quantize_row_q8p(simd, xt, qt)?;
-            }
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Output rows `rows` of the product for all tokens, from activations already quantized by

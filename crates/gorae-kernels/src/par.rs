@@ -5,10 +5,10 @@
 //! machine whose single core cannot (split by tokens, every thread would read every weight).
 //! More tokens (prefill): contiguous token ranges, each thread writing its own rows of `y`.
 
+use crate::act::Act;
 use crate::error::KernelError;
 use crate::matmul::{
-    ActForm, WeightRef, matmul_rows, quantize_activations, quantize_activations_into,
-    quantized_bytes,
+    ActForm, WeightRef, matmul_rows, quantize_act_into, quantize_act_with, quantized_bytes,
 };
 use crate::pool::{Prefetch, ThreadPool, split};
 
@@ -90,6 +90,19 @@ pub fn matmul_par(
     y: &mut [f32],
     scratch: &mut Vec<u8>,
 ) -> Result<(), KernelError> {
+    matmul_par_act(pool, w, Act::Rows(x), n_tokens, y, scratch)
+}
+
+/// [`matmul_par`] of activations made on the fly ([`Act`]): each row is made and quantized
+/// by the threads that quantize, never stored whole.
+pub fn matmul_par_act(
+    pool: &ThreadPool,
+    w: &WeightRef,
+    x: Act<'_>,
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut Vec<u8>,
+) -> Result<(), KernelError> {
     let expect = n_tokens
         .checked_mul(w.n_rows)
         .ok_or(KernelError::SizeOverflow {
@@ -156,21 +169,21 @@ const QUANT_SPLIT_MIN_TOKENS: usize = 8;
 fn quantize_par<'s>(
     pool: &ThreadPool,
     w: &WeightRef,
-    x: &'s [f32],
+    x: Act<'s>,
     n_tokens: usize,
     scratch: &'s mut Vec<u8>,
 ) -> Result<&'s [u8], KernelError> {
+    let isa = crate::isa::detected_isa();
     if n_tokens < QUANT_SPLIT_MIN_TOKENS
         || pool.n_threads() == 1
         || ActForm::of(w) == ActForm::Quant(crate::GgmlType::F32)
     {
-        return quantize_activations(w, x, n_tokens, scratch);
+        return quantize_act_with(isa, w, x, n_tokens, scratch);
     }
     let need = quantized_bytes(w, n_tokens)?;
     if scratch.len() < need {
         scratch.resize(need, 0);
     }
-    let isa = crate::isa::detected_isa();
     let (row, n_cols) = (need / n_tokens, w.n_cols);
     let dst = OutPtr(scratch.as_mut_ptr(), need);
     let first_err = FirstError::new();
@@ -181,8 +194,8 @@ fn quantize_par<'s>(
         }
         // SAFETY: token ranges from `split` are disjoint, so their byte ranges are too.
         let d = unsafe { dst.slice(toks.start * row..toks.end * row) };
-        let xs = &x[toks.start * n_cols..toks.end * n_cols];
-        first_err.record(quantize_activations_into(isa, w, xs, toks.len(), d));
+        let xs = x.tokens(toks.clone(), n_cols);
+        first_err.record(quantize_act_into(isa, w, xs, toks.len(), d));
     });
     first_err.into_result()?;
     Ok(&scratch[..need])
@@ -191,7 +204,7 @@ fn quantize_par<'s>(
 /// One product of a group: `y = x · wᵀ` (`x: [n_tokens, n_cols]`, `y: [n_tokens, n_rows]`).
 pub struct GroupItem<'a> {
     pub w: WeightRef<'a>,
-    pub x: &'a [f32],
+    pub x: Act<'a>,
     pub n_tokens: usize,
     pub y: &'a mut [f32],
 }
@@ -236,7 +249,7 @@ pub fn matmul_par_group(
     }
     if items.iter().any(|it| it.n_tokens > ROW_SPLIT_MAX_TOKENS) || pool.n_threads() == 1 {
         for it in items.iter_mut() {
-            matmul_par(pool, &it.w, it.x, it.n_tokens, it.y, scratch)?;
+            matmul_par_act(pool, &it.w, it.x, it.n_tokens, it.y, scratch)?;
         }
         return Ok(());
     }
@@ -269,7 +282,7 @@ pub fn matmul_par_group(
         // Q/K/V, or gate/up, read the same activations: quantize them once.
         let same_input = |j: &usize| {
             let o = &items[*j];
-            std::ptr::eq(o.x, it.x)
+            o.x.same_as(&it.x)
                 && o.n_tokens == it.n_tokens
                 && o.w.n_cols == it.w.n_cols
                 && ActForm::of(&o.w) == ActForm::of(&it.w)
@@ -294,13 +307,10 @@ pub fn matmul_par_group(
         scratch.resize(total, 0);
     }
     for (slot, it) in slots.0.iter_mut().zip(items.iter_mut()) {
-        if slot.quantize {
-            let dst = &mut scratch[slot.xq_at..slot.xq_at + slot.xq_len];
-            quantize_activations_into(isa, &it.w, it.x, it.n_tokens, dst)?;
-        }
         slot.y = it.y.as_mut_ptr();
         slot.y_len = it.y.len();
     }
+    quantize_group(pool, isa, items, &slots, &mut scratch[..total])?;
     let xq_all: &[u8] = &scratch[..total];
     let items: &[GroupItem<'_>] = items;
     let n_items = items.len();
@@ -329,6 +339,45 @@ pub fn matmul_par_group(
         },
         next,
     );
+    first_err.into_result()
+}
+
+/// Quantizes every group item that needs it into its slot of `dst`: on the caller's thread for
+/// a few tokens, else each thread its share of every item's tokens (the same bytes either way:
+/// rows are quantized on their own).
+fn quantize_group(
+    pool: &ThreadPool,
+    isa: crate::Isa,
+    items: &[GroupItem<'_>],
+    slots: &GroupSlots,
+    dst: &mut [u8],
+) -> Result<(), KernelError> {
+    let todo = || items.iter().zip(&slots.0).filter(|(_, s)| s.quantize);
+    let n_rows: usize = todo().map(|(it, _)| it.n_tokens).sum();
+    if n_rows < QUANT_SPLIT_MIN_TOKENS || pool.n_threads() == 1 {
+        for (it, slot) in todo() {
+            let d = &mut dst[slot.xq_at..slot.xq_at + slot.xq_len];
+            quantize_act_into(isa, &it.w, it.x, it.n_tokens, d)?;
+        }
+        return Ok(());
+    }
+    let out = OutPtr(dst.as_mut_ptr(), dst.len());
+    let first_err = FirstError::new();
+    pool.run(&|ith, nth| {
+        for (it, slot) in todo() {
+            let toks = split(it.n_tokens, ith, nth, 1);
+            if toks.is_empty() {
+                continue;
+            }
+            let row = slot.xq_len / it.n_tokens;
+            let at = slot.xq_at + toks.start * row;
+            // SAFETY: slots' byte ranges are disjoint and within `dst`, and token ranges from
+            // `split` are disjoint across threads, so these rows are this thread's alone.
+            let d = unsafe { out.slice(at..at + toks.len() * row) };
+            let xs = it.x.tokens(toks.clone(), it.w.n_cols);
+            first_err.record(quantize_act_into(isa, &it.w, xs, toks.len(), d));
+        }
+    });
     first_err.into_result()
 }
 
@@ -409,6 +458,86 @@ mod tests {
         }
     }
 
+    /// Activations made on the fly (SwiGLU, RMSNorm) give the same bits as making them whole
+    /// first and multiplying those, alone and in a group, for one token, a few (made on the
+    /// caller's thread) and many (made by the pool, split by tokens), on quantized and float
+    /// weights.
+    #[test]
+    fn fused_activations_equal_the_unfused_product() {
+        use crate::act::{rms_norm_row, swiglu};
+        let pool = ThreadPool::new(2);
+        let (n_rows, n_cols) = (48, 256);
+        let norm_w: Vec<f32> = (0..n_cols).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F32] {
+            let vals: Vec<f32> = (0..n_rows * n_cols)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 48.0)
+                .collect();
+            let mut data = vec![0u8; ty.bytes_for((n_rows * n_cols) as u64).unwrap() as usize];
+            quantize_row(ty, &vals, &mut data).unwrap();
+            let w = WeightRef {
+                layout: Default::default(),
+                ty,
+                data: &data,
+                n_rows,
+                n_cols,
+            };
+            for n_tokens in [1usize, 5, 12, 40] {
+                let a: Vec<f32> = (0..n_tokens * n_cols)
+                    .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
+                    .collect();
+                let b: Vec<f32> = (0..n_tokens * n_cols)
+                    .map(|i| ((i * 7 % 23) as f32 - 11.0) / 5.0)
+                    .collect();
+                let mut glu = a.clone();
+                swiglu(&mut glu, &b);
+                let mut normed = vec![0.0; a.len()];
+                for (x, o) in a.chunks_exact(n_cols).zip(normed.chunks_exact_mut(n_cols)) {
+                    rms_norm_row(x, &norm_w, 1e-5, o);
+                }
+                let cases = [
+                    (Act::SwiGlu { gate: &a, up: &b }, &glu),
+                    (
+                        Act::RmsNorm {
+                            x: &a,
+                            w: &norm_w,
+                            eps: 1e-5,
+                        },
+                        &normed,
+                    ),
+                ];
+                for (act, made) in cases {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let mut want = vec![0.0; n_tokens * n_rows];
+                    matmul_par(&pool, &w, made, n_tokens, &mut want, &mut Vec::new()).unwrap();
+                    let mut got = vec![f32::NAN; n_tokens * n_rows];
+                    matmul_par_act(&pool, &w, act, n_tokens, &mut got, &mut Vec::new()).unwrap();
+                    assert_eq!(bits(&got), bits(&want), "{ty} {n_tokens} tokens {act:?}");
+                    let (mut g1, mut g2) = (vec![f32::NAN; want.len()], vec![0.0; want.len()]);
+                    let mut items = [
+                        GroupItem {
+                            w,
+                            x: act,
+                            n_tokens,
+                            y: &mut g1,
+                        },
+                        GroupItem {
+                            w,
+                            x: Act::Rows(made),
+                            n_tokens,
+                            y: &mut g2,
+                        },
+                    ];
+                    matmul_par_group(&pool, &mut items, &mut Vec::new()).unwrap();
+                    assert_eq!(
+                        bits(&g1),
+                        bits(&want),
+                        "group: {ty} {n_tokens} tokens {act:?}"
+                    );
+                }
+            }
+        }
+    }
+
     /// A group equals its items run one by one, bit for bit, whatever the mix of types, shapes
     /// and token counts (one token, several, and past the row-split limit), also when two items
     /// read the same activations (quantized once for both).
@@ -471,7 +600,7 @@ mod tests {
                         n_rows,
                         n_cols,
                     },
-                    x,
+                    x: Act::Rows(x),
                     n_tokens: nt * scale_tokens,
                     y,
                 })

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use gorae_kernels::act::Act;
 use gorae_kernels::matmul::{WeightRef, matmul_rows_with, matmul_with, quantize_activations_with};
 use gorae_kernels::packed::{self, Layout, PANEL};
 use gorae_kernels::par::{GroupItem, matmul_par, matmul_par_group};
@@ -271,7 +272,7 @@ fn grouped_panel_products_with_partial_panels_equal_each_alone() {
             .zip(got.iter_mut())
             .map(|((ty, n_rows, p), y)| GroupItem {
                 w: panels_ref(*ty, p, *n_rows, n_cols),
-                x: &x,
+                x: Act::Rows(&x),
                 n_tokens,
                 y,
             })

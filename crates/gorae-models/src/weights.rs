@@ -12,10 +12,11 @@ use crate::names::TensorKey;
 use gorae_formats::gguf::GgufFile;
 use gorae_formats::safetensors::{SafetensorsModel, StDtype};
 use gorae_kernels::GgmlType;
+use gorae_kernels::act::Act;
 use gorae_kernels::isa::detected_isa;
 use gorae_kernels::matmul::WeightRef;
 use gorae_kernels::packed::{Layout, layout_for, pack};
-use gorae_kernels::par::{GroupItem, matmul_par, matmul_par_group};
+use gorae_kernels::par::{GroupItem, matmul_par_act, matmul_par_group};
 use gorae_kernels::pool;
 use gorae_kernels::quant::dequantize_row;
 use std::borrow::Cow;
@@ -254,7 +255,19 @@ impl QMatrix {
         y: &mut [f32],
         scratch: &mut Vec<u8>,
     ) -> Result<()> {
-        matmul_par(pool::global(), &self.as_ref(), x, n_tokens, y, scratch)?;
+        self.matmul_act(Act::Rows(x), n_tokens, y, scratch)
+    }
+
+    /// [`QMatrix::matmul`] of activations made on the fly from other tensors ([`Act`]: the
+    /// norm or SwiGLU before a product, fused into its quantization).
+    pub fn matmul_act(
+        &self,
+        x: Act<'_>,
+        n_tokens: usize,
+        y: &mut [f32],
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        matmul_par_act(pool::global(), &self.as_ref(), x, n_tokens, y, scratch)?;
         Ok(())
     }
 
@@ -262,6 +275,16 @@ impl QMatrix {
     pub fn group_item<'a>(
         &'a self,
         x: &'a [f32],
+        n_tokens: usize,
+        y: &'a mut [f32],
+    ) -> GroupItem<'a> {
+        self.group_item_act(Act::Rows(x), n_tokens, y)
+    }
+
+    /// [`QMatrix::group_item`] of activations made on the fly ([`Act`]).
+    pub fn group_item_act<'a>(
+        &'a self,
+        x: Act<'a>,
         n_tokens: usize,
         y: &'a mut [f32],
     ) -> GroupItem<'a> {
@@ -341,7 +364,7 @@ pub fn empty_group_item<'a>() -> GroupItem<'a> {
             n_rows: 0,
             n_cols: 0,
         },
-        x: &[],
+        x: Act::Rows(&[]),
         n_tokens: 0,
         y: &mut [],
     }

@@ -15,7 +15,7 @@ use crate::blocks::attention::{
 };
 use crate::blocks::batch::{BatchRows, SeqInput};
 use crate::blocks::moe::{RouteScratch, route};
-use crate::blocks::{ffn::swiglu, norm};
+use crate::blocks::{ffn, norm};
 use crate::error::{ModelError, Result};
 use crate::families::deepseek_config::DeepseekConfig;
 use crate::kv::{LatentKvCache, SeqCache};
@@ -1187,13 +1187,9 @@ impl DeepseekModel {
                 &mut s.up[..cnt * ff],
                 &mut s.qbuf,
             )?;
-            swiglu(&mut s.gate[..cnt * ff], &s.up[..cnt * ff]);
-            p.down.matmul(
-                &s.gate[..cnt * ff],
-                cnt,
-                &mut s.proj[..cnt * e],
-                &mut s.qbuf,
-            )?;
+            let hidden = ffn::hidden(&s.gate[..cnt * ff], &s.up[..cnt * ff]);
+            p.down
+                .matmul_act(hidden, cnt, &mut s.proj[..cnt * e], &mut s.qbuf)?;
             for (i, &(t, w)) in s.expert_tokens[from..to].iter().enumerate() {
                 let t = t as usize;
                 for (o, v) in s.moe_out[t * e..(t + 1) * e]
@@ -1301,9 +1297,7 @@ impl DeepseekModel {
                 matmul_group(&mut items[..used], qbuf)?;
             }
         }
-        swiglu(&mut routed_gate[..rows * ff], &routed_up[..rows * ff]);
-        swiglu(&mut gate[..n * ffs], &up[..n * ffs]);
-        // Down.
+        // Down, each item's SwiGLU running inside the quantization of its activations.
         prefetch_hint(n, [after]);
         {
             let mut o_rest = &mut routed_out[..rows * e];
@@ -1314,7 +1308,8 @@ impl DeepseekModel {
                     core::array::from_fn(|_| empty_group_item());
                 let mut used = 0;
                 if let Some(p) = shared.take() {
-                    items[0] = p.down.group_item(&gate[..n * ffs], n, &mut proj[..n * e]);
+                    let hidden = ffn::hidden(&gate[..n * ffs], &up[..n * ffs]);
+                    items[0] = p.down.group_item_act(hidden, n, &mut proj[..n * e]);
                     used = 1;
                 }
                 while ex < m.experts.len() && used < MAX_GROUP {
@@ -1323,8 +1318,11 @@ impl DeepseekModel {
                         let cnt = to - from;
                         let (o, rest) = std::mem::take(&mut o_rest).split_at_mut(cnt * e);
                         o_rest = rest;
-                        let x = &routed_gate[from * ff..to * ff];
-                        items[used] = m.experts[ex].down.group_item(x, cnt, o);
+                        let hidden = ffn::hidden(
+                            &routed_gate[from * ff..to * ff],
+                            &routed_up[from * ff..to * ff],
+                        );
+                        items[used] = m.experts[ex].down.group_item_act(hidden, cnt, o);
                         used += 1;
                     }
                     ex += 1;
@@ -1443,9 +1441,9 @@ fn mlp_forward(
     p.gate.matmul(x, n, &mut gate[..n * ff], qbuf)?;
     prefetch_hint(n, [&p.down]);
     p.up.matmul(x, n, &mut up[..n * ff], qbuf)?;
-    swiglu(&mut gate[..n * ff], &up[..n * ff]);
     prefetch_hint(n, after);
-    p.down.matmul(&gate[..n * ff], n, out, qbuf)?;
+    let hidden = ffn::hidden(&gate[..n * ff], &up[..n * ff]);
+    p.down.matmul_act(hidden, n, out, qbuf)?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use crate::blocks::attention::{
     attend_group, attend_row, attend_rows, merge_split_row,
 };
 use crate::blocks::batch::{BatchRows, SeqInput};
-use crate::blocks::{ffn::swiglu, norm};
+use crate::blocks::{ffn, norm};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
@@ -289,19 +289,15 @@ impl LlamaModel {
 
         for (il, l) in self.layers.iter().enumerate() {
             let window = c.layer_window(il);
-            let xn = norm::rms_norm_opt(
-                &s.x[..n * n_embd],
-                l.attn_norm.as_deref(),
-                c.rms_eps,
-                &mut s.xn[..n * n_embd],
-            );
+            // The input norm runs inside the quantization of Q, K and V's shared activations.
+            let xn = norm::rms_norm_act(&s.x[..n * n_embd], l.attn_norm.as_deref(), c.rms_eps);
             prefetch_hint(n, [&l.wo]);
             // Q, K and V in one hand-off to the pool.
             matmul_group(
                 &mut [
-                    l.wq.group_item(xn, n, &mut s.q[..n * q_dim]),
-                    l.wk.group_item(xn, n, &mut s.k[..n * kv_dim]),
-                    l.wv.group_item(xn, n, &mut s.v[..n * kv_dim]),
+                    l.wq.group_item_act(xn, n, &mut s.q[..n * q_dim]),
+                    l.wk.group_item_act(xn, n, &mut s.k[..n * kv_dim]),
+                    l.wv.group_item_act(xn, n, &mut s.v[..n * kv_dim]),
                 ],
                 &mut s.qbuf,
             )?;
@@ -508,31 +504,23 @@ impl LlamaModel {
             }
             add_scaled(&mut s.x[..n * n_embd], &s.proj[..n * n_embd], res_mult);
 
-            let xn = norm::rms_norm_opt(
-                &s.x[..n * n_embd],
-                l.ffn_norm.as_deref(),
-                c.rms_eps,
-                &mut s.xn[..n * n_embd],
-            );
+            let xn = norm::rms_norm_act(&s.x[..n * n_embd], l.ffn_norm.as_deref(), c.rms_eps);
             prefetch_hint(n, [&l.w_down]);
             matmul_group(
                 &mut [
-                    l.w_gate.group_item(xn, n, &mut s.gate[..n * c.n_ff]),
-                    l.w_up.group_item(xn, n, &mut s.up[..n * c.n_ff]),
+                    l.w_gate.group_item_act(xn, n, &mut s.gate[..n * c.n_ff]),
+                    l.w_up.group_item_act(xn, n, &mut s.up[..n * c.n_ff]),
                 ],
                 &mut s.qbuf,
             )?;
-            swiglu(&mut s.gate[..n * c.n_ff], &s.up[..n * c.n_ff]);
             match self.layers.get(il + 1) {
                 Some(nl) => prefetch_hint(n, [&nl.wq, &nl.wk, &nl.wv]),
                 None => prefetch_hint(n, [self.output.as_ref().unwrap_or(&self.tok_embd)]),
             }
-            l.w_down.matmul(
-                &s.gate[..n * c.n_ff],
-                n,
-                &mut s.proj[..n * n_embd],
-                &mut s.qbuf,
-            )?;
+            // SwiGLU runs inside the quantization of down's activations.
+            let hidden = ffn::hidden(&s.gate[..n * c.n_ff], &s.up[..n * c.n_ff]);
+            l.w_down
+                .matmul_act(hidden, n, &mut s.proj[..n * n_embd], &mut s.qbuf)?;
             if let Some(w) = &l.ffn_post_norm {
                 norm::rms_norm_inplace(&mut s.proj[..n * n_embd], w, c.rms_eps);
             }
