@@ -62,6 +62,15 @@ const PAIR_TILE: usize = 4;
 /// tokens: 260 GFLOP/s, against 460 for single panels).
 const PAIR_CHUNK: usize = 8;
 
+/// Fewest tokens that go through panel pairs: one whole tile. Alone, with a cold DRAM stream,
+/// one panel's run of 8 tokens computes faster than a pair's two runs of 4 (`kvar`, 8 tokens:
+/// Q4_1 470 GFLOP/s against 446, Q8_0 364 against 280); but in decode passes of 8 sequences,
+/// whose weights the pool prefetches while it waits, pairs won end to end (alternated runs):
+/// SmolLM2 Q4_1 1272-1341 -> 1487-1553 t/s, Q8_0 1052-1114 -> 1236-1243, the DeepSeek bench
+/// Q4_0 371-374 -> 420-429, Q8_0 210-221 -> 305. At 4 sequences they lost on SmolLM2 Q8_0
+/// (977-989 -> 820-860) and the bench Q4_0 (341-349 -> 320-335).
+const PAIR_MIN_TOKENS: usize = TILE;
+
 /// From this many tokens a pair's runs go over whole panels: the first run's DRAM reads are
 /// then a small part of the work, and chunks would only add the partial sums' reloads (Q4_1
 /// with 64 tokens in cache: 480 GFLOP/s in chunks of 8 blocks, 600 whole).
@@ -321,11 +330,8 @@ macro_rules! panel_loop {
         #[allow(unused_mut)]
         let mut p = 0;
         $(
-            // Only past one tile of tokens: a single panel's one run of `$tt` tokens hides its
-            // DRAM reads behind the most work per byte (streaming Q4_1 with 8 tokens: 450
-            // GFLOP/s single, 370 in pairs), while more tokens pass over a panel in several
-            // runs and the pairs win (16 tokens: 280 against 360; in cache 450 against 600+).
-            while n_tokens > $tt && p + 2 <= n_panels {
+            // From PAIR_MIN_TOKENS tokens (see there); fewer go panel by panel below.
+            while n_tokens >= PAIR_MIN_TOKENS && p + 2 <= n_panels {
                 let chunk_blocks = if n_tokens < PAIR_WHOLE { PAIR_CHUNK } else { nb };
                 let mut b0 = 0;
                 while b0 < nb {
