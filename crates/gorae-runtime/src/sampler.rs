@@ -124,13 +124,14 @@ impl Sampler {
 
     /// The general draw: candidates cut by top-k, top-p and min-p, then weighted by temperature.
     fn sample_candidates(&mut self, logits: &[f32]) -> u32 {
+        // A NaN logit stays a candidate at -inf (weight 0, never drawn), so without cuts the
+        // candidates are every id in order, the very weights the whole-vocabulary draw walks.
         self.cand.clear();
         self.cand.extend(
             logits
                 .iter()
                 .enumerate()
-                .map(|(i, &l)| (l, i as u32))
-                .filter(|c| !c.0.is_nan()),
+                .map(|(i, &l)| (if l.is_nan() { f32::NEG_INFINITY } else { l }, i as u32)),
         );
         if self.cand.is_empty() {
             return 0;
@@ -195,19 +196,12 @@ impl Sampler {
         self.weights
             .extend(self.cand.iter().map(|c| (c.0 - max) / t));
         gorae_kernels::attn::exp_nonpositive(&mut self.weights);
-        let mut total = 0.0f64;
-        for (c, &w) in self.cand.iter_mut().zip(&self.weights) {
-            c.0 = w;
-            total += w as f64;
+        let u = self.rng.random::<f64>();
+        match draw(&self.weights, u) {
+            Some(i) => self.cand[i].1,
+            // Every weight 0: every logit was -inf or NaN.
+            None => 0,
         }
-        let mut r = self.rng.random::<f64>() * total;
-        for c in self.cand.iter() {
-            r -= c.0 as f64;
-            if r <= 0.0 {
-                return c.1;
-            }
-        }
-        self.cand[self.cand.len() - 1].1
     }
 
     /// The draw over every id (no top-k, top-p or min-p: OpenAI's defaults) straight from the
@@ -230,15 +224,8 @@ impl Sampler {
             }
         }));
         gorae_kernels::attn::exp_nonpositive(&mut self.weights);
-        let total: f64 = self.weights.iter().map(|&w| w as f64).sum();
-        let mut r = self.rng.random::<f64>() * total;
-        for (i, &w) in self.weights.iter().enumerate() {
-            r -= w as f64;
-            if r <= 0.0 && !logits[i].is_nan() {
-                return Some(i as u32);
-            }
-        }
-        logits.iter().rposition(|l| !l.is_nan()).map(|i| i as u32)
+        let u = self.rng.random::<f64>();
+        draw(&self.weights, u).map(|i| i as u32)
     }
 
     fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
@@ -291,6 +278,53 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Weights per block of [`draw`]'s walk.
+const DRAW_BLOCK: usize = 256;
+
+/// Sum of `w` in f64 over 8 interleaved partial sums (a fixed order, so the same weights give
+/// the same bits; 8 chains instead of one keep the adds from waiting on each other).
+fn block_sum(w: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = w.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x as f64;
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += x as f64;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// The index a draw `u ∈ [0, 1)` picks from unnormalized `weights` (each ≥ 0): the first whose
+/// running sum passes `u · total`. The walk goes block by block, stepping over whole blocks by
+/// their sums and into one only where the target falls, so a vocabulary costs a few vector
+/// passes instead of two dependent f64 chains as long as it. A weight of 0 is never picked.
+/// `None` when every weight is 0.
+fn draw(weights: &[f32], u: f64) -> Option<usize> {
+    let total: f64 = weights.chunks(DRAW_BLOCK).map(block_sum).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut r = u * total;
+    for (b, blk) in weights.chunks(DRAW_BLOCK).enumerate() {
+        let s = block_sum(blk);
+        if r > s {
+            r -= s;
+            continue;
+        }
+        for (i, &w) in blk.iter().enumerate() {
+            r -= w as f64;
+            if r <= 0.0 && w > 0.0 {
+                return Some(b * DRAW_BLOCK + i);
+            }
+        }
+    }
+    // Rounding left a sliver past the end: the last weight that can be drawn.
+    weights.iter().rposition(|&w| w > 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +359,30 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    /// The blocked walk picks what one running sum over every weight picks (weights in quarters,
+    /// so every sum is exact and any order of adding gives the same), zeros never, and `None`
+    /// for all zeros.
+    #[test]
+    fn blocked_draw_equals_the_plain_walk() {
+        let w: Vec<f32> = (0..3001).map(|i| ((i * 37 % 11) as f32) * 0.25).collect();
+        let plain = |u: f64| {
+            let mut r = u * w.iter().map(|&x| x as f64).sum::<f64>();
+            w.iter().enumerate().find_map(|(i, &x)| {
+                r -= x as f64;
+                (r <= 0.0 && x > 0.0).then_some(i)
+            })
+        };
+        for k in 0..2000 {
+            let u = k as f64 / 2000.0;
+            let got = draw(&w, u);
+            assert_eq!(got, plain(u), "u {u}");
+            assert!(got.is_some_and(|i| w[i] > 0.0));
+        }
+        assert_eq!(draw(&[0.0; 300], 0.5), None);
+        assert_eq!(draw(&[0.0, 2.0, 0.0, 6.0], 0.0), Some(1));
+        assert_eq!(draw(&[0.0, 2.0, 0.0, 6.0], 0.26), Some(3));
     }
 
     /// The whole-vocabulary draw picks what the general path picks for the same seed, with NaN
