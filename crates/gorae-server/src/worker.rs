@@ -398,23 +398,79 @@ fn run_pass(
     ctx.metrics
         .kv_used
         .store(kv_in_use(slots) as u64, Ordering::Relaxed);
-    let mut steps = Vec::with_capacity(plan.len());
-    for (&(i, n), row) in plan.iter().zip(logits.chunks_exact(n_vocab)) {
-        let Slot { tokens, active, .. } = &mut slots[i];
-        let Some(g) = active.as_mut() else {
-            continue;
-        };
-        let vocab = g.json.is_some().then(|| {
-            ctx.json_vocab
-                .get_or_init(|| JsonVocab::new(ctx.tok, n_vocab))
-        });
+    let json = plan
+        .iter()
+        .any(|&(i, _)| slots[i].active.as_ref().is_some_and(|g| g.json.is_some()));
+    let vocab = json.then(|| {
+        ctx.json_vocab
+            .get_or_init(|| JsonVocab::new(ctx.tok, n_vocab))
+    });
+    // Each planned slot's sampling and streaming, with its row of logits: the slots are
+    // independent, so several go to the thread pool at once (the engine thread would otherwise
+    // do them alone between passes while the pool's other threads wait).
+    let mut row_of = vec![None; slots.len()];
+    for (k, &(i, n)) in plan.iter().enumerate() {
+        row_of[i] = Some((k, n));
+    }
+    let mut items: Vec<(usize, std::sync::Mutex<AfterPass<'_, '_>>)> = slots
+        .iter_mut()
+        .zip(row_of)
+        .enumerate()
+        .filter_map(|(i, (slot, at))| {
+            let (k, n) = at?;
+            let Slot { tokens, active, .. } = slot;
+            let g = active.as_mut()?;
+            let row = &logits[k * n_vocab..(k + 1) * n_vocab];
+            let item = AfterPass {
+                slot: i,
+                n,
+                g,
+                history: tokens,
+                row,
+                step: None,
+            };
+            Some((k, std::sync::Mutex::new(item)))
+        })
+        .collect();
+    items.sort_by_key(|it| it.0);
+    let run = |item: &std::sync::Mutex<AfterPass<'_, '_>>| {
+        let mut guard = item.lock().unwrap_or_else(|p| p.into_inner());
+        let it = &mut *guard;
         let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            g.after_pass(n, row, tokens, ctx.tok, vocab, ctx.metrics)
+            it.g.after_pass(it.n, it.row, it.history, ctx.tok, vocab, ctx.metrics)
         }))
         .unwrap_or_else(|_| Step::Failed("the engine failed on this request".into()));
-        steps.push((i, step));
+        it.step = Some(step);
+    };
+    let pool = gorae_kernels::pool::global();
+    if items.len() < 2 || pool.n_threads() == 1 {
+        items.iter().for_each(|(_, it)| run(it));
+    } else {
+        pool.run(&|ith, nth| {
+            items
+                .iter()
+                .skip(ith)
+                .step_by(nth)
+                .for_each(|(_, it)| run(it));
+        });
     }
-    steps
+    items
+        .into_iter()
+        .filter_map(|(_, it)| {
+            let it = it.into_inner().unwrap_or_else(|p| p.into_inner());
+            Some((it.slot, it.step?))
+        })
+        .collect()
+}
+
+/// One planned slot's work after a pass: sample from its logits row and stream the token.
+struct AfterPass<'g, 't> {
+    slot: usize,
+    n: usize,
+    g: &'g mut Generation<'t>,
+    history: &'g [u32],
+    row: &'g [f32],
+    step: Option<Step>,
 }
 
 /// Ends the slot's job: counters first, then the event, so a client that reads /metrics right
