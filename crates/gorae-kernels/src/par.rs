@@ -419,6 +419,14 @@ mod tests {
     use crate::quant::quantize_row;
     use crate::types::GgmlType;
 
+    /// `n` values `val(i)` quantized to `ty`.
+    fn quantized(ty: GgmlType, n: usize, val: impl Fn(usize) -> f32) -> Vec<u8> {
+        let vals: Vec<f32> = (0..n).map(val).collect();
+        let mut data = vec![0u8; ty.bytes_for(n as u64).unwrap() as usize];
+        quantize_row(ty, &vals, &mut data).unwrap();
+        data
+    }
+
     #[test]
     fn parallel_product_equals_the_serial_one_bit_for_bit() {
         let pool = ThreadPool::new(3);
@@ -429,18 +437,10 @@ mod tests {
             GgmlType::F32,
         ] {
             let (n_rows, n_cols) = (77, 512);
-            let vals: Vec<f32> = (0..n_rows * n_cols)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let mut data = vec![0u8; ty.bytes_for((n_rows * n_cols) as u64).unwrap() as usize];
-            quantize_row(ty, &vals, &mut data).unwrap();
-            let w = WeightRef {
-                layout: Default::default(),
-                ty,
-                data: &data,
-                n_rows,
-                n_cols,
-            };
+            let data = quantized(ty, n_rows * n_cols, |i| {
+                ((i * 37 % 101) as f32 - 50.0) / 50.0
+            });
+            let w = WeightRef::rows(ty, &data, n_rows, n_cols);
             // 1: decode rows; 2, 5, 32: row split with per-thread blocks; 33, 40: token split.
             for n_tokens in [1, 2, 5, 32, 33, 40] {
                 let x: Vec<f32> = (0..n_tokens * n_cols)
@@ -469,18 +469,10 @@ mod tests {
         let (n_rows, n_cols) = (48, 256);
         let norm_w: Vec<f32> = (0..n_cols).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
         for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F32] {
-            let vals: Vec<f32> = (0..n_rows * n_cols)
-                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 48.0)
-                .collect();
-            let mut data = vec![0u8; ty.bytes_for((n_rows * n_cols) as u64).unwrap() as usize];
-            quantize_row(ty, &vals, &mut data).unwrap();
-            let w = WeightRef {
-                layout: Default::default(),
-                ty,
-                data: &data,
-                n_rows,
-                n_cols,
-            };
+            let data = quantized(ty, n_rows * n_cols, |i| {
+                ((i * 31 % 97) as f32 - 48.0) / 48.0
+            });
+            let w = WeightRef::rows(ty, &data, n_rows, n_cols);
             for n_tokens in [1usize, 5, 12, 40] {
                 let a: Vec<f32> = (0..n_tokens * n_cols)
                     .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
