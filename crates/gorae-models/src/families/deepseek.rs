@@ -1000,6 +1000,13 @@ impl DeepseekModel {
                 width,
                 scale,
             };
+            // Row t's latent cache rows, positions 0..=row_pos[t] (`None` is unreachable:
+            // every cache was checked by `forward`).
+            let cache_of = |t: usize| {
+                let n_kv = rows.row_pos[t] + 1;
+                let kv = seqs_ro[rows.row_seq[t]].cache.latent()?;
+                Some((kv.rows(il, 0, n_kv), n_kv))
+            };
             let nth = pool::global().n_threads();
             let hg = mla_heads_per_task(h, nth);
             let slot = h * (lora + 2);
@@ -1023,12 +1030,10 @@ impl DeepseekModel {
                     |r, part, scratch| {
                         let (ct, h0) = (r / (h / hs), (r % (h / hs)) * hs);
                         let (t, c0) = tasks.locate(ct);
-                        let n_kv = rows.row_pos[t] + 1;
-                        let Some(kv) = seqs_ro[rows.row_seq[t]].cache.latent() else {
+                        let Some((cache, n_kv)) = cache_of(t) else {
                             part.fill(0.0);
                             return;
                         };
-                        let cache = kv.rows(il, 0, n_kv);
                         let (sc, rest) = scratch.split_at_mut(hs * MLA_CHUNK);
                         let (pe, _) = rest.split_at_mut(hs * MLA_CHUNK);
                         let (dst, st) = part.split_at_mut(hs * lora);
@@ -1053,13 +1058,10 @@ impl DeepseekModel {
                     mla_task_scratch(hg, lora),
                     |r, out, scratch| {
                         let (t, h0) = ((r * hg) / h, (r * hg) % h);
-                        let n_kv = rows.row_pos[t] + 1;
-                        let Some(kv) = seqs_ro[rows.row_seq[t]].cache.latent() else {
-                            // Unreachable: every cache was checked by `forward`.
+                        let Some((cache, n_kv)) = cache_of(t) else {
                             out.fill(0.0);
                             return;
                         };
-                        let cache = kv.rows(il, 0, n_kv);
                         let (sc, rest) = scratch.split_at_mut(hg * MLA_CHUNK);
                         let (pe, rest) = rest.split_at_mut(hg * MLA_CHUNK);
                         let (part, stats) = rest.split_at_mut(hg * lora);
