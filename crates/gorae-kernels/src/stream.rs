@@ -95,6 +95,16 @@ mod x86 {
 
 /// Asks for the cache line holding `addr` to be brought into L2 (nothing on other targets).
 #[inline(always)]
+/// Asks for every cache line of `data` in L2: a hint (nothing is read architecturally), for
+/// data a thread is about to read in several strided passes, so the lines arrive in one
+/// sequential sweep instead of one strided stream per pass.
+pub fn prefetch_slice_l2<T>(data: &[T]) {
+    let (start, len) = (data.as_ptr() as usize, std::mem::size_of_val(data));
+    for addr in (start..start + len).step_by(64) {
+        prefetch_l2(addr);
+    }
+}
+
 pub(crate) fn prefetch_l2(addr: usize) {
     #[cfg(target_arch = "x86_64")]
     {

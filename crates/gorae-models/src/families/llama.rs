@@ -26,6 +26,7 @@ use crate::weights::{
 };
 use gorae_kernels::par::par_rows;
 use gorae_kernels::pool;
+use gorae_kernels::stream;
 
 struct Layer {
     attn_norm: Option<Vec<f32>>, // [n_embd]; None without pre-norms (EXAONE 4)
@@ -55,6 +56,10 @@ pub struct LlamaModel {
     inv_freq: Vec<f32>, // [n_rot / 2]
     rope_mscale: f32,
 }
+
+/// Most bytes of keys and values one decode attention task asks for ahead of reading them:
+/// half of a 1 MiB L2, so they are still there when the task's last head reads them.
+const KV_PREFETCH_MAX_BYTES: usize = 512 << 10;
 
 /// f32s held for the chunk outputs of a split pass (8 MiB); a pass needing more chunks than fit
 /// runs per (row, KV head) instead, with the same results.
@@ -376,12 +381,12 @@ impl LlamaModel {
             if let Some(tasks) = split {
                 // Decode: one task per (row, chunk of positions) for all KV heads, so a row's
                 // attention spreads over the threads and each task reads whole cache rows; with
-                // fewer chunks than two per thread (short contexts), one per (row, chunk, KV
-                // head). The chunks are then merged in order, as `attend_row` merges them.
+                // fewer chunks than threads (one short context), one per (row, chunk, KV head).
+                // The chunks are then merged in order, as `attend_row` merges them.
                 // Slot of a (row, chunk): per KV head, its group's outputs then their
                 // `[max, sum]` statistics.
                 let sub = gd + 2 * group;
-                let kv_split = if tasks.total() < 2 * pool::global().n_threads() {
+                let kv_split = if tasks.total() < pool::global().n_threads() {
                     c.n_head_kv
                 } else {
                     1
@@ -402,6 +407,18 @@ impl LlamaModel {
                         };
                         let (k, v) = (kv.k(il, 0, n_kv), kv.v(il, 0, n_kv));
                         let span = (c0, (c0 + KV_CHUNK).min(n_kv));
+                        let (k_span, v_span) = (
+                            &k[span.0 * kv_dim..span.1 * kv_dim],
+                            &v[span.0 * kv_dim..span.1 * kv_dim],
+                        );
+                        // Each KV head below sweeps its own columns of these rows: fetched that
+                        // way, the rows come from DRAM in one strided stream per head. Asked for
+                        // whole first, they arrive in one sequential sweep and the heads read
+                        // them from L2 (SmolLM2, 8 sequences at depth 200: 970 -> 1194 t/s).
+                        if kv_split == 1 && size_of_val(k_span) * 2 <= KV_PREFETCH_MAX_BYTES {
+                            stream::prefetch_slice_l2(k_span);
+                            stream::prefetch_slice_l2(v_span);
+                        }
                         for (i, sp) in part.chunks_exact_mut(sub).enumerate() {
                             let kvh = kv0 + i;
                             let qg = &q[t * q_dim + kvh * gd..t * q_dim + (kvh + 1) * gd];
