@@ -240,7 +240,7 @@ pub fn quantize_act_with<'s>(
 
 /// The ISA runs here and every source of `x` holds `[n_tokens, n_cols]` values (a norm's
 /// weight `n_cols`).
-fn check_activations(
+pub(crate) fn check_activations(
     isa: Isa,
     x: &Act<'_>,
     n_tokens: usize,

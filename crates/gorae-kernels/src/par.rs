@@ -1,4 +1,5 @@
-//! The matrix product split over the thread pool: activations are quantized once by the caller,
+//! The matrix product split over the thread pool: activations are quantized once (a single
+//! token by the caller, more by the product's own job, each thread its share of the tokens),
 //! then each thread computes its share. Up to [`ROW_SPLIT_MAX_TOKENS`] tokens (decode, and the
 //! batched decode of several sequences): contiguous weight-row ranges, so each thread streams its
 //! own part of the weights once for all tokens, which is what saturates DRAM bandwidth on a
@@ -8,9 +9,11 @@
 use crate::act::Act;
 use crate::error::KernelError;
 use crate::matmul::{
-    ActForm, WeightRef, matmul_rows, quantize_act_into, quantize_act_with, quantized_bytes,
+    ActForm, WeightRef, check_activations, matmul_rows, quantize_act_into, quantize_act_with,
+    quantized_bytes,
 };
-use crate::pool::{Prefetch, ThreadPool, split};
+use crate::pool::{JobBarrier, Prefetch, ThreadPool, split};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Rows per split unit: a multiple of every kernel's row group.
 const ROW_ALIGN: usize = 16;
@@ -56,21 +59,39 @@ impl<T> OutPtr<T> {
         // SAFETY: by the caller's contract the range is in bounds and not aliased.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
     }
+
+    /// The sub-slice `range` of the output, to read.
+    ///
+    /// # Safety
+    /// The range lies within the output, and no thread writes it while the slice lives (its
+    /// writers have finished, and a [`JobBarrier`] or the job's end ordered their writes first).
+    unsafe fn shared(&self, range: std::ops::Range<usize>) -> &[T] {
+        debug_assert!(range.end <= self.1);
+        // SAFETY: by the caller's contract the range is in bounds and not written meanwhile.
+        unsafe { std::slice::from_raw_parts(self.0.add(range.start), range.len()) }
+    }
 }
 
 /// The first error any thread of one pool job reports (the others' are dropped).
-struct FirstError(std::sync::Mutex<Option<KernelError>>);
+struct FirstError(std::sync::Mutex<Option<KernelError>>, AtomicBool);
 
 impl FirstError {
     fn new() -> Self {
-        FirstError(std::sync::Mutex::new(None))
+        FirstError(std::sync::Mutex::new(None), AtomicBool::new(false))
     }
 
     fn record(&self, r: Result<(), KernelError>) {
         if let Err(e) = r {
             let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
             first.get_or_insert(e);
+            self.1.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a thread has recorded an error (read after a [`JobBarrier`], every error
+    /// recorded before it).
+    fn failed(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
 
     fn into_result(self) -> Result<(), KernelError> {
@@ -116,8 +137,12 @@ pub fn matmul_par_act(
             got: y.len(),
         });
     }
-    let xq = quantize_par(pool, w, x, n_tokens, scratch)?;
     let nth = pool.n_threads();
+    let isa = crate::isa::detected_isa();
+    if nth > 1 && quantize_in_job(w, n_tokens) {
+        return quantize_and_multiply(pool, isa, w, x, n_tokens, y, scratch);
+    }
+    let xq = quantize_act_with(isa, w, x, n_tokens, scratch)?;
     if nth == 1 || (n_tokens == 1 && w.n_rows < 2 * ROW_ALIGN) {
         return matmul_rows(w, xq, n_tokens, 0..w.n_rows, y);
     }
@@ -160,45 +185,79 @@ pub fn matmul_par_act(
     first_err.into_result()
 }
 
-/// Fewest tokens whose activation quantization is split over the pool: below, one hand-off
-/// costs more than the quantization it would share.
-const QUANT_SPLIT_MIN_TOKENS: usize = 8;
+/// Fewest tokens whose activation quantization is split over the pool, inside the product's
+/// own job; one token is quantized by the caller's thread before the job. As a separate job,
+/// quantization paid one more hand-off per product and lost below 8 tokens; in the job it
+/// costs a barrier, and alternated SmolLM2 Q4_1 runs gained at 4 sequences (1177 -> 1263
+/// t/s) and at 2 (852 -> 876), with 8 unchanged.
+const QUANT_SPLIT_MIN_TOKENS: usize = 2;
 
-/// [`quantize_activations`] with the token rows split over the pool for prefill-sized batches
-/// (the same bytes: each row is quantized on its own).
-fn quantize_par<'s>(
+/// Whether `n_tokens` activations for `w` are quantized by the product's own job, each thread
+/// its share of the tokens (f32 weights read the rows as they are).
+fn quantize_in_job(w: &WeightRef, n_tokens: usize) -> bool {
+    n_tokens >= QUANT_SPLIT_MIN_TOKENS && ActForm::of(w) != ActForm::Quant(crate::GgmlType::F32)
+}
+
+/// [`matmul_par_act`] in one pool job: each thread quantizes its share of the tokens (the same
+/// bytes as quantizing them all at once: rows are quantized on their own), then computes its
+/// share of the product. Split by weight rows, a thread needs every token, so the threads meet
+/// at a [`JobBarrier`] in between; split by tokens, a thread reads only the tokens it quantized.
+fn quantize_and_multiply(
     pool: &ThreadPool,
+    isa: crate::Isa,
     w: &WeightRef,
-    x: Act<'s>,
+    x: Act<'_>,
     n_tokens: usize,
-    scratch: &'s mut Vec<u8>,
-) -> Result<&'s [u8], KernelError> {
-    let isa = crate::isa::detected_isa();
-    if n_tokens < QUANT_SPLIT_MIN_TOKENS
-        || pool.n_threads() == 1
-        || ActForm::of(w) == ActForm::Quant(crate::GgmlType::F32)
-    {
-        return quantize_act_with(isa, w, x, n_tokens, scratch);
-    }
+    y: &mut [f32],
+    scratch: &mut Vec<u8>,
+) -> Result<(), KernelError> {
+    // Checked before the job: a thread must not find short activations halfway through it.
+    check_activations(isa, &x, n_tokens, w.n_cols)?;
     let need = quantized_bytes(w, n_tokens)?;
     if scratch.len() < need {
         scratch.resize(need, 0);
     }
-    let (row, n_cols) = (need / n_tokens, w.n_cols);
-    let dst = OutPtr(scratch.as_mut_ptr(), need);
+    let (row, n_rows, n_cols) = (need / n_tokens.max(1), w.n_rows, w.n_cols);
+    let xq = OutPtr(scratch.as_mut_ptr(), need);
+    let out = OutPtr(y.as_mut_ptr(), y.len());
+    let by_rows = n_tokens <= ROW_SPLIT_MAX_TOKENS && n_rows >= 2 * ROW_ALIGN;
+    let barrier = JobBarrier::new(pool.n_threads());
     let first_err = FirstError::new();
-    pool.run(&|ith, nth| {
-        let toks = split(n_tokens, ith, nth, 1);
-        if toks.is_empty() {
-            return;
-        }
-        // SAFETY: token ranges from `split` are disjoint, so their byte ranges are too.
-        let d = unsafe { dst.slice(toks.start * row..toks.end * row) };
-        let xs = x.tokens(toks.clone(), n_cols);
-        first_err.record(quantize_act_into(isa, w, xs, toks.len(), d));
-    });
-    first_err.into_result()?;
-    Ok(&scratch[..need])
+    let next = take_next();
+    pool.run_then_prefetch(
+        &|ith, nth| {
+            let toks = split(n_tokens, ith, nth, 1);
+            let mine = toks.start * row..toks.end * row;
+            if !toks.is_empty() {
+                // SAFETY: token ranges from `split` are disjoint, so their byte ranges are too.
+                let d = unsafe { xq.slice(mine.clone()) };
+                let xs = x.tokens(toks.clone(), n_cols);
+                first_err.record(quantize_act_into(isa, w, xs, toks.len(), d));
+            }
+            if by_rows {
+                barrier.wait();
+                let rows = split(n_rows, ith, nth, ROW_ALIGN);
+                if first_err.failed() || rows.is_empty() {
+                    return;
+                }
+                // SAFETY: every thread has quantized its tokens and passed the barrier; nothing
+                // writes the activations again in this job.
+                let xq_all = unsafe { xq.shared(0..need) };
+                first_err.record(product_rows(w, xq_all, n_tokens, rows, &out));
+            } else {
+                if first_err.failed() || toks.is_empty() {
+                    return;
+                }
+                // SAFETY: this thread's own tokens, which it has finished writing.
+                let xs = unsafe { xq.shared(mine) };
+                // SAFETY: token ranges are disjoint, so their output rows are too.
+                let ys = unsafe { out.slice(toks.start * n_rows..toks.end * n_rows) };
+                first_err.record(matmul_rows(w, xs, toks.len(), 0..n_rows, ys));
+            }
+        },
+        next,
+    );
+    first_err.into_result()
 }
 
 /// One product of a group: `y = x · wᵀ` (`x: [n_tokens, n_cols]`, `y: [n_tokens, n_rows]`).
@@ -310,19 +369,60 @@ pub fn matmul_par_group(
         slot.y = it.y.as_mut_ptr();
         slot.y_len = it.y.len();
     }
-    quantize_group(pool, isa, items, &slots, &mut scratch[..total])?;
-    let xq_all: &[u8] = &scratch[..total];
     let items: &[GroupItem<'_>] = items;
+    let slots = &slots;
+    let todo = move || {
+        // Whole `slots` captured (it is Sync, its field alone is not).
+        let all: &GroupSlots = slots;
+        items.iter().zip(&all.0).filter(|(_, s)| s.quantize)
+    };
+    for (it, _) in todo() {
+        // Checked before the job: a thread must not find short activations halfway through it.
+        check_activations(isa, &it.x, it.n_tokens, it.w.n_cols)?;
+    }
+    // A few rows are quantized here, before the job; more, by the job's threads.
+    let in_job = todo().map(|(it, _)| it.n_tokens).sum::<usize>() >= QUANT_SPLIT_MIN_TOKENS;
+    if !in_job {
+        for (it, slot) in todo() {
+            let d = &mut scratch[slot.xq_at..slot.xq_at + slot.xq_len];
+            quantize_act_into(isa, &it.w, it.x, it.n_tokens, d)?;
+        }
+    }
+    let xq = OutPtr(scratch.as_mut_ptr(), total);
     let n_items = items.len();
     // Items are laid end to end, each from a multiple of ROW_ALIGN, so a thread's part of an
     // item starts on one of its panel boundaries (panel kernels take no other start).
     let padded = |it: &GroupItem<'_>| it.w.n_rows.next_multiple_of(ROW_ALIGN);
     let total_rows: usize = items.iter().map(padded).sum();
-    let slots = &slots;
+    let barrier = JobBarrier::new(pool.n_threads());
     let first_err = FirstError::new();
     let next = take_next();
     pool.run_then_prefetch(
         &|ith, nth| {
+            if in_job {
+                // Each thread its share of every item's tokens (the same bytes as all at once:
+                // rows are quantized on their own), then all meet before any product reads them.
+                for (it, slot) in todo() {
+                    let toks = split(it.n_tokens, ith, nth, 1);
+                    if toks.is_empty() {
+                        continue;
+                    }
+                    let row = slot.xq_len / it.n_tokens;
+                    let at = slot.xq_at + toks.start * row;
+                    // SAFETY: slots' byte ranges are disjoint and within the buffer, and token
+                    // ranges from `split` are disjoint across threads: these rows are ours alone.
+                    let d = unsafe { xq.slice(at..at + toks.len() * row) };
+                    let xs = it.x.tokens(toks.clone(), it.w.n_cols);
+                    first_err.record(quantize_act_into(isa, &it.w, xs, toks.len(), d));
+                }
+                barrier.wait();
+                if first_err.failed() {
+                    return;
+                }
+            }
+            // SAFETY: every activation row was written before the job or before the barrier,
+            // and nothing writes them again in this job.
+            let xq_all = unsafe { xq.shared(0..total) };
             let mine = split(total_rows, ith, nth, ROW_ALIGN);
             let mut start = 0;
             for (it, slot) in items.iter().zip(&slots.0[..n_items]) {
@@ -339,45 +439,6 @@ pub fn matmul_par_group(
         },
         next,
     );
-    first_err.into_result()
-}
-
-/// Quantizes every group item that needs it into its slot of `dst`: on the caller's thread for
-/// a few tokens, else each thread its share of every item's tokens (the same bytes either way:
-/// rows are quantized on their own).
-fn quantize_group(
-    pool: &ThreadPool,
-    isa: crate::Isa,
-    items: &[GroupItem<'_>],
-    slots: &GroupSlots,
-    dst: &mut [u8],
-) -> Result<(), KernelError> {
-    let todo = || items.iter().zip(&slots.0).filter(|(_, s)| s.quantize);
-    let n_rows: usize = todo().map(|(it, _)| it.n_tokens).sum();
-    if n_rows < QUANT_SPLIT_MIN_TOKENS || pool.n_threads() == 1 {
-        for (it, slot) in todo() {
-            let d = &mut dst[slot.xq_at..slot.xq_at + slot.xq_len];
-            quantize_act_into(isa, &it.w, it.x, it.n_tokens, d)?;
-        }
-        return Ok(());
-    }
-    let out = OutPtr(dst.as_mut_ptr(), dst.len());
-    let first_err = FirstError::new();
-    pool.run(&|ith, nth| {
-        for (it, slot) in todo() {
-            let toks = split(it.n_tokens, ith, nth, 1);
-            if toks.is_empty() {
-                continue;
-            }
-            let row = slot.xq_len / it.n_tokens;
-            let at = slot.xq_at + toks.start * row;
-            // SAFETY: slots' byte ranges are disjoint and within `dst`, and token ranges from
-            // `split` are disjoint across threads, so these rows are this thread's alone.
-            let d = unsafe { out.slice(at..at + toks.len() * row) };
-            let xs = it.x.tokens(toks.clone(), it.w.n_cols);
-            first_err.record(quantize_act_into(isa, &it.w, xs, toks.len(), d));
-        }
-    });
     first_err.into_result()
 }
 
