@@ -8,6 +8,7 @@
 //!   scalar reference kernels SIMD variants are checked against.
 //! - [`matmul`]: the matrix product of the forward pass, built on `vec_dot`.
 //! - [`attn`]: attention's score and weighted-sum loops over an f32 cache.
+//! - [`rotary`]: rotary position embedding's rotation of one head.
 //! - [`pool`] and [`par`]: the persistent thread pool and the matrix product split over it.
 
 pub mod act;
@@ -20,6 +21,7 @@ pub mod packed;
 pub mod par;
 pub mod pool;
 pub mod quant;
+pub mod rotary;
 pub mod stream;
 pub mod types;
 

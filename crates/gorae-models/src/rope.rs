@@ -6,6 +6,7 @@
 //! of HF checkpoints and of Qwen GGUFs.
 
 use crate::error::{Result, bad_config};
+use gorae_kernels::rotary;
 use serde_json::Value;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,22 +249,9 @@ pub fn fill_cos_sin_rows(
 
 /// Rotates the leading `2 * cos.len()` values of one head in place.
 pub fn apply(head: &mut [f32], cos: &[f32], sin: &[f32], layout: RopeLayout) {
-    let half = cos.len();
     match layout {
-        RopeLayout::Normal => {
-            for i in 0..half {
-                let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * cos[i] - b * sin[i];
-                head[2 * i + 1] = a * sin[i] + b * cos[i];
-            }
-        }
-        RopeLayout::Neox => {
-            for i in 0..half {
-                let (a, b) = (head[i], head[i + half]);
-                head[i] = a * cos[i] - b * sin[i];
-                head[i + half] = a * sin[i] + b * cos[i];
-            }
-        }
+        RopeLayout::Normal => rotary::rotate_adjacent(head, cos, sin),
+        RopeLayout::Neox => rotary::rotate_halves(head, cos, sin),
     }
 }
 
