@@ -201,6 +201,23 @@ impl ChunkTasks {
     pub fn of_row(&self, t: usize) -> std::ops::Range<usize> {
         self.at[t]..self.at[t + 1]
     }
+
+    /// Whether one task per chunk, all heads together, shares the work of rows at positions
+    /// `row_pos` well enough over `nth` threads: at least one task per thread, and no chunk
+    /// longer than 1.5 times an even share of all positions. Such tasks read each chunk of the
+    /// cache once, where tasks per head (group) read it once per group: at depth 480, two
+    /// chunks of 256 and 225 now go as two tasks (DeepSeek bench Q4_0, one sequence, six
+    /// alternated pairs: mean 114.0 -> 116.8 t/s, slowest runs 104-107 -> 109-110), while 256
+    /// and 45 keep the split by heads.
+    pub fn whole_chunks_balance(&self, row_pos: &[usize], nth: usize) -> bool {
+        let positions: usize = row_pos.iter().map(|p| p + 1).sum();
+        let longest = row_pos
+            .iter()
+            .map(|p| (p + 1).min(self.chunk))
+            .max()
+            .unwrap_or(0);
+        self.total() >= nth && 2 * longest * nth <= 3 * positions
+    }
 }
 
 /// Merges the chunk results of row `t` of a split pass into `out` (`[n_heads, head_dim]`).
@@ -648,6 +665,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Whole-chunk tasks only when they share out: one short row (one task for two threads)
+    /// and a long chunk beside a short one do not; near-equal chunks and many rows do.
+    #[test]
+    fn whole_chunks_go_out_only_when_they_balance() {
+        let balance = |pos: &[usize]| {
+            ChunkTasks::new(pos, KV_CHUNK)
+                .expect("few rows")
+                .whole_chunks_balance(pos, 2)
+        };
+        assert!(!balance(&[100]), "one task, two threads");
+        assert!(balance(&[479]), "chunks of 256 and 224");
+        assert!(!balance(&[300]), "chunks of 256 and 45");
+        assert!(balance(&[20; 8]), "eight short rows");
+        assert!(!balance(&[255, 3]), "one long row beside a short one");
     }
 
     #[test]

@@ -1015,11 +1015,15 @@ impl DeepseekModel {
                 .filter(|tasks| tasks.total() * slot <= s.mla_split.len());
             if let Some(tasks) = split {
                 // Decode: one task per (row, chunk) for every head, so each chunk of the cache
-                // is read by one thread only; with fewer chunks than two per thread, one per
-                // (row, chunk, head group). The chunks are then merged in order, as the
+                // is read by one thread only; when such tasks would share the work badly
+                // ([`ChunkTasks::whole_chunks_balance`]), one per (row, chunk, head group). The chunks are then merged in order, as the
                 // per-group path merges them. Slot of a (row, chunk): per head group, its
                 // outputs then their `[max, sum]` statistics.
-                let hs = if tasks.total() < 2 * nth { hg } else { h };
+                let hs = if tasks.whole_chunks_balance(&rows.row_pos[..n], nth) {
+                    h
+                } else {
+                    hg
+                };
                 let sub = hs * (lora + 2);
                 par_rows(
                     pool::global(),

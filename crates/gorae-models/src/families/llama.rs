@@ -380,16 +380,19 @@ impl LlamaModel {
                 .filter(|tasks| window.is_none() && tasks.total() * slot <= s.split_part.len());
             if let Some(tasks) = split {
                 // Decode: one task per (row, chunk of positions) for all KV heads, so a row's
-                // attention spreads over the threads and each task reads whole cache rows; with
-                // fewer chunks than threads (one short context), one per (row, chunk, KV head).
+                // attention spreads over the threads and each task reads whole cache rows; when
+                // such tasks would share the work badly ([`ChunkTasks::whole_chunks_balance`]:
+                // one short context, or one long row among short ones), one per (row, chunk,
+                // KV head).
                 // The chunks are then merged in order, as `attend_row` merges them.
                 // Slot of a (row, chunk): per KV head, its group's outputs then their
                 // `[max, sum]` statistics.
                 let sub = gd + 2 * group;
-                let kv_split = if tasks.total() < pool::global().n_threads() {
-                    c.n_head_kv
-                } else {
+                let nth = pool::global().n_threads();
+                let kv_split = if tasks.whole_chunks_balance(&rows.row_pos[..n], nth) {
                     1
+                } else {
+                    c.n_head_kv
                 };
                 par_rows(
                     pool::global(),
