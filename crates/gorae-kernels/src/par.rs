@@ -19,7 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const ROW_ALIGN: usize = 16;
 
 /// Most tokens a product splits by weight rows (beyond, compute dominates and tokens split).
-pub const ROW_SPLIT_MAX_TOKENS: usize = 32;
+/// Rows win up to here on both kinds of model (alternated `gorae bench -p N -n 0`, against 32:
+/// SmolLM2 Q4_1 p40 2564 -> 3077 t/s, SmolLM2 Q8_0 p64 2914 -> 3462, DeepSeek bench Q4_0 p40
+/// 558 -> 589, Q4_K_M p64 558 -> 569); the server's passes that mix a new prompt with decode
+/// rows are this size. Beyond, the DeepSeek bench prefers tokens (Q4_0 p512 767 against 711
+/// by rows) while SmolLM2 still prefers rows (p512 2805 against 2969).
+pub const ROW_SPLIT_MAX_TOKENS: usize = 64;
 
 thread_local! {
     /// A thread's `[n_tokens, its rows]` block of a row-split multi-token product, before it is
@@ -503,7 +508,16 @@ mod tests {
             });
             let w = WeightRef::rows(ty, &data, n_rows, n_cols);
             // 1: decode rows; 2, 5, 32: row split with per-thread blocks; 33, 40: token split.
-            for n_tokens in [1, 2, 5, 32, 33, 40] {
+            for n_tokens in [
+                1,
+                2,
+                5,
+                32,
+                33,
+                40,
+                ROW_SPLIT_MAX_TOKENS,
+                ROW_SPLIT_MAX_TOKENS + 1,
+            ] {
                 let x: Vec<f32> = (0..n_tokens * n_cols)
                     .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
                     .collect();
@@ -534,7 +548,7 @@ mod tests {
                 ((i * 31 % 97) as f32 - 48.0) / 48.0
             });
             let w = WeightRef::rows(ty, &data, n_rows, n_cols);
-            for n_tokens in [1usize, 5, 12, 40] {
+            for n_tokens in [1usize, 5, 12, 40, ROW_SPLIT_MAX_TOKENS + 3] {
                 let a: Vec<f32> = (0..n_tokens * n_cols)
                     .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
                     .collect();
