@@ -15,10 +15,15 @@ use std::path::Path;
 const DEFAULT_CTX_CAP: usize = 4096;
 const N_BATCH: usize = 64;
 
-fn n_ctx(model: &Model, args: &SamplingArgs) -> usize {
-    args.ctx_size
+/// The context to run with, once its KV cache is known to fit in memory.
+fn n_ctx(model: &Model, args: &SamplingArgs) -> Result<usize> {
+    let n_ctx = args
+        .ctx_size
         .unwrap_or_else(|| model.info().n_ctx_train.min(DEFAULT_CTX_CAP))
-        .max(8)
+        .max(8);
+    gorae_runtime::memory::kv_caches_fit(model.info().kv_bytes_per_token, n_ctx, 1)
+        .map_err(anyhow::Error::msg)?;
+    Ok(n_ctx)
 }
 
 fn template(tok: &Tokenizer) -> Result<ChatTemplate> {
@@ -131,7 +136,7 @@ pub fn run(model_path: &Path, opts: &RunOptions<'_>, sampling: &SamplingArgs) ->
             starts_in_think,
         );
     }
-    let mut engine = Engine::new(&loaded.model, n_ctx(&loaded.model, sampling), N_BATCH);
+    let mut engine = Engine::new(&loaded.model, n_ctx(&loaded.model, sampling)?, N_BATCH);
     let mut sampler = Sampler::new(generate::sampler_config(sampling)?);
     let params = GenParams {
         n_predict,
@@ -174,7 +179,7 @@ fn run_mtp(
             "the model has no multi-token-prediction block (num_nextn_predict_layers is 0 or its tensors are missing)"
         );
     }
-    let n_ctx = n_ctx(model, sampling);
+    let n_ctx = n_ctx(model, sampling)?;
     if ids.len() + 2 >= n_ctx {
         bail!(
             "the prompt ({} tokens) does not fit the context of {n_ctx} tokens",
@@ -272,7 +277,7 @@ pub fn chat(
     let loaded = load::load_model(model_path, true)?;
     let tok = loaded.tokenizer()?;
     let tmpl = template(tok)?;
-    let mut engine = Engine::new(&loaded.model, n_ctx(&loaded.model, sampling), N_BATCH);
+    let mut engine = Engine::new(&loaded.model, n_ctx(&loaded.model, sampling)?, N_BATCH);
     let mut sampler = Sampler::new(generate::sampler_config(sampling)?);
     let params = GenParams {
         n_predict,

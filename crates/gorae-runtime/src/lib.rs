@@ -2,6 +2,7 @@
 //! the per-sequence engine, and `.npy` exchange for the conformance commands.
 
 pub mod engine;
+pub mod memory;
 pub mod npy;
 pub mod sampler;
 pub mod speculative;

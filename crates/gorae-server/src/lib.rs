@@ -165,6 +165,9 @@ impl Server {
                 "a context of {n_ctx} tokens is too small"
             )));
         }
+        // The slots' caches are allocated and written whole when the engine starts.
+        gorae_runtime::memory::kv_caches_fit(info.kv_bytes_per_token, n_ctx, config.parallel)
+            .map_err(ServerError::Config)?;
         let source = config
             .chat_template
             .clone()
