@@ -22,7 +22,9 @@ fn fits_in(
     n_seqs: usize,
     available: Option<u64>,
 ) -> Result<(), String> {
-    let need = (bytes_per_token as u128) * (n_ctx as u128) * (n_seqs as u128);
+    let need = (bytes_per_token as u128)
+        .saturating_mul(n_ctx as u128)
+        .saturating_mul(n_seqs as u128);
     let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
     match available {
         Some(avail) if need > u128::from(avail) => Err(format!(
