@@ -204,6 +204,10 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
         } else {
             1
         };
+        // Each run allocates its sequences' caches of `depth + n_tokens + 1` positions.
+        let n_ctx = args.depth.saturating_add(n_tokens).saturating_add(1);
+        gorae_runtime::memory::kv_caches_fit(model.info().kv_bytes_per_token, n_ctx, n_seq)
+            .map_err(anyhow::Error::msg)?;
         let name = match n_seq {
             1 => test_name(kind, n_tokens, args.depth),
             _ => format!("{} x{n_seq}", test_name(kind, n_tokens, args.depth)),
