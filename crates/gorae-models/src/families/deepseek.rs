@@ -1016,9 +1016,9 @@ impl DeepseekModel {
             if let Some(tasks) = split {
                 // Decode: one task per (row, chunk) for every head, so each chunk of the cache
                 // is read by one thread only; when such tasks would share the work badly
-                // ([`ChunkTasks::whole_chunks_balance`]), one per (row, chunk, head group). The chunks are then merged in order, as the
-                // per-group path merges them. Slot of a (row, chunk): per head group, its
-                // outputs then their `[max, sum]` statistics.
+                // ([`ChunkTasks::whole_chunks_balance`]), one per (row, chunk, head group). The
+                // chunks are then merged in order, as the per-group path merges them. Slot of a
+                // (row, chunk): per head group, its outputs then their `[max, sum]` statistics.
                 let hs = if tasks.whole_chunks_balance(&rows.row_pos[..n], nth) {
                     h
                 } else {

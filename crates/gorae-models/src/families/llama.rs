@@ -383,8 +383,7 @@ impl LlamaModel {
                 // attention spreads over the threads and each task reads whole cache rows; when
                 // such tasks would share the work badly ([`ChunkTasks::whole_chunks_balance`]:
                 // one short context, or one long row among short ones), one per (row, chunk,
-                // KV head).
-                // The chunks are then merged in order, as `attend_row` merges them.
+                // KV head). The chunks are then merged in order, as `attend_row` merges them.
                 // Slot of a (row, chunk): per KV head, its group's outputs then their
                 // `[max, sum]` statistics.
                 let sub = gd + 2 * group;
@@ -410,10 +409,6 @@ impl LlamaModel {
                         };
                         let (k, v) = (kv.k(il, 0, n_kv), kv.v(il, 0, n_kv));
                         let span = (c0, (c0 + KV_CHUNK).min(n_kv));
-                        let (k_span, v_span) = (
-                            &k[span.0 * kv_dim..span.1 * kv_dim],
-                            &v[span.0 * kv_dim..span.1 * kv_dim],
-                        );
                         // Each KV head below sweeps its own columns of these rows: fetched as
                         // the sweep reaches them, they come from DRAM a few lines at a time, one
                         // strided stream per head. Asked for first (whole rows when the task has
@@ -424,6 +419,8 @@ impl LlamaModel {
                         let cols = kv0 * hd..(kv0 + c.n_head_kv / kv_split) * hd;
                         let n_rows = span.1 - span.0;
                         if 2 * n_rows * cols.len() * size_of::<f32>() <= KV_PREFETCH_MAX_BYTES {
+                            let rows = span.0 * kv_dim..span.1 * kv_dim;
+                            let (k_span, v_span) = (&k[rows.clone()], &v[rows]);
                             if kv_split == 1 {
                                 stream::prefetch_slice_l2(k_span);
                                 stream::prefetch_slice_l2(v_span);
