@@ -155,7 +155,7 @@ pub fn matmul_par_act(
     let out = OutPtr(y.as_mut_ptr(), y.len());
     let first_err = FirstError::new();
     let n_rows = w.n_rows;
-    let by_rows = n_tokens <= ROW_SPLIT_MAX_TOKENS && n_rows >= 2 * ROW_ALIGN;
+    let by_rows = splits_by_rows(n_tokens, n_rows);
     let next = take_next();
     pool.run_then_prefetch(
         &|ith, nth| {
@@ -188,6 +188,12 @@ pub fn matmul_par_act(
         next,
     );
     first_err.into_result()
+}
+
+/// Whether a product of `n_tokens` over `n_rows` weight rows splits its rows between the threads
+/// (else its tokens).
+fn splits_by_rows(n_tokens: usize, n_rows: usize) -> bool {
+    n_tokens <= ROW_SPLIT_MAX_TOKENS && n_rows >= 2 * ROW_ALIGN
 }
 
 /// Fewest tokens whose activation quantization is split over the pool, inside the product's
@@ -225,7 +231,7 @@ fn quantize_and_multiply(
     let (row, n_rows, n_cols) = (need / n_tokens.max(1), w.n_rows, w.n_cols);
     let xq = OutPtr(scratch.as_mut_ptr(), need);
     let out = OutPtr(y.as_mut_ptr(), y.len());
-    let by_rows = n_tokens <= ROW_SPLIT_MAX_TOKENS && n_rows >= 2 * ROW_ALIGN;
+    let by_rows = splits_by_rows(n_tokens, n_rows);
     let barrier = JobBarrier::new(pool.n_threads());
     let first_err = FirstError::new();
     let next = take_next();
@@ -507,7 +513,8 @@ mod tests {
                 ((i * 37 % 101) as f32 - 50.0) / 50.0
             });
             let w = WeightRef::rows(ty, &data, n_rows, n_cols);
-            // 1: decode rows; 2, 5, 32: row split with per-thread blocks; 33, 40: token split.
+            // 1: decode rows; 2 to ROW_SPLIT_MAX_TOKENS: row split with per-thread blocks; one
+            // more: token split.
             for n_tokens in [
                 1,
                 2,
@@ -534,9 +541,9 @@ mod tests {
     }
 
     /// Activations made on the fly (SwiGLU, RMSNorm) give the same bits as making them whole
-    /// first and multiplying those, alone and in a group, for one token, a few (made on the
-    /// caller's thread) and many (made by the pool, split by tokens), on quantized and float
-    /// weights.
+    /// first and multiplying those, alone and in a group, for one token (made on the caller's
+    /// thread), a few and many (made by the pool's threads, the product split by rows, then by
+    /// tokens), on quantized and float weights.
     #[test]
     fn fused_activations_equal_the_unfused_product() {
         use crate::act::{rms_norm_row, swiglu};
