@@ -87,6 +87,8 @@ pub struct Sampler {
     cand: Vec<(f32, u32)>,
     /// The candidates' unnormalized probabilities, contiguous for the vectorized exp.
     weights: Vec<f32>,
+    /// [`draw`]'s per-block sums of `weights`.
+    block_sums: Vec<f64>,
     counts: Vec<u32>,
 }
 
@@ -98,6 +100,7 @@ impl Sampler {
             rng,
             cand: Vec::new(),
             weights: Vec::new(),
+            block_sums: Vec::new(),
             counts: Vec::new(),
         }
     }
@@ -197,7 +200,7 @@ impl Sampler {
             .extend(self.cand.iter().map(|c| (c.0 - max) / t));
         gorae_kernels::attn::exp_nonpositive(&mut self.weights);
         let u = self.rng.random::<f64>();
-        match draw(&self.weights, u) {
+        match draw(&self.weights, u, &mut self.block_sums) {
             Some(i) => self.cand[i].1,
             // Every weight 0: every logit was -inf or NaN.
             None => 0,
@@ -225,7 +228,7 @@ impl Sampler {
         }));
         gorae_kernels::attn::exp_nonpositive(&mut self.weights);
         let u = self.rng.random::<f64>();
-        draw(&self.weights, u).map(|i| i as u32)
+        draw(&self.weights, u, &mut self.block_sums).map(|i| i as u32)
     }
 
     fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
@@ -301,15 +304,16 @@ fn block_sum(w: &[f32]) -> f64 {
 /// running sum passes `u · total`. The walk goes block by block, stepping over whole blocks by
 /// their sums and into one only where the target falls, so a vocabulary costs a few vector
 /// passes instead of two dependent f64 chains as long as it. A weight of 0 is never picked.
-/// `None` when every weight is 0.
-fn draw(weights: &[f32], u: f64) -> Option<usize> {
-    let total: f64 = weights.chunks(DRAW_BLOCK).map(block_sum).sum();
+/// `None` when every weight is 0. `sums` holds the block sums, each computed once.
+fn draw(weights: &[f32], u: f64, sums: &mut Vec<f64>) -> Option<usize> {
+    sums.clear();
+    sums.extend(weights.chunks(DRAW_BLOCK).map(block_sum));
+    let total: f64 = sums.iter().sum();
     if total <= 0.0 {
         return None;
     }
     let mut r = u * total;
-    for (b, blk) in weights.chunks(DRAW_BLOCK).enumerate() {
-        let s = block_sum(blk);
+    for (b, (blk, &s)) in weights.chunks(DRAW_BLOCK).zip(sums.iter()).enumerate() {
         if r > s {
             r -= s;
             continue;
@@ -376,13 +380,14 @@ mod tests {
         };
         for k in 0..2000 {
             let u = k as f64 / 2000.0;
-            let got = draw(&w, u);
+            let got = draw(&w, u, &mut Vec::new());
             assert_eq!(got, plain(u), "u {u}");
             assert!(got.is_some_and(|i| w[i] > 0.0));
         }
-        assert_eq!(draw(&[0.0; 300], 0.5), None);
-        assert_eq!(draw(&[0.0, 2.0, 0.0, 6.0], 0.0), Some(1));
-        assert_eq!(draw(&[0.0, 2.0, 0.0, 6.0], 0.26), Some(3));
+        let sums = &mut Vec::new();
+        assert_eq!(draw(&[0.0; 300], 0.5, sums), None);
+        assert_eq!(draw(&[0.0, 2.0, 0.0, 6.0], 0.0, sums), Some(1));
+        assert_eq!(draw(&[0.0, 2.0, 0.0, 6.0], 0.26, sums), Some(3));
     }
 
     /// The whole-vocabulary draw picks what the general path picks for the same seed, with NaN
