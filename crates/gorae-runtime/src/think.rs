@@ -4,6 +4,11 @@
 //! reasoning with no opening tag in the output; the caller says so with `starts_inside`. The
 //! splitter works on text pieces as they are decided, holding back a possible partial tag, so
 //! streamed and whole outputs split identically. The CLI and the server both use it.
+//!
+//! The split is one-way, as vLLM's R1 parser reads it: reasoning is an opening `<think>` at
+//! the very start of the output (blank space before it allowed) up to the first `</think>`;
+//! everything after that, and everything when the output starts otherwise, is the answer, so
+//! a tag quoted in an answer (inside a JSON string, say) stays answer text.
 
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
@@ -18,6 +23,8 @@ pub enum Piece<'a> {
 #[derive(Debug)]
 pub struct ThinkSplitter {
     in_think: bool,
+    /// No answer text yet and no reasoning ended: an opening tag may still come.
+    may_open: bool,
     /// Drop the blank lines an answer usually starts with after `</think>`, so the answer
     /// reads as DeepSeek's API returns its `content` (the server asks for this).
     trim_answer_start: bool,
@@ -31,6 +38,7 @@ impl ThinkSplitter {
     pub fn new(starts_inside: bool) -> Self {
         ThinkSplitter {
             in_think: starts_inside,
+            may_open: !starts_inside,
             trim_answer_start: false,
             trimming: false,
             pending: String::new(),
@@ -56,29 +64,45 @@ impl ThinkSplitter {
         mut out: impl FnMut(Piece<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         self.pending.push_str(text);
-        loop {
-            let tag = if self.in_think { CLOSE } else { OPEN };
-            if let Some(at) = self.pending.find(tag) {
+        if self.may_open {
+            let start = self.pending.trim_start();
+            if start.starts_with(OPEN) {
+                let at = self.pending.len() - start.len();
+                self.pending.drain(..at + OPEN.len());
+                self.may_open = false;
+                self.in_think = true;
+            } else if OPEN.starts_with(start) {
+                // Blank space, or a partial opening tag: undecided yet.
+                return Ok(());
+            } else {
+                self.may_open = false;
+            }
+        }
+        if self.in_think {
+            if let Some(at) = self.pending.find(CLOSE) {
                 let before: String = self.pending[..at].to_string();
                 self.emit(&before, &mut out)?;
-                self.pending.drain(..at + tag.len());
-                self.in_think = !self.in_think;
-                self.trimming = self.trim_answer_start && !self.in_think;
-                continue;
+                self.pending.drain(..at + CLOSE.len());
+                self.in_think = false;
+                self.trimming = self.trim_answer_start;
+            } else {
+                // Hold back the longest suffix that could begin the closing tag.
+                let hold = CLOSE
+                    .char_indices()
+                    .skip(1)
+                    .map(|(i, _)| i)
+                    .filter(|&i| self.pending.ends_with(&CLOSE[..i]))
+                    .max()
+                    .unwrap_or(0);
+                let cut = self.pending.len() - hold;
+                let ready: String = self.pending[..cut].to_string();
+                self.emit(&ready, &mut out)?;
+                self.pending.drain(..cut);
+                return Ok(());
             }
-            // Hold back the longest suffix that could begin the tag.
-            let mut hold = 0;
-            for (i, _) in tag.char_indices().skip(1) {
-                if self.pending.ends_with(&tag[..i]) {
-                    hold = i;
-                }
-            }
-            let cut = self.pending.len() - hold;
-            let ready: String = self.pending[..cut].to_string();
-            self.emit(&ready, &mut out)?;
-            self.pending.drain(..cut);
-            return Ok(());
         }
+        let rest = std::mem::take(&mut self.pending);
+        self.emit(&rest, &mut out)
     }
 
     /// End of generation: whatever is held back is text after all.
@@ -170,6 +194,32 @@ mod tests {
         // Never closed: everything is reasoning.
         let (c, r) = split(true, &["a", "b<"]);
         assert_eq!((c.as_str(), r.as_str()), ("", "ab<"));
+    }
+
+    #[test]
+    fn tags_after_the_start_are_answer_text() {
+        // Reasoning ended: a later tag is quoted text.
+        let (c, r) = split(
+            false,
+            &["<think>a</think>", "{\"k\": \"<think>x</think>\"}"],
+        );
+        assert_eq!(r, "a");
+        assert_eq!(c, "{\"k\": \"<think>x</think>\"}");
+        // The output did not open with a tag: no reasoning at all.
+        let (c, r) = split(false, &["Use <th", "ink> tags</think> here"]);
+        assert_eq!(
+            (c.as_str(), r.as_str()),
+            ("Use <think> tags</think> here", "")
+        );
+        // Started inside: after the first close, tags are text.
+        let (c, r) = split(true, &["r</think>", "<think>no</think>"]);
+        assert_eq!((c.as_str(), r.as_str()), ("<think>no</think>", "r"));
+        // Blank space before the opening tag is allowed (and dropped).
+        let (c, r) = split(false, &["\n ", "<think>r</think>ok"]);
+        assert_eq!((c.as_str(), r.as_str()), ("ok", "r"));
+        // Only blank space, never decided: it is the answer.
+        let (c, r) = split(false, &[" <th"]);
+        assert_eq!((c.as_str(), r.as_str()), (" <th", ""));
     }
 
     #[test]

@@ -63,16 +63,22 @@ impl ApiError {
         self
     }
 
-    /// 400 `context_length_exceeded` with OpenAI's wording and llama.cpp's two numbers.
-    pub fn context_length(n_ctx: usize, n_prompt: usize, n_completion: usize) -> ApiError {
+    /// 400 `context_length_exceeded` with OpenAI's wording and llama.cpp's two numbers;
+    /// `param` names the request's prompt field (`messages` or `prompt`).
+    pub fn context_length(
+        n_ctx: usize,
+        n_prompt: usize,
+        n_completion: usize,
+        param: &str,
+    ) -> ApiError {
         let mut e = ApiError::bad_request(
             format!(
                 "This model's maximum context length is {n_ctx} tokens. However, you requested \
-                 {} tokens ({n_prompt} in the messages, {n_completion} in the completion). \
-                 Please reduce the length of the messages or completion.",
+                 {} tokens ({n_prompt} in the {param}, {n_completion} in the completion). \
+                 Please reduce the length of the {param} or completion.",
                 n_prompt + n_completion
             ),
-            Some("messages"),
+            Some(param),
         )
         .with_code("context_length_exceeded");
         e.extra.insert("n_prompt_tokens".into(), json!(n_prompt));

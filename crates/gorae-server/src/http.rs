@@ -21,7 +21,6 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -37,7 +36,8 @@ pub(crate) fn router(state: App) -> Router {
     let limit = state.config.body_limit;
     let v1 = Router::new()
         .route("/v1/models", get(list_models))
-        .route("/v1/models/{id}", get(get_model))
+        // A catch-all segment: ids such as `org/name` (an `--alias`) hold slashes.
+        .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
@@ -49,9 +49,13 @@ pub(crate) fn router(state: App) -> Router {
         .fallback(|| async { ApiError::not_found_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // axum's own 2 MB default would otherwise win over the configured limit; the layer
-        // below also refuses an over-long Content-Length before the body is read.
+        // below also refuses an over-long Content-Length before the body is read, with the
+        // same error body a chunked body past the limit gets.
         .layer(DefaultBodyLimit::max(limit))
-        .layer(RequestBodyLimitLayer::new(limit))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            content_length_limit,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("internal error").into_response()
         }))
@@ -59,14 +63,34 @@ pub(crate) fn router(state: App) -> Router {
         .with_state(state)
 }
 
-/// `Authorization: Bearer <key>`, compared in constant time.
+/// Refuses a request whose declared `Content-Length` exceeds the body limit before any of the
+/// body is read.
+async fn content_length_limit(State(app): State<App>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > app.config.body_limit as u64 => {
+            ApiError::payload_too_large("The request body is too large.").into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// `Authorization: Bearer <key>`, compared in constant time; the scheme name is
+/// case-insensitive (RFC 9110, 11.1).
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     if let Some(key) = &app.config.api_key {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.strip_prefix("Bearer "))
+            .and_then(|s| {
+                let (scheme, rest) = s.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+            })
             .unwrap_or("");
         if !bool::from(given.trim().as_bytes().ct_eq(key.as_bytes())) {
             return ApiError::unauthorized().into_response();
@@ -140,18 +164,24 @@ impl AppState {
     }
 
     fn check_accepting(&self) -> Result<(), ApiError> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(ApiError::overloaded("The server is shutting down.", 5));
-        }
-        if !self.ready.load(Ordering::SeqCst) {
-            return Err(ApiError::overloaded("The model is still loading.", 5));
-        }
-        Ok(())
+        let refusal = if self.shutting_down.load(Ordering::SeqCst) {
+            "The server is shutting down."
+        } else if !self.ready.load(Ordering::SeqCst) {
+            "The model is still loading."
+        } else {
+            return Ok(());
+        };
+        self.metrics
+            .requests_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        Err(ApiError::overloaded(refusal, 5))
     }
 
     /// The completion budget: `requested`, or `default` capped by what the context leaves.
+    /// `param` is the request's prompt field, named in the errors.
     fn max_tokens(
         &self,
+        param: &str,
         n_prompt: usize,
         requested: Option<usize>,
         default: Option<usize>,
@@ -159,7 +189,7 @@ impl AppState {
         if n_prompt == 0 {
             return Err(ApiError::bad_request(
                 "The prompt is empty after tokenization.",
-                Some("prompt"),
+                Some(param),
             ));
         }
         let room = self.n_ctx.saturating_sub(n_prompt);
@@ -169,7 +199,12 @@ impl AppState {
             (None, None) => room,
         };
         if max == 0 || n_prompt.saturating_add(max) > self.n_ctx {
-            return Err(ApiError::context_length(self.n_ctx, n_prompt, max.max(1)));
+            return Err(ApiError::context_length(
+                self.n_ctx,
+                n_prompt,
+                max.max(1),
+                param,
+            ));
         }
         Ok(max)
     }
@@ -406,15 +441,46 @@ async fn prepare<T: Send + 'static>(
     what: &str,
     f: impl FnOnce(&AppState) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _permit = app
-        .prep_permits
-        .acquire()
-        .await
-        .map_err(|_| ApiError::overloaded("The server is shutting down.", 5))?;
+    // Waiting here is bounded like the engine's queue: past `queue_size` waiters a request
+    // gets 503 at once instead of holding its body in memory for as long as the flood lasts.
+    let waiting = Counted::enter(&app.metrics.preparing);
+    if waiting.before >= app.config.queue_size.max(1) as u64 {
+        app.metrics
+            .requests_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::overloaded(
+            "The server is busy: too many requests are waiting. Retry later.",
+            1,
+        ));
+    }
+    let permit = app.prep_permits.acquire().await;
+    drop(waiting);
+    let _permit = permit.map_err(|_| ApiError::overloaded("The server is shutting down.", 5))?;
     let app = Arc::clone(app);
     tokio::task::spawn_blocking(move || f(&app))
         .await
         .map_err(|e| ApiError::internal(format!("{what} failed: {e}")))
+}
+
+/// One more in a gauge while it lives, also when the request's future is dropped midway (the
+/// client went away).
+struct Counted<'a> {
+    gauge: &'a AtomicU64,
+    /// The gauge's value before this one came.
+    before: u64,
+}
+
+impl<'a> Counted<'a> {
+    fn enter(gauge: &'a AtomicU64) -> Self {
+        let before = gauge.fetch_add(1, Ordering::SeqCst);
+        Counted { gauge, before }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn render_chat(
@@ -449,7 +515,7 @@ async fn chat_inner(app: App, body: Result<Bytes, BytesRejection>) -> Result<Res
         render_chat(a, &messages, &kwargs)
     })
     .await??;
-    let max_tokens = app.max_tokens(ids.len(), req.params.max_tokens, None)?;
+    let max_tokens = app.max_tokens("messages", ids.len(), req.params.max_tokens, None)?;
     let reasoning = app.reasoning_template.then_some(starts_inside);
     run(
         app,
@@ -497,7 +563,7 @@ async fn completion_inner(
         );
     }
     // OpenAI's default for completions.
-    let max_tokens = app.max_tokens(ids.len(), req.params.max_tokens, Some(16))?;
+    let max_tokens = app.max_tokens("prompt", ids.len(), req.params.max_tokens, Some(16))?;
     run(
         app,
         Prepared {
@@ -632,10 +698,11 @@ fn stream_response(meta: Meta, rx: UnboundedReceiver<Event>, guard: DropGuard) -
         pending,
         done: false,
     };
-    // Keep-alive comments matter during a long prefill: a disconnect is only noticed on a
-    // write, so they let a vanished client cancel before its first token.
+    // Keep-alive comments matter while a request waits in the queue or in a long prefill: a
+    // disconnect is only noticed on a write, so they let a vanished client cancel (and give
+    // back its queue place) within a second, before its first token.
     Sse::new(events(state))
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(1)))
         .into_response()
 }
 

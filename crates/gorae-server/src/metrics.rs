@@ -67,7 +67,10 @@ const ITL_BOUNDS: &[f64] = &[
 
 pub struct Metrics {
     pub running: AtomicU64,
+    /// Requests queued for a slot.
     pub waiting: AtomicU64,
+    /// Requests waiting for their template render and tokenization; reported as waiting too.
+    pub preparing: AtomicU64,
     pub prompt_tokens: AtomicU64,
     /// Prompt tokens taken from the cache instead of recomputed.
     pub cached_prompt_tokens: AtomicU64,
@@ -87,6 +90,7 @@ impl Metrics {
         Metrics {
             running: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            preparing: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             cached_prompt_tokens: AtomicU64::new(0),
             generation_tokens: AtomicU64::new(0),
@@ -109,6 +113,11 @@ impl Metrics {
     }
 
     pub fn render(&self, model: &str) -> String {
+        // A label value escapes backslash, double quote and line feed (Prometheus text format).
+        let model = model
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
         let mut out = String::with_capacity(4096);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
@@ -122,7 +131,7 @@ impl Metrics {
             let _ = writeln!(out, "{name}{{model_name=\"{model}\"}} {v}");
         };
         let running = load(&self.running) as f64;
-        let waiting = load(&self.waiting) as f64;
+        let waiting = (load(&self.waiting) + load(&self.preparing)) as f64;
         let kv = self.kv_usage();
         gauge(
             &mut out,
@@ -133,7 +142,7 @@ impl Metrics {
         gauge(
             &mut out,
             "gorae_requests_waiting",
-            "Requests admitted and waiting for a slot.",
+            "Requests accepted and waiting: for tokenization or for a slot.",
             waiting,
         );
         gauge(
@@ -175,7 +184,7 @@ impl Metrics {
         counter(
             &mut out,
             "gorae_requests_rejected_total",
-            "Requests refused with 503 (queue full or shutting down).",
+            "Requests refused with 503 (queue full, loading or shutting down).",
             load(&self.requests_rejected),
         );
         self.ttft.render(
@@ -225,5 +234,10 @@ mod tests {
         assert!(text.contains("gorae_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("gorae_time_to_first_token_seconds_count 2"));
         assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"m\"} 0.25"));
+        let text = m.render("a\"b\\c\nd");
+        assert!(
+            text.contains("vllm:kv_cache_usage_perc{model_name=\"a\\\"b\\\\c\\nd\"} 0.25"),
+            "{text}"
+        );
     }
 }

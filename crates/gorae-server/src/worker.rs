@@ -12,10 +12,11 @@
 //! Cancellation is per job, never global: a job stops before the next pass once its token is
 //! cancelled (the HTTP side holds a `DropGuard`) or its event receiver is gone.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
 use gorae_models::{Logits, Model, SeqCache, SeqInput, Workspace};
@@ -116,27 +117,32 @@ pub enum SubmitError {
 /// The HTTP side's end of the queue.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: SyncSender<Job>,
+    tx: Sender<Job>,
+    queue_size: usize,
     metrics: Arc<Metrics>,
 }
 
 impl EngineHandle {
-    /// Queues `job`, or refuses at once when the queue is full (never waits: the caller
-    /// answers 503 with Retry-After instead of piling up connections).
+    /// Queues `job`, or refuses at once when `queue_size` jobs already wait (never waits: the
+    /// caller answers 503 with Retry-After instead of piling up connections). The bound is the
+    /// waiting count, not the channel's: the worker moves queued jobs into its own list every
+    /// pass and drops those whose client has gone, so they stop holding places at once.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         // Counted before the send so the worker's decrement can never run first.
-        self.metrics.waiting.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(e) => {
+        let before = self.metrics.waiting.fetch_add(1, Ordering::SeqCst);
+        let refused = if before >= self.queue_size as u64 {
+            Some(SubmitError::Full)
+        } else {
+            self.tx.send(job).err().map(|_| SubmitError::Closed)
+        };
+        match refused {
+            None => Ok(()),
+            Some(e) => {
                 self.metrics.waiting.fetch_sub(1, Ordering::SeqCst);
                 self.metrics
                     .requests_rejected
                     .fetch_add(1, Ordering::Relaxed);
-                match e {
-                    TrySendError::Full(_) => Err(SubmitError::Full),
-                    TrySendError::Disconnected(_) => Err(SubmitError::Closed),
-                }
+                Err(e)
             }
         }
     }
@@ -162,9 +168,10 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_size.max(1));
+    let (tx, rx) = std::sync::mpsc::channel();
     let handle = EngineHandle {
         tx,
+        queue_size: cfg.queue_size.max(1),
         metrics: Arc::clone(&metrics),
     };
     let thread = std::thread::Builder::new()
@@ -240,26 +247,41 @@ fn worker(
         json_vocab: std::cell::OnceCell::new(),
     };
     let mut open = true;
+    // Jobs taken off the channel that wait for a slot, oldest first.
+    let mut queued: VecDeque<Job> = VecDeque::with_capacity(cfg.queue_size);
     // Where each pass starts handing out its row budget, so no slot starves.
     let mut rotate = 0usize;
     loop {
-        // Admission: block only when there is nothing to run.
+        // Admission: block only when there is nothing to run or to admit.
         let busy = slots.iter().any(|s| s.active.is_some());
-        if !busy {
+        if !busy && queued.is_empty() {
             if !open {
                 break;
             }
             match rx.recv() {
-                Ok(job) => admit(&mut slots, job, tok, metrics),
+                Ok(job) => queued.push_back(job),
                 Err(_) => break,
             }
         }
-        while open && slots.iter().any(|s| s.active.is_none()) {
+        while open {
             match rx.try_recv() {
-                Ok(job) => admit(&mut slots, job, tok, metrics),
+                Ok(job) => queued.push_back(job),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
+        }
+        // A job whose client has gone leaves the queue now, not when a slot frees.
+        queued.retain(|job| {
+            let gone = job.cancel.is_cancelled() || job.events.is_closed();
+            if gone {
+                metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+                metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            !gone
+        });
+        while slots.iter().any(|s| s.active.is_none()) {
+            let Some(job) = queued.pop_front() else { break };
+            admit(&mut slots, job, tok, metrics);
         }
         for slot in &mut slots {
             if slot.active.as_ref().is_some_and(Generation::cancelled) {
@@ -629,7 +651,13 @@ impl<'t> Generation<'t> {
             logits: Vec::new(),
             raw_logits: Vec::new(),
             decoder: StreamDecoder::new(tok, true),
-            stop: StopMatcher::new(job.params.stops.clone()),
+            // A stop string could cut a JSON answer short and break the promise that it parses;
+            // a JSON answer ends when its object closes instead.
+            stop: StopMatcher::new(if job.params.json_object {
+                Vec::new()
+            } else {
+                job.params.stops.clone()
+            }),
             splitter: job.reasoning.map(ThinkSplitter::trimming_answer_start),
             sampler: Sampler::new(job.params.sampler.clone()),
             n_gen: 0,
@@ -726,13 +754,18 @@ impl<'t> Generation<'t> {
                 *l += bias;
             }
         }
-        if let (Some(json), Some(vocab)) = (&self.json, vocab) {
+        // Reasoning is free text; the JSON constraint holds from the answer's first token.
+        let thinking = self.splitter.as_ref().is_some_and(ThinkSplitter::in_think);
+        let constrained = if thinking { None } else { vocab };
+        if let (Some(json), Some(vocab)) = (&self.json, constrained) {
             // The object is closed: that is the end of a JSON answer.
             if json.is_done() {
                 return self.finish(FinishReason::Stop);
             }
             if vocab.mask(json, &mut self.logits, &mut self.json_scratch) == 0 {
-                return self.finish(FinishReason::Stop);
+                // Unreachable with a vocabulary holding every ASCII character; ending with
+                // `stop` here would hand back text that does not parse.
+                return Err("no token of the vocabulary continues the JSON answer".into());
             }
         }
         if self.job.params.logprobs.is_some() {
@@ -742,7 +775,7 @@ impl<'t> Generation<'t> {
             self.raw_logits.extend_from_slice(&self.logits);
         }
         let mut id = self.sampler.sample(&mut self.logits, history);
-        if let (Some(json), Some(vocab)) = (self.json.as_mut(), vocab) {
+        if let (Some(json), Some(vocab)) = (self.json.as_mut(), constrained) {
             // Rounding in the sampler's final draw could in principle land on a masked
             // token; fall back to the most likely allowed one rather than break the JSON.
             self.json_scratch.clone_from(json);
@@ -776,9 +809,6 @@ impl<'t> Generation<'t> {
         self.last = now;
         metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
 
-        if self.splitter.as_ref().is_some_and(ThinkSplitter::in_think) {
-            self.n_reasoning += 1;
-        }
         let mut delta = Delta::default();
         if let Some(k) = self.job.params.logprobs {
             let (lse, top) = log_softmax_top(&self.raw_logits, k);
@@ -813,10 +843,20 @@ impl<'t> Generation<'t> {
                 }
             }
         }
+        let thinking_after = self.splitter.as_ref().is_some_and(ThinkSplitter::in_think);
+        // The tokens of the reasoning, its opening and closing tags included.
+        if thinking || thinking_after {
+            self.n_reasoning += 1;
+        }
+        if let Some(json) = self.json.as_mut().filter(|_| thinking && !thinking_after) {
+            // The token that closed the reasoning may carry the answer's first characters,
+            // which the constraint did not see: the JSON state starts from them.
+            let _ = json.push_str(&delta.content);
+        }
         if !self.send(delta) {
             return Ok(Step::Cancelled);
         }
-        if self.stopped_by_string {
+        if self.stopped_by_string || self.json.as_ref().is_some_and(JsonPrefix::is_done) {
             return self.finish(FinishReason::Stop);
         }
         if history.len() + 1 >= self.n_ctx {

@@ -26,6 +26,20 @@ fn check_usage(u: &Value) -> (u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_id_with_slashes_is_found() {
+    let s = start(|c| c.model_id = "HuggingFaceTB/SmolLM2-135M-Instruct".into()).await;
+    let (st, v) = s
+        .get_json("/v1/models/HuggingFaceTB/SmolLM2-135M-Instruct")
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["id"], "HuggingFaceTB/SmolLM2-135M-Instruct");
+    let (st, v) = s.get_json("/v1/models/HuggingFaceTB/other").await;
+    assert_eq!(st, 404);
+    assert_eq!(v["error"]["code"], "model_not_found");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_models() {
     let s = start(|_| {}).await;
     assert_eq!(s.get_json("/health").await.0, 200);
@@ -312,6 +326,32 @@ async fn chat_logprobs_seed_and_stop() {
     s.stop().await.unwrap();
 }
 
+/// With a template whose prompt opens `<think>`, the reasoning is free text: the JSON
+/// constraint starts with the answer, so the reasoning is what it is without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_object_leaves_the_reasoning_free() {
+    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                    {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
+    let s: TestServer = start(|c| c.chat_template = Some(template.into())).await;
+    let eos = s.eos.to_string();
+    let plain = json!({
+        "messages": user("Describe a cat as a JSON object."),
+        "temperature": 0,
+        "max_tokens": 8,
+        "logit_bias": {eos: -100},
+    });
+    let mut json_mode = plain.clone();
+    json_mode["response_format"] = json!({"type": "json_object"});
+    let (st, a) = s.post_json("/v1/chat/completions", &plain).await;
+    assert_eq!(st, 200, "{a}");
+    let (st, b) = s.post_json("/v1/chat/completions", &json_mode).await;
+    assert_eq!(st, 200, "{b}");
+    let reasoning = |v: &Value| v["choices"][0]["message"]["reasoning_content"].clone();
+    assert!(reasoning(&a).as_str().is_some_and(|r| !r.is_empty()), "{a}");
+    assert_eq!(reasoning(&a), reasoning(&b), "{a} {b}");
+    s.stop().await.unwrap();
+}
+
 /// A template whose generation prompt opens `<think>` (as R1's does): the output starts inside
 /// the reasoning, so it all lands in `reasoning_content` and counts as reasoning tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,6 +414,15 @@ async fn json_object_output_parses() {
     let content = v["choices"][0]["message"]["content"].as_str().unwrap();
     let parsed: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
     assert!(parsed.is_object(), "{content}");
+
+    // Stop strings that every object holds cannot cut the answer short: a JSON answer ends
+    // when its object closes.
+    let mut stopped = body.clone();
+    stopped["stop"] = json!([":", "\""]);
+    let (st, v) = s.post_json("/v1/chat/completions", &stopped).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], content, "{v}");
 
     let mut body = body.clone();
     body["stream"] = json!(true);

@@ -384,6 +384,8 @@ async fn bad_requests_get_400_with_openai_errors() {
         check_error_body(&v, st, "context");
         let e = &v["error"];
         assert_eq!(e["code"], "context_length_exceeded", "{v}");
+        let field = if path == CHAT { "messages" } else { "prompt" };
+        assert_eq!(e["param"], field, "{v}");
         assert_eq!(e["n_ctx"], 256, "{v}");
         assert!(e["n_prompt_tokens"].as_u64().unwrap() > 0);
         assert!(
@@ -496,6 +498,15 @@ async fn body_limit_and_api_key() {
     let ok = |req: reqwest::RequestBuilder| req.bearer_auth("sk-test-123");
     let r = ok(s.client.get(s.url("/v1/models"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // The scheme name is case-insensitive.
+    let r = s
+        .client
+        .get(s.url("/v1/models"))
+        .header("authorization", "bearer sk-test-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // Over the body limit: 413, with or without a Content-Length that says so up front.
     let big = chat(json!({"messages": [{"role": "user", "content": "x".repeat(8000)}]}));
@@ -505,6 +516,9 @@ async fn body_limit_and_api_key() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(serde_json::to_vec(&big).unwrap())];
     let r = ok(s.client.post(s.url(CHAT)))
         .header("content-type", "application/json")
@@ -515,6 +529,8 @@ async fn body_limit_and_api_key() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     let r = ok(s.client.post(s.url(CHAT)))
         .json(&chat(json!({})))
         .send()

@@ -99,7 +99,7 @@ async fn full_queue_answers_503_with_retry_after() {
     .await;
     let mut a = s.post("/v1/completions", &long_completion(&s, true)).await;
     read_events(&mut a, 1).await; // A is running
-    let mut b = s.post("/v1/completions", &long_completion(&s, true)).await;
+    let b = s.post("/v1/completions", &long_completion(&s, true)).await;
     assert_eq!(b.status(), 200); // B waits in the queue
     assert_eq!(s.metric("gorae_requests_waiting").await, 1.0);
     assert_eq!(s.metric("vllm:num_requests_waiting").await, 1.0);
@@ -128,11 +128,19 @@ async fn full_queue_answers_503_with_retry_after() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "overloaded");
     }
-    // A hangs up: B runs next; then B hangs up too.
-    drop(a);
-    read_events(&mut b, 1).await;
-    wait_metric(&s, "gorae_requests_waiting", 0.0, Duration::from_secs(2)).await;
+    // B hangs up while it waits: its place frees (the next keep-alive write finds the client
+    // gone) while A still runs, and C takes it.
     drop(b);
+    wait_metric(&s, "gorae_requests_waiting", 0.0, Duration::from_secs(3)).await;
+    assert_eq!(s.metric("gorae_requests_running").await, 1.0);
+    let mut c = s.post("/v1/completions", &long_completion(&s, true)).await;
+    assert_eq!(c.status(), 200);
+    assert_eq!(s.metric("gorae_requests_waiting").await, 1.0);
+    // A hangs up: C runs next; then C hangs up too.
+    drop(a);
+    read_events(&mut c, 1).await;
+    wait_metric(&s, "gorae_requests_waiting", 0.0, Duration::from_secs(2)).await;
+    drop(c);
     wait_metric(&s, "gorae_requests_running", 0.0, Duration::from_secs(2)).await;
     let (st, _) = s
         .post_json("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 2}))
