@@ -267,13 +267,17 @@ fn put_reasoning(obj: &mut Map<String, Value>, field: ReasoningField, text: &str
 }
 
 fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
-    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    let entry = |token: &str, bytes: &[u8], logprob: f32| json!({"token": token, "logprob": logprob, "bytes": bytes});
     let content: Vec<Value> = lps
         .iter()
         .map(|t| {
-            let mut e = entry(&t.token, t.logprob);
-            e["top_logprobs"] =
-                Value::Array(t.top.iter().map(|a| entry(&a.token, a.logprob)).collect());
+            let mut e = entry(&t.token, &t.bytes, t.logprob);
+            e["top_logprobs"] = Value::Array(
+                t.top
+                    .iter()
+                    .map(|a| entry(&a.token, &a.bytes, a.logprob))
+                    .collect(),
+            );
             e
         })
         .collect();
@@ -295,7 +299,9 @@ fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
         }
         top.push(Value::Object(m));
         offsets.push(json!(offset));
-        offset += t.token.len();
+        // Offsets count the output's bytes: a token holding part of a character adds its
+        // own bytes, not those of the U+FFFD its text shows.
+        offset += t.bytes.len();
     }
     json!({
         "tokens": tokens,

@@ -67,12 +67,16 @@ impl Delta {
 #[derive(Debug, Clone)]
 pub struct TopLogprob {
     pub token: String,
+    /// What the token stands for in the output (part of a character, maybe).
+    pub bytes: Vec<u8>,
     pub logprob: f32,
 }
 
 #[derive(Debug, Clone)]
 pub struct TokenLogprob {
     pub token: String,
+    /// What the token stands for in the output (part of a character, maybe).
+    pub bytes: Vec<u8>,
     pub logprob: f32,
     pub top: Vec<TopLogprob>,
 }
@@ -812,18 +816,28 @@ impl<'t> Generation<'t> {
         let mut delta = Delta::default();
         if let Some(k) = self.job.params.logprobs {
             let (lse, top) = log_softmax_top(&self.raw_logits, k);
-            let text = |id: u32| tok.decode(&[id], false).unwrap_or_default();
+            // The token as bytes, and as text where those bytes are whole characters.
+            let text = |id: u32| {
+                let bytes = tok.token_bytes(id);
+                (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+            };
+            let (token, bytes) = text(id);
             delta.logprobs.push(TokenLogprob {
-                token: text(id),
+                token,
+                bytes,
                 logprob: self
                     .raw_logits
                     .get(id as usize)
                     .map_or(f32::NEG_INFINITY, |l| l - lse),
                 top: top
                     .into_iter()
-                    .map(|(t, lp)| TopLogprob {
-                        token: text(t),
-                        logprob: lp,
+                    .map(|(t, lp)| {
+                        let (token, bytes) = text(t);
+                        TopLogprob {
+                            token,
+                            bytes,
+                            logprob: lp,
+                        }
                     })
                     .collect(),
             });

@@ -397,6 +397,34 @@ async fn reasoning_split_when_the_prompt_opens_think() {
     s.stop().await.unwrap();
 }
 
+/// A token holding part of a Hangul syllable: its logprob `bytes` are the UTF-8 bytes it
+/// stands for (so a client can join them), not those of the U+FFFD its text shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprob_bytes_of_a_partial_character() {
+    let (_, tok) = common::load();
+    let first = tok.encode("한", false).unwrap()[0];
+    let want = tok.token_bytes(first);
+    assert!(
+        std::str::from_utf8(&want).is_err(),
+        "precondition: {first} is part of a character"
+    );
+    let s = start(|_| {}).await;
+    let (st, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"messages": user("Hi"), "max_tokens": 1, "logprobs": true, "top_logprobs": 1,
+                    "logit_bias": {first.to_string(): 100}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"]["content"][0];
+    let bytes: Vec<u8> = serde_json::from_value(lp["bytes"].clone()).unwrap();
+    assert_eq!(bytes, want, "{v}");
+    let top: Vec<u8> = serde_json::from_value(lp["top_logprobs"][0]["bytes"].clone()).unwrap();
+    assert_eq!(top, want, "{v}");
+    s.stop().await.unwrap();
+}
+
 /// `response_format: json_object`: constrained decoding makes the answer one JSON object that
 /// parses, whole or streamed, greedy or sampled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

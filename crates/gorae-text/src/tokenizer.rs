@@ -408,6 +408,36 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The bytes `id` stands for in generated text, leading space included: what OpenAI's
+    /// logprob `bytes` report, so a client can join tokens that each hold part of one UTF-8
+    /// character (common in Korean text). Decoding the token alone cannot give them: a partial
+    /// character decodes to U+FFFD, and SentencePiece decoders strip a leading space.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let raw = match self.inner.id_to_token(id) {
+            Some(raw) if !self.is_special(id) => raw,
+            _ => return self.decode(&[id], false).unwrap_or_default().into_bytes(),
+        };
+        if let Some(b) = byte_fallback_token(&raw) {
+            return vec![b];
+        }
+        let byte_level = matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::decoders::DecoderWrapper::ByteLevel(_))
+        );
+        if byte_level {
+            if let Some(bytes) = raw
+                .chars()
+                .map(byte_level_byte)
+                .collect::<Option<Vec<u8>>>()
+            {
+                return bytes;
+            }
+        } else if raw.contains('\u{2581}') {
+            return raw.replace('\u{2581}', " ").into_bytes();
+        }
+        self.decode(&[id], false).unwrap_or_default().into_bytes()
+    }
+
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
@@ -434,4 +464,31 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// `<0xAB>`: a SentencePiece byte-fallback token, standing for the one byte 0xAB.
+fn byte_fallback_token(raw: &str) -> Option<u8> {
+    let hex = raw.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// The byte a GPT-2 byte-level vocabulary character stands for: printable bytes (`!`..`~`,
+/// `¡`..`¬`, `®`..`ÿ`) are themselves; the others (controls, space, DEL, NBSP, soft hyphen)
+/// were moved, in order, to U+0100 onwards.
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
+    let cp = c as u32;
+    if printable(cp) {
+        return u8::try_from(cp).ok();
+    }
+    let n = cp.checked_sub(0x100)?;
+    (0u32..=0xff)
+        .filter(|&b| !printable(b))
+        .nth(n as usize)
+        .and_then(|b| u8::try_from(b).ok())
 }

@@ -93,3 +93,17 @@ fn shared_across_threads() {
     assert_send_sync::<gorae_text::ChatTemplate>();
     assert_send_sync::<gorae_text::TextError>();
 }
+
+/// Token bytes (OpenAI's logprob `bytes`) keep a token's leading space and give byte-fallback
+/// tokens their one byte, so the bytes of the tokens join into the text's UTF-8.
+#[test]
+fn sentencepiece_token_bytes_join_into_the_text() {
+    let (tok, tokens) = toy();
+    let id = |s: &str| tokens.iter().position(|t| t == s).expect(s) as u32;
+    assert_eq!(tok.token_bytes(id("▁hello")), b" hello");
+    assert_eq!(tok.token_bytes(id("<0xEA>")), [0xea]);
+    // "한" is not in the vocabulary: three byte-fallback tokens.
+    let ids = tok.encode("hello 한", false).expect("encode");
+    let joined: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i)).collect();
+    assert_eq!(joined, " hello 한".as_bytes());
+}

@@ -140,3 +140,25 @@ fn special_tokens_in_text_are_matched_lookalikes_are_not() {
         "<｜begin▁of▁sentence｜>x"
     );
 }
+
+/// Byte-level BPE (SmolLM2): the bytes of each token of a text join into its UTF-8, also
+/// where a token holds part of a Hangul syllable, which decodes alone to U+FFFD.
+#[test]
+fn byte_level_token_bytes_join_into_the_text() {
+    let smol = load_tokenizer("smollm2");
+    for text in [
+        "Hello, world!\n\tTabs  and  spaces",
+        "한국어 모델은 고래입니다",
+        "naïve café ½",
+    ] {
+        let ids = smol.encode(text, false).expect("encode");
+        let joined: Vec<u8> = ids.iter().flat_map(|&i| smol.token_bytes(i)).collect();
+        assert_eq!(String::from_utf8_lossy(&joined), text);
+        assert_eq!(joined, text.as_bytes());
+    }
+    let eos = smol.eos_id().expect("eos");
+    assert_eq!(
+        smol.token_bytes(eos),
+        smol.decode(&[eos], false).expect("decode").as_bytes()
+    );
+}
