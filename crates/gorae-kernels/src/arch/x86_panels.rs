@@ -56,8 +56,13 @@ const TILE: usize = 8;
 const PAIR_TILE: usize = 4;
 
 /// Panel blocks per chunk of a pair for fewer than [`PAIR_WHOLE`] tokens: every token run
-/// passes over a chunk (at most 8.5 KiB of a pair, in L1, the next one prefetched meanwhile)
-/// before the next is read. Runs over whole panels would read a pair from DRAM in the first run
+/// passes over a chunk (at most 8.5 KiB of a pair, in L1) before the next is read. The first
+/// run asks for the next chunk one block at a time as it computes each block (see
+/// [`tile_pair`]): asked for whole at the chunk's start, its 80-136 lines came in one burst
+/// that the core could not overlap with the arithmetic, and a streaming product took the sum of
+/// its compute and DRAM times (`kvar`, 8 tokens, one thread: Q8_0 49152x576 200-213 -> 272-276
+/// GFLOP/s; alternated end to end, 2 threads, 8 sequences: SmolLM2 Q4_1 1379 -> 1704 t/s
+/// median of 5, Q8_0 1060 -> 1340, DeepSeek bench Q4_0 354 -> 527, Q8_0 275 -> 396). Runs over whole panels would read a pair from DRAM in the first run
 /// with too little work to hide it, then compute from L1 in the others (streaming Q4_1 with 8
 /// tokens: 260 GFLOP/s, against 460 for single panels).
 const PAIR_CHUNK: usize = 8;
@@ -196,10 +201,17 @@ fn tile_pair<const K: u8, const T: usize>(
     nb: usize,
     xs: [&[BlockQ8P]; T],
     mut acc: [[__m512; T]; 2],
+    next: Option<[*const u8; 2]>,
 ) -> [[__m512; T]; 2] {
     let pb = panel_block(K);
     let off = quant_offset(K);
     for b in 0..nb {
+        if let Some(next) = next {
+            // The same block of the pair's next chunk: a few lines asked for per block keep
+            // DRAM busy while this block computes.
+            prefetch_span(next[0].wrapping_add(b * pb), pb);
+            prefetch_span(next[1].wrapping_add(b * pb), pb);
+        }
         let blk = [
             &panels[0][b * pb..(b + 1) * pb],
             &panels[1][b * pb..(b + 1) * pb],
@@ -337,15 +349,17 @@ macro_rules! panel_loop {
                 while b0 < nb {
                     let nbc = (nb - b0).min(chunk_blocks);
                     let chunk = |q: usize| &panel(q)[b0 * $pb..(b0 + nbc) * $pb];
-                    // The next chunk of the pair (or the next pair's first) arrives while every
-                    // token run computes on this one; past the end the hint is wasted, no more.
+                    // The next chunk of the pair (or the next pair's first) arrives while the
+                    // token runs compute on this one; past the end the hint is wasted, no more.
                     let (a, b) = if b0 + nbc < nb {
                         (p * nb + b0 + nbc, (p + 1) * nb + b0 + nbc)
                     } else {
                         ((p + 2) * nb, (p + 3) * nb)
                     };
-                    prefetch_span(pw.as_ptr().wrapping_add(a * $pb), PAIR_CHUNK * $pb);
-                    prefetch_span(pw.as_ptr().wrapping_add(b * $pb), PAIR_CHUNK * $pb);
+                    let next = [
+                        pw.as_ptr().wrapping_add(a * $pb),
+                        pw.as_ptr().wrapping_add(b * $pb),
+                    ];
                     token_runs!(n_tokens, $ptt, |t, T| {
                         // Sums so far live in `y` between chunks (f32 stores are exact).
                         let acc = core::array::from_fn(|h| core::array::from_fn(|k| {
@@ -353,7 +367,9 @@ macro_rules! panel_loop {
                             if b0 == 0 { _mm512_setzero_ps() } else { load(y, at, valid(p + h)) }
                         }));
                         let xs = core::array::from_fn(|k| &tok(t + k)[b0..b0 + nbc]);
-                        let s = $pair::<T>([chunk(p), chunk(p + 1)], nbc, xs, acc);
+                        // The first run over the chunk asks for the next one, block by block.
+                        let next = (t == 0).then_some(next);
+                        let s = $pair::<T>([chunk(p), chunk(p + 1)], nbc, xs, acc, next);
                         for (h, sh) in s.into_iter().enumerate() {
                             for (k, v) in sh.into_iter().enumerate() {
                                 store(y, (t + k) * ld + (p + h) * PANEL, valid(p + h), v);
@@ -389,8 +405,9 @@ fn pair_q8_0<const T: usize>(
     nb: usize,
     xs: [&[BlockQ8P]; T],
     acc: [[__m512; T]; 2],
+    next: Option<[*const u8; 2]>,
 ) -> [[__m512; T]; 2] {
-    tile_pair::<Q8_0, T>(panels, nb, xs, acc)
+    tile_pair::<Q8_0, T>(panels, nb, xs, acc, next)
 }
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -404,8 +421,9 @@ fn pair_q4_0<const T: usize>(
     nb: usize,
     xs: [&[BlockQ8P]; T],
     acc: [[__m512; T]; 2],
+    next: Option<[*const u8; 2]>,
 ) -> [[__m512; T]; 2] {
-    tile_pair::<Q4_0, T>(panels, nb, xs, acc)
+    tile_pair::<Q4_0, T>(panels, nb, xs, acc, next)
 }
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -419,8 +437,9 @@ fn pair_q4_1<const T: usize>(
     nb: usize,
     xs: [&[BlockQ8P]; T],
     acc: [[__m512; T]; 2],
+    next: Option<[*const u8; 2]>,
 ) -> [[__m512; T]; 2] {
-    tile_pair::<Q4_1, T>(panels, nb, xs, acc)
+    tile_pair::<Q4_1, T>(panels, nb, xs, acc, next)
 }
 
 /// 4 activation bytes `x[at..at + 4]` broadcast to every lane.
