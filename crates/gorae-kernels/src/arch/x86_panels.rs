@@ -180,6 +180,14 @@ fn tile<const K: u8, const T: usize>(panel: &[u8], nb: usize, xs: [&[BlockQ8P]; 
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let blk = &panel[b * pb..(b + 1) * pb];
+        // With two or more tokens a block's arithmetic is long enough to hide the hint's cost,
+        // and the hardware prefetchers alone fall behind (alternated, 2 threads: SmolLM2 Q4_1,
+        // 4 sequences 1254 -> 1360 t/s, 2 sequences 776 -> 852; Q8_0, 4 sequences 916 -> 1019;
+        // DeepSeek bench Q4_0, 4 sequences 309 -> 362). One token goes without (see
+        // [`PREFETCH_DIST`]).
+        if T >= 2 {
+            prefetch_ahead(blk);
+        }
         let (dw, m) = (halves(blk, 0), mins::<K>(blk));
         let w = quants::<K>(blk);
         for t in 0..T {
