@@ -276,18 +276,21 @@ impl Model {
             cache: &mut state.cache,
         }];
         self.forward_batch(&mut seqs, &mut state.scratch, want)
+            .map(|l| &*l)
     }
 
     /// One pass over several sequences (continuous batching): each runs its tokens after what
     /// its cache holds. Returns `[n_seqs, n_vocab]` (each sequence's last token) for
     /// `Logits::Last`, `[n_rows, n_vocab]` (every token, sequences in order) for `Logits::All`.
-    /// A row's logits do not depend on which other sequences share the pass.
+    /// A row's logits do not depend on which other sequences share the pass. They are the
+    /// workspace's to overwrite until the next pass, so a sampler can mask and penalize them
+    /// in place instead of copying each row.
     pub fn forward_batch<'s>(
         &self,
         seqs: &mut [SeqInput<'_>],
         work: &'s mut Workspace,
         want: Logits,
-    ) -> Result<&'s [f32]> {
+    ) -> Result<&'s mut [f32]> {
         match (self, &mut work.0) {
             (Model::Llama(m), Scratch::Llama(s)) => m.forward(seqs, s, want),
             (Model::Deepseek(m), Scratch::Deepseek(s)) => m.forward(seqs, s, want),

@@ -434,19 +434,22 @@ fn run_pass(
     // Each planned slot's sampling and streaming, with its row of logits: the slots are
     // independent, so several go to the thread pool at once (the engine thread would otherwise
     // do them alone between passes while the pool's other threads wait).
-    let mut row_of = vec![None; slots.len()];
-    for (k, &(i, n)) in plan.iter().enumerate() {
-        row_of[i] = Some((k, n));
+    let mut row_of: Vec<Option<(usize, usize, &mut [f32])>> = slots.iter().map(|_| None).collect();
+    for ((k, &(i, n)), row) in plan
+        .iter()
+        .enumerate()
+        .zip(logits.chunks_exact_mut(n_vocab))
+    {
+        row_of[i] = Some((k, n, row));
     }
     let mut items: Vec<(usize, std::sync::Mutex<AfterPass<'_, '_>>)> = slots
         .iter_mut()
         .zip(row_of)
         .enumerate()
         .filter_map(|(i, (slot, at))| {
-            let (k, n) = at?;
+            let (k, n, row) = at?;
             let Slot { tokens, active, .. } = slot;
             let g = active.as_mut()?;
-            let row = &logits[k * n_vocab..(k + 1) * n_vocab];
             let item = AfterPass {
                 slot: i,
                 n,
@@ -495,7 +498,8 @@ struct AfterPass<'g, 't> {
     n: usize,
     g: &'g mut Generation<'t>,
     history: &'g [u32],
-    row: &'g [f32],
+    /// The slot's row of the pass's logits, sampled in place (masked, penalized).
+    row: &'g mut [f32],
     step: Option<Step>,
 }
 
@@ -623,7 +627,6 @@ struct Generation<'t> {
     /// The slot's context: generation stops before it is full.
     n_ctx: usize,
     cached: usize,
-    logits: Vec<f32>,
     raw_logits: Vec<f32>,
     decoder: StreamDecoder<'t>,
     stop: StopMatcher,
@@ -652,7 +655,6 @@ impl<'t> Generation<'t> {
             pending: None,
             n_ctx,
             cached,
-            logits: Vec::new(),
             raw_logits: Vec::new(),
             decoder: StreamDecoder::new(tok, true),
             // A stop string could cut a JSON answer short and break the promise that it parses;
@@ -719,7 +721,7 @@ impl<'t> Generation<'t> {
     fn after_pass(
         &mut self,
         n: usize,
-        logits: &[f32],
+        logits: &mut [f32],
         history: &[u32],
         tok: &Tokenizer,
         vocab: Option<&JsonVocab>,
@@ -733,18 +735,17 @@ impl<'t> Generation<'t> {
                 return Step::Continue;
             }
         }
-        self.logits.clear();
-        self.logits.extend_from_slice(logits);
-        match self.sample(history, tok, vocab, metrics) {
+        match self.sample(logits, history, tok, vocab, metrics) {
             Ok(step) => step,
             Err(e) => Step::Failed(e),
         }
     }
 
-    /// Samples the next token from `self.logits`, reports it, and either ends the generation
-    /// or leaves the token pending for the next pass.
+    /// Samples the next token from `logits` (changed in place), reports it, and either ends
+    /// the generation or leaves the token pending for the next pass.
     fn sample(
         &mut self,
+        logits: &mut [f32],
         history: &[u32],
         tok: &Tokenizer,
         vocab: Option<&JsonVocab>,
@@ -754,7 +755,7 @@ impl<'t> Generation<'t> {
             return self.finish(FinishReason::Length);
         }
         for &(id, bias) in &self.job.params.logit_bias {
-            if let Some(l) = self.logits.get_mut(id as usize) {
+            if let Some(l) = logits.get_mut(id as usize) {
                 *l += bias;
             }
         }
@@ -766,7 +767,7 @@ impl<'t> Generation<'t> {
             if json.is_done() {
                 return self.finish(FinishReason::Stop);
             }
-            if vocab.mask(json, &mut self.logits, &mut self.json_scratch) == 0 {
+            if vocab.mask(json, logits, &mut self.json_scratch) == 0 {
                 // Unreachable with a vocabulary holding every ASCII character; ending with
                 // `stop` here would hand back text that does not parse.
                 return Err("no token of the vocabulary continues the JSON answer".into());
@@ -776,9 +777,9 @@ impl<'t> Generation<'t> {
             // The sampler applies penalties in place; log-probabilities are reported for the
             // model's distribution (with logit_bias), as OpenAI does.
             self.raw_logits.clear();
-            self.raw_logits.extend_from_slice(&self.logits);
+            self.raw_logits.extend_from_slice(logits);
         }
-        let mut id = self.sampler.sample(&mut self.logits, history);
+        let mut id = self.sampler.sample(logits, history);
         if let (Some(json), Some(vocab)) = (self.json.as_mut(), constrained) {
             // Rounding in the sampler's final draw could in principle land on a masked
             // token; fall back to the most likely allowed one rather than break the JSON.
@@ -787,8 +788,7 @@ impl<'t> Generation<'t> {
                 .text(id)
                 .is_some_and(|t| self.json_scratch.push_str(t));
             if !fits {
-                let best = self
-                    .logits
+                let best = logits
                     .iter()
                     .enumerate()
                     .filter(|(_, l)| l.is_finite())

@@ -669,7 +669,7 @@ impl DeepseekModel {
         seqs: &mut [SeqInput<'_>],
         s: &'s mut DeepseekScratch,
         want: Logits,
-    ) -> Result<&'s [f32]> {
+    ) -> Result<&'s mut [f32]> {
         let c = &self.cfg;
         let n = s
             .rows
@@ -724,7 +724,7 @@ impl DeepseekModel {
             &mut s.logits[..rows * c.n_vocab],
             &mut s.qbuf,
         )?;
-        Ok(&s.logits[..rows * c.n_vocab])
+        Ok(&mut s.logits[..rows * c.n_vocab])
     }
 
     /// Runs the MTP block over `tokens` (token `i + 1` for each trunk position `i`) and the

@@ -265,7 +265,7 @@ impl LlamaModel {
         seqs: &mut [SeqInput<'_>],
         s: &'s mut LlamaScratch,
         want: Logits,
-    ) -> Result<&'s [f32]> {
+    ) -> Result<&'s mut [f32]> {
         let c = &self.cfg;
         let n = s.rows.plan_seqs(seqs, s.n_ctx, |c| {
             c.standard().map(|kv| (kv.len(), kv.n_ctx))
@@ -589,7 +589,7 @@ impl LlamaModel {
         if c.opts.logits_scaling != 1.0 {
             out.iter_mut().for_each(|v| *v *= c.opts.logits_scaling);
         }
-        Ok(&s.logits[..rows * c.n_vocab])
+        Ok(&mut s.logits[..rows * c.n_vocab])
     }
 }
 
