@@ -275,6 +275,7 @@ fn gen_params(
 ) -> Result<GenParams, ApiError> {
     let json_object = refuse_unsupported(o)?;
     let mut max_tokens = None;
+    // Every spelling sent is checked, though only the first present counts.
     for name in max_names {
         if let Some(m) = opt_int(o, name)? {
             if m <= 0 {
@@ -283,8 +284,7 @@ fn gen_params(
                     Some(name),
                 ));
             }
-            max_tokens = Some(usize::try_from(m).unwrap_or(usize::MAX));
-            break;
+            max_tokens = max_tokens.or(Some(usize::try_from(m).unwrap_or(usize::MAX)));
         }
     }
     let temperature = opt_range(o, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
@@ -561,6 +561,30 @@ fn template_kwargs(o: &Obj) -> Result<Obj, ApiError> {
     Ok(out)
 }
 
+/// Audio output (`modalities` with "audio", an `audio` object): a text model cannot give it,
+/// and answering with text alone would pass for success.
+fn refuse_audio(o: &Obj) -> Result<(), ApiError> {
+    match field(o, "modalities") {
+        None => {}
+        Some(Value::Array(m)) => {
+            if let Some(other) = m.iter().find(|v| v.as_str() != Some("text")) {
+                return Err(ApiError::bad_request(
+                    format!("Only the 'text' modality is supported, got {other}"),
+                    Some("modalities"),
+                ));
+            }
+        }
+        Some(v) => return Err(wrong_type("modalities", "a list", v)),
+    }
+    if field(o, "audio").is_some() {
+        return Err(ApiError::bad_request(
+            "Audio output is not supported",
+            Some("audio"),
+        ));
+    }
+    Ok(())
+}
+
 fn refuse_tools(o: &Obj) -> Result<(), ApiError> {
     let has_tools = match field(o, "tools") {
         None => false,
@@ -636,6 +660,7 @@ pub fn chat_request(o: &Obj, n_vocab: usize) -> Result<ChatRequest, ApiError> {
     let model = model(o)?;
     let messages = messages(o)?;
     refuse_tools(o)?;
+    refuse_audio(o)?;
     let logprobs = opt_bool(o, "logprobs")?.unwrap_or(false);
     let top = opt_int(o, "top_logprobs")?;
     let logprobs = match (logprobs, top) {

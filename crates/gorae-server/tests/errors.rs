@@ -145,6 +145,24 @@ async fn bad_requests_get_400_with_openai_errors() {
             "max_completion_tokens",
         ),
         (
+            "max_tokens wrong beside max_completion_tokens",
+            CHAT,
+            chat(json!({"max_completion_tokens": 4, "max_tokens": "many"})),
+            "max_tokens",
+        ),
+        (
+            "audio modality",
+            CHAT,
+            chat(json!({"modalities": ["text", "audio"]})),
+            "modalities",
+        ),
+        (
+            "audio output",
+            CHAT,
+            chat(json!({"audio": {"voice": "alloy", "format": "wav"}})),
+            "audio",
+        ),
+        (
             "temperature too high",
             CHAT,
             chat(json!({"temperature": 2.5})),
