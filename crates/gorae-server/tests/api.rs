@@ -326,13 +326,16 @@ async fn chat_logprobs_seed_and_stop() {
     s.stop().await.unwrap();
 }
 
+/// A ChatML template whose generation prompt opens `<think>`, as R1's does.
+const THINK_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}\
+                              <|im_end|>\n{% endfor %}{% if add_generation_prompt %}\
+                              <|im_start|>assistant\n<think>\n{% endif %}";
+
 /// With a template whose prompt opens `<think>`, the reasoning is free text: the JSON
 /// constraint starts with the answer, so the reasoning is what it is without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_object_leaves_the_reasoning_free() {
-    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
-                    {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
-    let s: TestServer = start(|c| c.chat_template = Some(template.into())).await;
+    let s: TestServer = start(|c| c.chat_template = Some(THINK_TEMPLATE.into())).await;
     let eos = s.eos.to_string();
     let plain = json!({
         "messages": user("Describe a cat as a JSON object."),
@@ -356,10 +359,8 @@ async fn json_object_leaves_the_reasoning_free() {
 /// the reasoning, so it all lands in `reasoning_content` and counts as reasoning tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reasoning_split_when_the_prompt_opens_think() {
-    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
-                    {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
     let s: TestServer = start(|c| {
-        c.chat_template = Some(template.into());
+        c.chat_template = Some(THINK_TEMPLATE.into());
         c.reasoning_field = gorae_server::ReasoningField::Both;
     })
     .await;
