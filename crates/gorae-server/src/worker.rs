@@ -42,6 +42,13 @@ pub struct Job {
     pub admitted: Instant,
 }
 
+impl Job {
+    /// The client cancelled or stopped listening: the job's work would go nowhere.
+    fn client_gone(&self) -> bool {
+        self.cancel.is_cancelled() || self.events.is_closed()
+    }
+}
+
 #[derive(Debug)]
 pub enum Event {
     Delta(Delta),
@@ -276,7 +283,7 @@ fn worker(
         }
         // A job whose client has gone leaves the queue now, not when a slot frees.
         queued.retain(|job| {
-            let gone = job.cancel.is_cancelled() || job.events.is_closed();
+            let gone = job.client_gone();
             if gone {
                 metrics.waiting.fetch_sub(1, Ordering::SeqCst);
                 metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
@@ -549,7 +556,7 @@ fn end(slot: &mut Slot<'_>, step: Step, metrics: &Metrics) {
 /// Puts `job` in the free slot whose cache shares the longest prefix with its prompt.
 fn admit<'t>(slots: &mut [Slot<'t>], job: Job, tok: &'t Tokenizer, metrics: &Metrics) {
     metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-    if job.cancel.is_cancelled() || job.events.is_closed() {
+    if job.client_gone() {
         metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -677,7 +684,7 @@ impl<'t> Generation<'t> {
     }
 
     fn cancelled(&self) -> bool {
-        self.job.cancel.is_cancelled() || self.job.events.is_closed()
+        self.job.client_gone()
     }
 
     fn send(&self, delta: Delta) -> bool {
@@ -763,10 +770,7 @@ impl<'t> Generation<'t> {
         let thinking = self.splitter.as_ref().is_some_and(ThinkSplitter::in_think);
         let constrained = if thinking { None } else { vocab };
         if let (Some(json), Some(vocab)) = (&self.json, constrained) {
-            // The object is closed: that is the end of a JSON answer.
-            if json.is_done() {
-                return self.finish(FinishReason::Stop);
-            }
+            // A closed object has already ended the generation (below), so one is still open.
             if vocab.mask(json, logits, &mut self.json_scratch) == 0 {
                 // Unreachable with a vocabulary holding every ASCII character; ending with
                 // `stop` here would hand back text that does not parse.

@@ -417,7 +417,7 @@ impl Tokenizer {
             Some(raw) if !self.is_special(id) => raw,
             _ => return self.decode(&[id], false).unwrap_or_default().into_bytes(),
         };
-        if let Some(b) = byte_fallback_token(&raw) {
+        if let Some(b) = crate::vocab::parse_byte_token(&raw) {
             return vec![b];
         }
         let byte_level = matches!(
@@ -464,15 +464,6 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
-}
-
-/// `<0xAB>`: a SentencePiece byte-fallback token, standing for the one byte 0xAB.
-fn byte_fallback_token(raw: &str) -> Option<u8> {
-    let hex = raw.strip_prefix("<0x")?.strip_suffix('>')?;
-    if hex.len() != 2 {
-        return None;
-    }
-    u8::from_str_radix(hex, 16).ok()
 }
 
 /// The byte a GPT-2 byte-level vocabulary character stands for: printable bytes (`!`..`~`,

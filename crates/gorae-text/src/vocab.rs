@@ -89,7 +89,7 @@ pub struct GgufVocab {
 }
 
 /// Parses `<0xHH>` (two hex digits, as SentencePiece writes byte pieces).
-fn parse_byte_token(s: &str) -> Option<u8> {
+pub(crate) fn parse_byte_token(s: &str) -> Option<u8> {
     let hex = s.strip_prefix("<0x")?.strip_suffix('>')?;
     if hex.len() != 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;

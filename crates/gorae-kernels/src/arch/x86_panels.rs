@@ -62,9 +62,10 @@ const PAIR_TILE: usize = 4;
 /// that the core could not overlap with the arithmetic, and a streaming product took the sum of
 /// its compute and DRAM times (`kvar`, 8 tokens, one thread: Q8_0 49152x576 200-213 -> 272-276
 /// GFLOP/s; alternated end to end, 2 threads, 8 sequences: SmolLM2 Q4_1 1379 -> 1704 t/s
-/// median of 5, Q8_0 1060 -> 1340, DeepSeek bench Q4_0 354 -> 527, Q8_0 275 -> 396). Runs over whole panels would read a pair from DRAM in the first run
-/// with too little work to hide it, then compute from L1 in the others (streaming Q4_1 with 8
-/// tokens: 260 GFLOP/s, against 460 for single panels).
+/// median of 5, Q8_0 1060 -> 1340, DeepSeek bench Q4_0 354 -> 527, Q8_0 275 -> 396). Runs
+/// over whole panels would read a pair from DRAM in the first run with too little work to hide
+/// it, then compute from L1 in the others (streaming Q4_1 with 8 tokens: 260 GFLOP/s, against
+/// 460 for single panels).
 const PAIR_CHUNK: usize = 8;
 
 /// Fewest tokens that go through panel pairs: one whole tile. Alone, with a cold DRAM stream,
