@@ -6,8 +6,17 @@
 //! Runs of whitespace outside strings are capped: without a cap a small model can "stall" in
 //! valid but endless whitespace, a known failure of grammar-constrained decoding.
 
+use crate::json_schema::{Schema, Track};
+use std::sync::Arc;
+
 /// Longest run of whitespace allowed between JSON tokens.
 const MAX_WS_RUN: u32 = 16;
+
+/// Most digits before a number's fraction, and in its exponent: 10^(200 + 99) stays inside
+/// f64's range, so every number written parses in strict parsers too (serde_json refuses
+/// `1e999`, which the JSON grammar allows).
+const MAX_INT_DIGITS: u32 = 200;
+const MAX_EXP_DIGITS: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Container {
@@ -65,11 +74,39 @@ enum St {
 }
 
 /// See the module docs. `Clone` is cheap enough to test every vocabulary entry per step.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct JsonPrefix {
     stack: Vec<Container>,
     st: St,
     ws_run: u32,
+    /// Digits of the number being written, in its integer part or its exponent.
+    digits: u32,
+    /// `json_schema` mode: the schema's checks on top of the syntax.
+    schema: Option<Track>,
+}
+
+impl Clone for JsonPrefix {
+    fn clone(&self) -> Self {
+        JsonPrefix {
+            stack: self.stack.clone(),
+            st: self.st,
+            ws_run: self.ws_run,
+            digits: self.digits,
+            schema: self.schema.clone(),
+        }
+    }
+
+    /// Reuses `self`'s buffers: the masking loop copies a state once per vocabulary entry.
+    fn clone_from(&mut self, src: &Self) {
+        self.stack.clone_from(&src.stack);
+        self.st = src.st;
+        self.ws_run = src.ws_run;
+        self.digits = src.digits;
+        match (&mut self.schema, &src.schema) {
+            (Some(a), Some(b)) => a.clone_from(b),
+            (a, b) => a.clone_from(b),
+        }
+    }
 }
 
 impl Default for JsonPrefix {
@@ -85,7 +122,22 @@ impl JsonPrefix {
             stack: Vec::new(),
             st: St::Value,
             ws_run: 0,
+            digits: 0,
+            schema: None,
         }
+    }
+
+    /// Expects one JSON object that conforms to `schema` (`json_schema` mode), or any object.
+    pub fn with_schema(schema: Option<Arc<Schema>>) -> Self {
+        JsonPrefix {
+            schema: schema.map(Track::new),
+            ..JsonPrefix::new()
+        }
+    }
+
+    /// Runs a schema check, if there is a schema; true without one.
+    fn check(&mut self, f: impl FnOnce(&mut Track) -> bool) -> bool {
+        self.schema.as_mut().is_none_or(f)
     }
 
     /// The object is complete.
@@ -121,6 +173,13 @@ impl JsonPrefix {
         if self.stack.is_empty() && c != '{' {
             return false;
         }
+        if !matches!(c, '{' | '[' | '"' | '-' | '0'..='9' | 't' | 'f' | 'n') {
+            return false;
+        }
+        if !self.check(|t| t.value_start(c)) {
+            return false;
+        }
+        self.digits = u32::from(c.is_ascii_digit());
         self.st = match c {
             '{' => {
                 self.stack.push(Container::Object);
@@ -157,7 +216,7 @@ impl JsonPrefix {
             ']' => Container::Array,
             _ => return false,
         };
-        if self.stack.last() != Some(&want) {
+        if self.stack.last() != Some(&want) || !self.check(Track::close) {
             return false;
         }
         self.stack.pop();
@@ -167,6 +226,9 @@ impl JsonPrefix {
 
     /// After a value inside a container.
     fn after(&mut self, c: char) -> bool {
+        if c == ',' && !self.check(Track::comma) {
+            return false;
+        }
         match (c, self.stack.last()) {
             (',', Some(Container::Object)) => {
                 self.st = St::Key;
@@ -181,24 +243,49 @@ impl JsonPrefix {
         }
     }
 
+    /// A character inside a string (after its opening quote, before its closing one).
+    fn content(&mut self, c: char, key: bool) -> bool {
+        if key {
+            self.check(|t| t.key_char(c))
+        } else {
+            self.check(|t| t.scalar_char(c))
+        }
+    }
+
     pub fn push(&mut self, c: char) -> bool {
         match self.st {
             St::Str { key } => {
-                match c {
-                    '"' => {
-                        if key {
-                            self.st = St::Colon;
-                        } else {
-                            self.end_value();
+                if (c as u32) < 0x20 {
+                    return false;
+                }
+                match (c, key) {
+                    ('"', true) => {
+                        if !self.check(Track::key_end) {
+                            return false;
+                        }
+                        self.st = St::Colon;
+                    }
+                    ('"', false) => {
+                        if !self.check(|t| t.scalar_char(c) && t.scalar_end()) {
+                            return false;
+                        }
+                        self.end_value();
+                    }
+                    _ => {
+                        if !self.content(c, key) {
+                            return false;
+                        }
+                        if c == '\\' {
+                            self.st = St::Escape { key };
                         }
                     }
-                    '\\' => self.st = St::Escape { key },
-                    c if (c as u32) < 0x20 => return false,
-                    _ => {}
                 }
                 true
             }
             St::Escape { key } => {
+                if !self.content(c, key) {
+                    return false;
+                }
                 self.st = match c {
                     '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't' => St::Str { key },
                     'u' => St::Unicode { key, left: 4 },
@@ -207,7 +294,7 @@ impl JsonPrefix {
                 true
             }
             St::Unicode { key, left } => {
-                if !c.is_ascii_hexdigit() {
+                if !c.is_ascii_hexdigit() || !self.content(c, key) {
                     return false;
                 }
                 self.st = if left > 1 {
@@ -224,7 +311,13 @@ impl JsonPrefix {
                 if word.as_bytes().get(at as usize) != Some(&(c as u8)) || !c.is_ascii() {
                     return false;
                 }
+                if !self.check(|t| t.scalar_char(c)) {
+                    return false;
+                }
                 if at as usize + 1 == word.len() {
+                    if !self.check(Track::scalar_end) {
+                        return false;
+                    }
                     self.end_value();
                 } else {
                     self.st = St::Literal { word, at: at + 1 };
@@ -243,12 +336,29 @@ impl JsonPrefix {
                     (Num::Exp | Num::ExpSign | Num::ExpDigits, '0'..='9') => Some(Num::ExpDigits),
                     _ => None,
                 };
-                if let Some(n) = next {
+                if let Some(next) = next {
+                    self.digits = match next {
+                        Num::Int | Num::ExpDigits | Num::Zero => self.digits + 1,
+                        Num::Exp => 0,
+                        _ => self.digits,
+                    };
+                    let cap = if next == Num::ExpDigits {
+                        MAX_EXP_DIGITS
+                    } else {
+                        MAX_INT_DIGITS
+                    };
+                    if self.digits > cap || !self.check(|t| t.scalar_char(c)) {
+                        return false;
+                    }
+                    let n = next;
                     self.st = St::Number(n);
                     return true;
                 }
                 // The number ends here if it is complete; `c` then follows a value.
                 if !matches!(n, Num::Zero | Num::Int | Num::Frac | Num::ExpDigits) {
+                    return false;
+                }
+                if !self.check(Track::scalar_end) {
                     return false;
                 }
                 self.end_value();
@@ -264,7 +374,7 @@ impl JsonPrefix {
                 self.ws(c).unwrap_or_else(|| match c {
                     '"' => {
                         self.st = St::Str { key: true };
-                        true
+                        self.check(Track::key_start)
                     }
                     '}' if may_end => self.close(c),
                     _ => false,
@@ -391,6 +501,18 @@ mod tests {
         // Numbers end at a delimiter, which then counts.
         assert!(complete("{\"a\": 10}"));
         assert!(complete("{\"a\": [0, 1e5 ]}"));
+    }
+
+    #[test]
+    fn numbers_stay_in_f64_range() {
+        assert!(complete("{\"a\": -1.5e99}"));
+        assert!(!accepts("{\"a\": 1e100"));
+        assert!(!accepts("{\"a\": 1E+100"));
+        let int = |n: usize| format!("{{\"a\": {}", "9".repeat(n));
+        assert!(accepts(&int(200)));
+        assert!(!accepts(&int(201)));
+        // Fraction digits do not count against the cap.
+        assert!(accepts(&format!("{{\"a\": 0.{}e-99", "1".repeat(300))));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 pub mod error;
 mod http;
 pub mod json_guard;
+pub mod json_schema;
 pub mod metrics;
 pub mod request;
 pub mod worker;

@@ -23,8 +23,18 @@ pub struct GenParams {
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
-    /// Constrain the output to one JSON object (`response_format: json_object`).
+    /// Constrain the output to one JSON object (`response_format: json_object`, and
+    /// `json_schema`).
     pub json_object: bool,
+    /// `response_format: json_schema`: the schema the object must conform to.
+    pub json_schema: Option<std::sync::Arc<crate::json_schema::Schema>>,
+}
+
+/// What `response_format` asks for.
+enum Format {
+    Text,
+    JsonObject,
+    JsonSchema(crate::json_schema::Schema),
 }
 
 pub struct ChatRequest {
@@ -228,7 +238,7 @@ fn logit_bias(o: &Obj, n_vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
 
 /// `n` other than 1, `best_of` other than 1, and other features we do not implement yet.
 /// Returns whether `response_format` asks for a JSON object.
-fn refuse_unsupported(o: &Obj) -> Result<bool, ApiError> {
+fn refuse_unsupported(o: &Obj) -> Result<Format, ApiError> {
     if let Some(n) = opt_int(o, "n")?
         && n != 1
     {
@@ -246,23 +256,60 @@ fn refuse_unsupported(o: &Obj) -> Result<bool, ApiError> {
         ));
     }
     let Some(rf) = field(o, "response_format") else {
-        return Ok(false);
+        return Ok(Format::Text);
     };
     let Value::Object(rf) = rf else {
         return Err(wrong_type("response_format", "an object", rf));
     };
     match rf.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(false),
-        Some("json_object") => Ok(true),
-        Some("json_schema") => Err(ApiError::bad_request(
-            "response_format 'json_schema' is not supported yet (use 'json_object')",
-            Some("response_format"),
-        )),
+        Some("text") => Ok(Format::Text),
+        Some("json_object") => Ok(Format::JsonObject),
+        Some("json_schema") => json_schema(rf),
         _ => Err(ApiError::bad_request(
             "'response_format.type' must be 'text', 'json_object' or 'json_schema'",
             Some("response_format"),
         )),
     }
+}
+
+/// `response_format: {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
+fn json_schema(rf: &Obj) -> Result<Format, ApiError> {
+    const PARAM: &str = "response_format.json_schema";
+    let Some(js) = rf.get("json_schema") else {
+        return Err(ApiError::bad_request(
+            "response_format 'json_schema' needs a 'json_schema' object",
+            Some(PARAM),
+        ));
+    };
+    let Value::Object(js) = js else {
+        return Err(wrong_type(PARAM, "an object", js));
+    };
+    match js.get("name") {
+        Some(Value::String(n))
+            if !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {}
+        _ => {
+            return Err(ApiError::bad_request(
+                "'response_format.json_schema.name' must be 1-64 letters, digits, '_' or '-'",
+                Some("response_format.json_schema.name"),
+            ));
+        }
+    }
+    // OpenAI's default: without a schema, any object conforms.
+    let schema = js
+        .get("schema")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+    crate::json_schema::Schema::compile(&schema)
+        .map(Format::JsonSchema)
+        .map_err(|e| {
+            ApiError::bad_request(
+                format!("unsupported response_format schema: {e}"),
+                Some("response_format.json_schema.schema"),
+            )
+        })
 }
 
 /// Sampling, stopping and streaming parameters. `max_names` are the accepted spellings of the
@@ -273,7 +320,11 @@ fn gen_params(
     max_names: &[&str],
     logprobs: Option<usize>,
 ) -> Result<GenParams, ApiError> {
-    let json_object = refuse_unsupported(o)?;
+    let (json_object, json_schema) = match refuse_unsupported(o)? {
+        Format::Text => (false, None),
+        Format::JsonObject => (true, None),
+        Format::JsonSchema(s) => (true, Some(std::sync::Arc::new(s))),
+    };
     let mut max_tokens = None;
     // Every spelling sent is checked, though only the first present counts.
     for name in max_names {
@@ -371,6 +422,7 @@ fn gen_params(
         stream,
         include_usage,
         json_object,
+        json_schema,
     })
 }
 

@@ -676,7 +676,10 @@ impl<'t> Generation<'t> {
             n_gen: 0,
             n_reasoning: 0,
             last: job.admitted,
-            json: job.params.json_object.then(JsonPrefix::new),
+            json: job
+                .params
+                .json_object
+                .then(|| JsonPrefix::with_schema(job.params.json_schema.clone())),
             json_scratch: JsonPrefix::new(),
             stopped_by_string: false,
             job,

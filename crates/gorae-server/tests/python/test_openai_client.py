@@ -4,8 +4,10 @@ statuses onto the client's exception classes. Generations stay at a few tokens."
 
 import json
 import urllib.request
+from typing import Literal, Optional
 
 import openai
+import pydantic
 import pytest
 
 from conftest import API_KEY, MODEL_ID
@@ -117,8 +119,13 @@ BAD_CHAT = [
     ("logit_bias value", dict(logit_bias={"5": 101})),
     ("stream_options without stream", dict(stream_options={"include_usage": True})),
     ("wrong type", dict(extra_body={"max_tokens": "ten"})),
-    ("json_schema", dict(response_format={"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {"type": "object"}}})),
+    ("json_schema without a name", dict(response_format={"type": "json_schema", "json_schema": {
+        "schema": {"type": "object"}}})),
+    ("json_schema with a keyword not enforced", dict(response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "properties": {"a": {"type": "string", "pattern": "^a+$"}}}}})),
+    ("json_schema whose root is no object", dict(response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}})),
 ]
 
 
@@ -169,6 +176,42 @@ def test_json_object_output_parses(client):
         model=MODEL_ID, messages=msgs, max_tokens=100, temperature=0.7, seed=3, stream=True,
         response_format={"type": "json_object"}) if c.choices)
     assert isinstance(json.loads(streamed), dict)
+
+
+class Owner(pydantic.BaseModel):
+    name: str
+    city: str
+
+
+class Pet(pydantic.BaseModel):
+    name: str
+    age: int
+    kind: Literal["cat", "dog", "fish"]
+    toys: list[str] = pydantic.Field(max_length=2)
+    owner: Optional[Owner]
+    weight_kg: float
+    indoor: bool
+
+
+def test_json_schema_output_conforms(client):
+    # The client turns the pydantic model into a strict json_schema ($defs, $ref, anyOf with
+    # null, enum, maxItems) and parses the answer back into the model.
+    msgs = [{"role": "user", "content": "Invent a pet and describe it."}]
+    r = client.chat.completions.parse(model=MODEL_ID, messages=msgs, max_tokens=160,
+                                      temperature=0, response_format=Pet)
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(r.choices[0].message.parsed, Pet)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"},
+                                               "tags": {"type": "array", "items": {"enum": ["a", "b"]},
+                                                        "minItems": 1, "maxItems": 3}},
+              "required": ["n", "tags"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "counts", "schema": schema, "strict": True}}
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": "Count to three."}], max_tokens=60,
+        temperature=0.7, seed=5, stream=True, response_format=fmt) if c.choices)
+    doc = json.loads(streamed)
+    assert set(doc) == {"n", "tags"} and isinstance(doc["n"], int)
+    assert 1 <= len(doc["tags"]) <= 3 and set(doc["tags"]) <= {"a", "b"}
 
 
 def test_reasoning_split_when_the_template_opens_think(think_client):
