@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Field(s) that carry text split out of `<think>…</think>`.
     #[arg(long, value_enum, default_value = "reasoning-content")]
     pub reasoning_format: ReasoningFormat,
+    /// Seconds that running and queued requests get to finish after SIGTERM or Ctrl-C; then
+    /// they end with a 503 error (0: no deadline). A second signal ends them at once.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout: u64,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -120,6 +124,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     config.queue_size = args.queue.max(1);
     config.n_batch = args.batch.max(1);
     config.chat_template = chat_template;
+    config.drain_timeout =
+        (args.drain_timeout > 0).then(|| std::time::Duration::from_secs(args.drain_timeout));
     config.reasoning_field = match args.reasoning_format {
         ReasoningFormat::ReasoningContent => ReasoningField::ReasoningContent,
         ReasoningFormat::Reasoning => ReasoningField::Reasoning,

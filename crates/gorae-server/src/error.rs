@@ -138,6 +138,16 @@ impl ApiError {
         )
     }
 
+    /// 503: the server's drain deadline ended this request before it finished.
+    pub fn shut_down() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "The server shut down before this request finished.",
+        )
+        .with_code("server_shutdown")
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

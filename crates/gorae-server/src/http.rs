@@ -668,6 +668,7 @@ async fn collect(
                 return Ok(Json(meta.response(&content, &reasoning, &lps, &f)).into_response());
             }
             Event::Error(e) => return Err(ApiError::internal(e)),
+            Event::Shutdown => return Err(ApiError::shut_down()),
         }
     }
     Err(ApiError::internal("the generation ended without a result"))
@@ -734,6 +735,12 @@ fn events(state: StreamState) -> impl Stream<Item = Result<SseEvent, Infallible>
                             .push_back(st.meta.chunk(Vec::new(), Some(&f.usage)));
                     }
                     st.pending.push_back(SseEvent::default().data("[DONE]"));
+                    st.done = true;
+                }
+                Some(Event::Shutdown) => {
+                    st.pending.push_back(
+                        SseEvent::default().data(ApiError::shut_down().body().to_string()),
+                    );
                     st.done = true;
                 }
                 Some(Event::Error(e)) => {

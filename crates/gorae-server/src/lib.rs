@@ -81,6 +81,10 @@ pub struct ServerConfig {
     /// A chat template that replaces the model's (operator configuration, never per request).
     pub chat_template: Option<String>,
     pub reasoning_field: ReasoningField,
+    /// After a shutdown signal, how long running and queued requests may take to finish before
+    /// they are ended with a 503 error (`None`: as long as they need). A second SIGTERM or
+    /// Ctrl-C ends them at once.
+    pub drain_timeout: Option<std::time::Duration>,
 }
 
 impl ServerConfig {
@@ -97,6 +101,7 @@ impl ServerConfig {
             body_limit: 16 << 20,
             chat_template: None,
             reasoning_field: ReasoningField::default(),
+            drain_timeout: Some(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -124,6 +129,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     pub ready: Arc<AtomicBool>,
     pub shutting_down: AtomicBool,
+    /// Set when the drain deadline passes: the engine ends every request it holds.
+    pub abort: Arc<AtomicBool>,
     /// Bounds concurrent template renders/tokenizations on the blocking pool, so a flood of
     /// requests queues here instead of starting hundreds of threads.
     pub prep_permits: tokio::sync::Semaphore,
@@ -184,6 +191,7 @@ impl Server {
         let reasoning_template = source.as_deref().is_some_and(|s| s.contains("<think>"));
         let metrics = Arc::new(metrics::Metrics::new(n_ctx * config.parallel));
         let ready = Arc::new(AtomicBool::new(false));
+        let abort = Arc::new(AtomicBool::new(false));
         let (engine, worker) = worker::spawn(
             Arc::clone(&model),
             Arc::clone(&tokenizer),
@@ -195,6 +203,7 @@ impl Server {
             },
             Arc::clone(&metrics),
             Arc::clone(&ready),
+            Arc::clone(&abort),
         )?;
         Ok(Server {
             state: Arc::new(AppState {
@@ -209,6 +218,7 @@ impl Server {
                 metrics,
                 ready,
                 shutting_down: AtomicBool::new(false),
+                abort,
                 prep_permits: tokio::sync::Semaphore::new(PREP_CONCURRENCY),
             }),
             worker,
@@ -241,6 +251,21 @@ impl Server {
                 shutdown.await;
                 signal_state.shutting_down.store(true, Ordering::SeqCst);
                 tracing::info!("shutting down: refusing new requests, finishing in-flight ones");
+                let abort = Arc::clone(&signal_state.abort);
+                let deadline = signal_state.config.drain_timeout;
+                tokio::spawn(async move {
+                    let timer = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = timer => tracing::warn!("drain deadline passed: ending the requests still running"),
+                        () = shutdown_signal() => tracing::warn!("second signal: ending the requests still running"),
+                    }
+                    abort.store(true, Ordering::SeqCst);
+                });
             })
             .await;
         tokio::task::spawn_blocking(move || {

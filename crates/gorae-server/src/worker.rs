@@ -55,6 +55,8 @@ pub enum Event {
     Done(Finish),
     /// The engine failed (not the client's fault); the job is over.
     Error(String),
+    /// The server shut down before the job finished (its drain deadline passed).
+    Shutdown,
 }
 
 /// Text decided since the last event; either part may be empty.
@@ -178,6 +180,7 @@ pub fn spawn(
     cfg: WorkerConfig,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = EngineHandle {
@@ -187,7 +190,7 @@ pub fn spawn(
     };
     let thread = std::thread::Builder::new()
         .name("gorae-engine".into())
-        .spawn(move || worker(&model, &tokenizer, cfg, &rx, &metrics, &ready))?;
+        .spawn(move || worker(&model, &tokenizer, cfg, &rx, &metrics, &ready, &abort))?;
     Ok((handle, thread))
 }
 
@@ -226,6 +229,7 @@ fn worker(
     rx: &Receiver<Job>,
     metrics: &Metrics,
     ready: &AtomicBool,
+    abort: &AtomicBool,
 ) {
     // Every slot must fit one decode row in a pass.
     let n_batch = cfg.n_batch.max(cfg.n_slots).max(1);
@@ -280,6 +284,19 @@ fn worker(
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
+        }
+        if abort.load(Ordering::SeqCst) {
+            // Past the drain deadline: every request still here ends now, with an error that
+            // says why, and every one arriving later too.
+            for job in queued.drain(..) {
+                metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+                metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+                let _ = job.events.send(Event::Shutdown);
+            }
+            for slot in &mut slots {
+                end(slot, Step::Shutdown, metrics);
+            }
+            continue;
         }
         // A job whose client has gone leaves the queue now, not when a slot frees.
         queued.retain(|job| {
@@ -540,6 +557,14 @@ fn end(slot: &mut Slot<'_>, step: Step, metrics: &Metrics) {
             );
             None
         }
+        Step::Shutdown => {
+            metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                completion_tokens = generation.n_gen,
+                "request ended by the shutdown"
+            );
+            Some(Event::Shutdown)
+        }
         Step::Failed(e) => {
             tracing::error!("generation failed: {e}");
             // The cache may hold a partial step: forget it.
@@ -622,6 +647,8 @@ enum Step {
     Finished(Finish),
     Cancelled,
     Failed(String),
+    /// Ended by the server's drain deadline.
+    Shutdown,
 }
 
 /// One job's generation, advanced a step at a time by the scheduler.

@@ -271,3 +271,48 @@ async fn sixteen_concurrent_streams_match_their_solo_runs() {
     }
     s.stop().await.unwrap();
 }
+
+/// Shutdown with a drain deadline: a stream that would outlast it is ended with a 503-shaped
+/// error event, a non-streamed request with a 503, and the server exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_deadline_ends_what_still_runs() {
+    let mut s = start(|c| {
+        c.drain_timeout = Some(Duration::from_millis(300));
+        c.parallel = 2;
+    })
+    .await;
+    let long = |stream: bool| {
+        json!({
+            "prompt": "Once upon a time",
+            "max_tokens": 400,
+            "temperature": 0,
+            "stream": stream,
+            "logit_bias": {s.eos.to_string(): -100},
+        })
+    };
+    let mut streamed = s.post("/v1/completions", &long(true)).await;
+    assert_eq!(streamed.status(), 200);
+    let mut text = read_events(&mut streamed, 1).await;
+    let whole = reqwest::Client::new()
+        .post(format!("http://{}/v1/completions", s.addr))
+        .json(&long(false))
+        .send();
+    let whole = tokio::spawn(whole);
+    wait_metric(&s, "gorae_requests_running", 2.0, Duration::from_secs(10)).await;
+    s.trigger_shutdown();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), streamed.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let data = sse_data(&text);
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "server_shutdown", "{text}");
+    let r = whole.await.unwrap().unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "server_shutdown");
+    s.join().await.unwrap();
+}
