@@ -21,6 +21,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::tools::{self, ToolCall, ToolFormat, Tools};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -230,6 +232,7 @@ enum Kind {
 }
 
 /// What every chunk or response of one request repeats.
+#[derive(Clone)]
 struct Meta {
     kind: Kind,
     id: String,
@@ -242,6 +245,40 @@ struct Meta {
     logprobs: bool,
     /// Completions `echo`: the prompt text, sent before the generated text.
     echo: Option<String>,
+    /// Chat with tools: how calls are read from the answer.
+    tools: Option<ToolMode>,
+}
+
+/// How a chat answer's tool calls are found.
+#[derive(Debug, Clone, Copy)]
+enum ToolMode {
+    /// `tool_choice` "auto": calls in the model's own format, after any text.
+    Scan { format: ToolFormat, parallel: bool },
+    /// A forced call: the whole answer is one call object.
+    Forced,
+}
+
+impl ToolMode {
+    /// The calls in a finished answer and the text that stays content.
+    fn calls(self, text: &str) -> Option<(String, Vec<ToolCall>)> {
+        match self {
+            ToolMode::Scan { format, parallel } => {
+                let (content, mut calls) = tools::parse_calls(format, text)?;
+                if !parallel {
+                    calls.truncate(1);
+                }
+                Some((content, calls))
+            }
+            ToolMode::Forced => {
+                let v: Value = serde_json::from_str(text.trim()).ok()?;
+                Some((String::new(), vec![tools::call_from_json(&v)?]))
+            }
+        }
+    }
+}
+
+fn call_ids(n: usize) -> Vec<String> {
+    (0..n).map(|_| response_id("call")).collect()
 }
 
 fn usage_json(u: &Usage) -> Value {
@@ -335,7 +372,22 @@ impl Meta {
             Kind::Chat => {
                 let mut message = Map::new();
                 message.insert("role".into(), json!("assistant"));
-                message.insert("content".into(), json!(content));
+                let calls = self.tools.and_then(|t| t.calls(content));
+                let mut finish_reason = f.reason.as_str();
+                match &calls {
+                    Some((text, calls)) => {
+                        let text = (!text.is_empty()).then_some(text.as_str());
+                        message.insert("content".into(), json!(text));
+                        message.insert(
+                            "tool_calls".into(),
+                            tools::calls_json(calls, &call_ids(calls.len()), false),
+                        );
+                        finish_reason = "tool_calls";
+                    }
+                    None => {
+                        message.insert("content".into(), json!(content));
+                    }
+                }
                 if self.reasoning {
                     put_reasoning(&mut message, self.reasoning_field, reasoning);
                 }
@@ -344,7 +396,7 @@ impl Meta {
                     "index": 0,
                     "message": Value::Object(message),
                     "logprobs": logprobs,
-                    "finish_reason": f.reason.as_str(),
+                    "finish_reason": finish_reason,
                 })
             }
             Kind::Completion => json!({
@@ -402,6 +454,16 @@ impl Meta {
         self.chunk(vec![choice], None)
     }
 
+    /// A chunk carrying a finished answer's tool calls.
+    fn tool_calls_chunk(&self, calls: &[ToolCall]) -> SseEvent {
+        let delta = json!({"tool_calls": tools::calls_json(calls, &call_ids(calls.len()), true)});
+        self.chunk(
+            vec![json!({"index": 0, "delta": delta, "logprobs": Value::Null,
+                        "finish_reason": Value::Null})],
+            None,
+        )
+    }
+
     fn first_chunk(&self) -> SseEvent {
         let mut delta = Map::new();
         delta.insert("role".into(), json!("assistant"));
@@ -415,10 +477,15 @@ impl Meta {
         )
     }
 
-    fn finish_chunk(&self, f: &Finish) -> SseEvent {
+    fn finish_chunk(&self, f: &Finish, tool_calls: bool) -> SseEvent {
+        let reason = if tool_calls {
+            "tool_calls"
+        } else {
+            f.reason.as_str()
+        };
         let choice = match self.kind {
             Kind::Chat => json!({"index": 0, "delta": {}, "logprobs": Value::Null,
-                                 "finish_reason": f.reason.as_str()}),
+                                 "finish_reason": reason}),
             Kind::Completion => json!({"index": 0, "text": "", "logprobs": Value::Null,
                                        "finish_reason": f.reason.as_str()}),
         };
@@ -491,17 +558,30 @@ impl Drop for Counted<'_> {
 
 fn render_chat(
     app: &AppState,
-    messages: &Value,
+    mut messages: Value,
+    tools: Option<&Tools>,
     kwargs: &Map<String, Value>,
 ) -> Result<(Vec<u32>, bool), ApiError> {
     let template = app
         .template
         .as_ref()
         .map_err(|e| ApiError::bad_request(e.clone(), Some("messages")))?;
+    if !app.template_renders_tool_calls {
+        tools::calls_as_text(&mut messages, app.tool_format);
+    }
+    // A template that renders `tools` gets them; otherwise a system message offers them.
+    let tool_list = match tools {
+        Some(t) if app.template_renders_tools => Some(&t.list),
+        Some(t) => {
+            t.offer_in_messages(&mut messages, app.tool_format);
+            None
+        }
+        None => None,
+    };
     // Every render failure is caused by what the request sent (or a template that refuses
     // it via raise_exception): a 400, never a 500.
     let text = template
-        .render(messages, None, true, kwargs)
+        .render(&messages, tool_list, true, kwargs)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
     let ids = app
         .tokenizer
@@ -517,8 +597,19 @@ async fn chat_inner(app: App, body: Result<Bytes, BytesRejection>) -> Result<Res
     app.check_model(req.model.as_deref())?;
     app.check_accepting()?;
     let (messages, kwargs) = (req.messages, req.template_kwargs);
+    let tools = req.tools;
+    let tool_mode = tools.as_ref().map(|t| {
+        if t.forced() {
+            ToolMode::Forced
+        } else {
+            ToolMode::Scan {
+                format: app.tool_format,
+                parallel: t.parallel,
+            }
+        }
+    });
     let (ids, starts_inside) = prepare(&app, "rendering", move |a| {
-        render_chat(a, &messages, &kwargs)
+        render_chat(a, messages, tools.as_ref(), &kwargs)
     })
     .await??;
     let max_tokens = app.max_tokens("messages", ids.len(), req.params.max_tokens, None)?;
@@ -532,6 +623,7 @@ async fn chat_inner(app: App, body: Result<Bytes, BytesRejection>) -> Result<Res
             params: req.params,
             reasoning,
             echo: None,
+            tools: tool_mode,
             admitted,
         },
     )
@@ -579,6 +671,7 @@ async fn completion_inner(
             params: req.params,
             reasoning: None,
             echo,
+            tools: None,
             admitted,
         },
     )
@@ -593,6 +686,7 @@ struct Prepared {
     params: GenParams,
     reasoning: Option<bool>,
     echo: Option<String>,
+    tools: Option<ToolMode>,
     admitted: Instant,
 }
 
@@ -604,6 +698,7 @@ async fn run(app: App, req: Prepared) -> Result<Response, ApiError> {
         params,
         reasoning,
         echo,
+        tools,
         admitted,
     } = req;
     let cancel = CancellationToken::new();
@@ -621,6 +716,7 @@ async fn run(app: App, req: Prepared) -> Result<Response, ApiError> {
         reasoning_field: app.config.reasoning_field,
         logprobs: params.logprobs.is_some(),
         echo,
+        tools,
     };
     let stream = params.stream;
     let job = Job {
@@ -628,6 +724,13 @@ async fn run(app: App, req: Prepared) -> Result<Response, ApiError> {
         max_tokens,
         params,
         reasoning,
+        keep_special: matches!(
+            tools,
+            Some(ToolMode::Scan {
+                format: ToolFormat::DeepSeek,
+                ..
+            })
+        ),
         cancel: cancel.clone(),
         events: tx,
         admitted,
@@ -682,6 +785,10 @@ struct StreamState {
     /// Completion text emitted so far (for `text_offset`).
     offset: usize,
     done: bool,
+    /// Chat with tools: content held back because it is (or may become) a tool call.
+    held: String,
+    /// The held text holds a call marker (a forced call: from the start).
+    in_call: bool,
 }
 
 fn stream_response(meta: Meta, rx: UnboundedReceiver<Event>, guard: DropGuard) -> Response {
@@ -697,6 +804,7 @@ fn stream_response(meta: Meta, rx: UnboundedReceiver<Event>, guard: DropGuard) -
         pending.push_back(meta.delta_chunk(&d, 0));
     }
     let offset = meta.echo.as_ref().map_or(0, String::len);
+    let in_call = matches!(meta.tools, Some(ToolMode::Forced));
     let state = StreamState {
         meta,
         rx,
@@ -704,6 +812,8 @@ fn stream_response(meta: Meta, rx: UnboundedReceiver<Event>, guard: DropGuard) -
         offset,
         pending,
         done: false,
+        held: String::new(),
+        in_call,
     };
     // Keep-alive comments matter while a request waits in the queue or in a long prefill: a
     // disconnect is only noticed on a write, so they let a vanished client cancel (and give
@@ -711,6 +821,34 @@ fn stream_response(meta: Meta, rx: UnboundedReceiver<Event>, guard: DropGuard) -
     Sse::new(events(state))
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(1)))
         .into_response()
+}
+
+impl StreamState {
+    /// Moves the part of `d`'s content that is or may become a tool call into `held`; what
+    /// surely is text stays in `d` (its reasoning and log-probabilities go out unchanged).
+    fn hold(&mut self, d: &mut Delta) {
+        let Some(ToolMode::Scan { format, .. }) = self.meta.tools else {
+            // A forced call: the whole answer is the call.
+            self.held.push_str(&d.content);
+            d.content.clear();
+            return;
+        };
+        if self.in_call {
+            self.held.push_str(&d.content);
+            d.content.clear();
+            return;
+        }
+        self.held.push_str(&d.content);
+        match tools::hold_from(format, &self.held) {
+            None => d.content = std::mem::take(&mut self.held),
+            Some(i) => {
+                d.content = self.held[..i].to_string();
+                self.held.drain(..i);
+                // Past this, only a finished call can tell text from a call.
+                self.in_call = self.held.starts_with(format.marker());
+            }
+        }
+    }
 }
 
 fn events(state: StreamState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
@@ -723,13 +861,40 @@ fn events(state: StreamState) -> impl Stream<Item = Result<SseEvent, Infallible>
                 return None;
             }
             match st.rx.recv().await {
-                Some(Event::Delta(d)) => {
+                Some(Event::Delta(mut d)) => {
+                    if st.meta.tools.is_some() {
+                        st.hold(&mut d);
+                        if d.content.is_empty() && d.reasoning.is_empty() && d.logprobs.is_empty() {
+                            continue;
+                        }
+                    }
                     let ev = st.meta.delta_chunk(&d, st.offset);
                     st.offset += d.content.len();
                     st.pending.push_back(ev);
                 }
                 Some(Event::Done(f)) => {
-                    st.pending.push_back(st.meta.finish_chunk(&f));
+                    let mut called = false;
+                    if let Some(mode) = st.meta.tools
+                        && !st.held.is_empty()
+                    {
+                        let held = std::mem::take(&mut st.held);
+                        match mode.calls(&held) {
+                            Some((_, calls)) => {
+                                // The text before the first call went out as it came.
+                                st.pending.push_back(st.meta.tool_calls_chunk(&calls));
+                                called = true;
+                            }
+                            None => {
+                                let d = Delta {
+                                    content: held,
+                                    ..Delta::default()
+                                };
+                                st.pending.push_back(st.meta.delta_chunk(&d, st.offset));
+                                st.offset += d.content.len();
+                            }
+                        }
+                    }
+                    st.pending.push_back(st.meta.finish_chunk(&f, called));
                     if st.meta.include_usage {
                         st.pending
                             .push_back(st.meta.chunk(Vec::new(), Some(&f.usage)));
@@ -779,6 +944,7 @@ mod tests {
             reasoning_field: ReasoningField::ReasoningContent,
             logprobs: false,
             echo: None,
+            tools: None,
         }
     }
 
@@ -880,5 +1046,115 @@ mod tests {
             4
         );
         assert_eq!(data[4]["usage"]["total_tokens"], 8);
+    }
+
+    fn text(s: &str) -> Event {
+        Event::Delta(Delta {
+            content: s.to_string(),
+            ..Delta::default()
+        })
+    }
+
+    fn done() -> Event {
+        Event::Done(Finish {
+            reason: FinishReason::Stop,
+            usage: Usage::default(),
+        })
+    }
+
+    /// The streamed content, the tool calls of the tool-call chunk, and the finish reason.
+    fn streamed(body: &str) -> (String, Value, String) {
+        let mut content = String::new();
+        let mut calls = Value::Null;
+        let mut reason = String::new();
+        for d in data_lines(body) {
+            let c = &d["choices"][0];
+            if let Some(t) = c["delta"]["content"].as_str() {
+                content.push_str(t);
+            }
+            if !c["delta"]["tool_calls"].is_null() {
+                assert!(calls.is_null(), "two tool-call chunks: {body}");
+                calls = c["delta"]["tool_calls"].clone();
+            }
+            if let Some(r) = c["finish_reason"].as_str() {
+                reason = r.to_string();
+            }
+        }
+        (content, calls, reason)
+    }
+
+    /// Text before a call streams as it comes (a tail that may open a marker waits for the
+    /// next token); the call goes out whole, once, before `finish_reason: "tool_calls"`.
+    #[tokio::test]
+    async fn streamed_tool_calls_are_held_back_and_sent_whole() {
+        let mut m = meta(Kind::Chat, false);
+        m.tools = Some(ToolMode::Scan {
+            format: ToolFormat::Hermes,
+            parallel: true,
+        });
+        let events = vec![
+            text("a < b. Let me check <tool"),
+            text("_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"서울\"}}"),
+            text("\n</tool_call>"),
+            done(),
+        ];
+        let body = body_of(events, m.clone()).await;
+        let (content, calls, reason) = streamed(&body);
+        assert_eq!(content, "a < b. Let me check ");
+        assert_eq!(reason, "tool_calls");
+        assert_eq!(calls[0]["index"], 0);
+        assert_eq!(calls[0]["type"], "function");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "서울"}));
+        // A marker that never becomes a call is text after all.
+        let body = body_of(vec![text("x <tool_call> oops"), done()], m.clone()).await;
+        assert_eq!(
+            streamed(&body),
+            ("x <tool_call> oops".into(), Value::Null, "stop".into())
+        );
+        let body = body_of(vec![text("ends with <"), done()], m).await;
+        assert_eq!(streamed(&body).0, "ends with <");
+    }
+
+    /// A forced call: nothing streams as content; the call object becomes the tool call, in
+    /// streams and whole responses alike.
+    #[tokio::test]
+    async fn forced_calls_become_tool_calls() {
+        let mut m = meta(Kind::Chat, false);
+        m.tools = Some(ToolMode::Forced);
+        let events = || {
+            vec![
+                text("{\"name\": \"search\", "),
+                text("\"arguments\": {\"q\": \"고래\"}}"),
+                done(),
+            ]
+        };
+        let (content, calls, reason) = streamed(&body_of(events(), m.clone()).await);
+        assert_eq!((content.as_str(), reason.as_str()), ("", "tool_calls"));
+        assert_eq!(calls[0]["function"]["name"], "search");
+        let f = Finish {
+            reason: FinishReason::Stop,
+            usage: Usage::default(),
+        };
+        let whole = m.response("{\"name\": \"search\", \"arguments\": {}}", "", &[], &f);
+        let choice = &whole["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert!(choice["message"]["content"].is_null());
+        assert_eq!(
+            choice["message"]["tool_calls"][0]["function"]["arguments"],
+            "{}"
+        );
+        assert!(
+            choice["message"]["tool_calls"][0]["id"]
+                .as_str()
+                .unwrap()
+                .starts_with("call")
+        );
+        // Cut off before the object closed: the text comes back as it is.
+        let cut = m.response("{\"name\": \"sea", "", &[], &f);
+        assert_eq!(cut["choices"][0]["message"]["content"], "{\"name\": \"sea");
+        assert_eq!(cut["choices"][0]["finish_reason"], "stop");
     }
 }

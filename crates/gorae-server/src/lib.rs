@@ -22,6 +22,7 @@ pub mod json_guard;
 pub mod json_schema;
 pub mod metrics;
 pub mod request;
+pub mod tools;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -125,6 +126,12 @@ pub(crate) struct AppState {
     pub template: Result<ChatTemplate, String>,
     /// The template writes `<think>`: split reasoning out of chat output.
     pub reasoning_template: bool,
+    /// How the model writes tool calls, from its template.
+    pub tool_format: tools::ToolFormat,
+    /// The template renders `tools` itself; otherwise they go into a system message.
+    pub template_renders_tools: bool,
+    /// The template renders assistant `tool_calls`; otherwise they become text in the content.
+    pub template_renders_tool_calls: bool,
     pub engine: worker::EngineHandle,
     pub metrics: Arc<metrics::Metrics>,
     pub ready: Arc<AtomicBool>,
@@ -189,6 +196,10 @@ impl Server {
             tracing::warn!("{e}");
         }
         let reasoning_template = source.as_deref().is_some_and(|s| s.contains("<think>"));
+        let tool_format = tools::ToolFormat::of_template(source.as_deref().unwrap_or(""));
+        let template_renders_tools = source.as_deref().is_some_and(|s| s.contains("tools"));
+        let template_renders_tool_calls =
+            source.as_deref().is_some_and(|s| s.contains("tool_calls"));
         let metrics = Arc::new(metrics::Metrics::new(n_ctx * config.parallel));
         let ready = Arc::new(AtomicBool::new(false));
         let abort = Arc::new(AtomicBool::new(false));
@@ -214,6 +225,9 @@ impl Server {
                 tokenizer,
                 template,
                 reasoning_template,
+                tool_format,
+                template_renders_tools,
+                template_renders_tool_calls,
                 engine,
                 metrics,
                 ready,

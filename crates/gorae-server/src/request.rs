@@ -44,6 +44,8 @@ pub struct ChatRequest {
     /// Allowlisted template variables (`enable_thinking`, ...).
     pub template_kwargs: Obj,
     pub params: GenParams,
+    /// The tools offered (none when `tool_choice` is "none").
+    pub tools: Option<crate::tools::Tools>,
 }
 
 #[derive(Debug)]
@@ -637,28 +639,24 @@ fn refuse_audio(o: &Obj) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn refuse_tools(o: &Obj) -> Result<(), ApiError> {
-    let has_tools = match field(o, "tools") {
-        None => false,
-        Some(Value::Array(t)) => !t.is_empty(),
-        Some(v) => return Err(wrong_type("tools", "a list", v)),
-    };
-    let choice_none = matches!(field(o, "tool_choice"), Some(Value::String(s)) if s == "none");
-    if has_tools && !choice_none {
-        return Err(ApiError::bad_request(
-            "Tool calling is not supported yet (send no 'tools', or tool_choice 'none')",
-            Some("tools"),
-        ));
-    }
+/// `tools`, `tool_choice`, `parallel_tool_calls` ([`crate::tools`]); the legacy `functions`
+/// is refused.
+fn tools(o: &Obj) -> Result<Option<crate::tools::Tools>, ApiError> {
+    let tools = crate::tools::parse(
+        field(o, "tools"),
+        field(o, "tool_choice"),
+        field(o, "parallel_tool_calls"),
+    )
+    .map_err(|(msg, param)| ApiError::bad_request(msg, Some(param)))?;
     if let Some(fc) = field(o, "functions")
         && fc.as_array().is_some_and(|a| !a.is_empty())
     {
         return Err(ApiError::bad_request(
-            "Function calling is not supported yet",
+            "The legacy 'functions' field is not supported: send 'tools'",
             Some("functions"),
         ));
     }
-    Ok(())
+    Ok(tools)
 }
 
 /// Fields read by both endpoints (or deliberately accepted and ignored, like `user`).
@@ -711,7 +709,7 @@ pub fn chat_request(o: &Obj, n_vocab: usize) -> Result<ChatRequest, ApiError> {
     );
     let model = model(o)?;
     let messages = messages(o)?;
-    refuse_tools(o)?;
+    let tools = tools(o)?;
     refuse_audio(o)?;
     let logprobs = opt_bool(o, "logprobs")?.unwrap_or(false);
     let top = opt_int(o, "top_logprobs")?;
@@ -737,11 +735,29 @@ pub fn chat_request(o: &Obj, n_vocab: usize) -> Result<ChatRequest, ApiError> {
         &["max_completion_tokens", "max_tokens"],
         logprobs,
     )?;
+    let mut params = params;
+    if let Some(t) = tools.as_ref().filter(|t| t.forced()) {
+        if params.json_object {
+            return Err(ApiError::bad_request(
+                "'response_format' json cannot be combined with a required tool call",
+                Some("response_format"),
+            ));
+        }
+        let schema = crate::json_schema::Schema::compile(&t.call_schema()).map_err(|e| {
+            ApiError::bad_request(
+                format!("a forced tool call cannot follow this function's parameters: {e}"),
+                Some("tools"),
+            )
+        })?;
+        params.json_object = true;
+        params.json_schema = Some(std::sync::Arc::new(schema));
+    }
     Ok(ChatRequest {
         model,
         messages,
         template_kwargs: template_kwargs(o)?,
         params,
+        tools,
     })
 }
 

@@ -37,6 +37,8 @@ pub struct Job {
     pub params: GenParams,
     /// `Some(starts_inside)`: split `<think>…</think>` out of the text.
     pub reasoning: Option<bool>,
+    /// Keep special tokens in the text (tool-call markers that a vocabulary marks special).
+    pub keep_special: bool,
     pub cancel: CancellationToken,
     pub events: UnboundedSender<Event>,
     pub admitted: Instant,
@@ -690,7 +692,7 @@ impl<'t> Generation<'t> {
             n_ctx,
             cached,
             raw_logits: Vec::new(),
-            decoder: StreamDecoder::new(tok, true),
+            decoder: StreamDecoder::new(tok, !job.keep_special),
             // A stop string could cut a JSON answer short and break the promise that it parses;
             // a JSON answer ends when its object closes instead.
             stop: StopMatcher::new(if job.params.json_object {

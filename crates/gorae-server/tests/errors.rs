@@ -267,11 +267,11 @@ async fn bad_requests_get_400_with_openai_errors() {
         ),
         ("seed string", CHAT, chat(json!({"seed": "abc"})), "seed"),
         (
-            "response_format json_schema",
+            "response_format json_schema with an unenforceable keyword",
             CHAT,
             chat(json!({"response_format": {"type": "json_schema",
-                "json_schema": {"name": "x", "schema": {"type": "object"}}}})),
-            "response_format",
+                "json_schema": {"name": "x", "schema": {"type": "object", "minProperties": 1}}}})),
+            "response_format.json_schema.schema",
         ),
         (
             "response_format unknown",
@@ -280,10 +280,18 @@ async fn bad_requests_get_400_with_openai_errors() {
             "response_format",
         ),
         (
+            "tool without a name",
+            CHAT,
+            chat(json!({"tools": [{"type": "function", "function": {"parameters": {}}}]})),
             "tools",
+        ),
+        (
+            "forced tool call whose parameters cannot be enforced",
             CHAT,
             chat(
-                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+                json!({"tools": [{"type": "function", "function": {"name": "f",
+                "parameters": {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}}}],
+                "tool_choice": "required"}),
             ),
             "tools",
         ),

@@ -124,6 +124,11 @@ BAD_CHAT = [
     ("json_schema with a keyword not enforced", dict(response_format={
         "type": "json_schema", "json_schema": {"name": "x", "schema": {
             "type": "object", "properties": {"a": {"type": "string", "pattern": "^a+$"}}}}})),
+    ("tool of an unknown type", dict(tools=[{"type": "retrieval"}])),
+    ("tool_choice naming no offered tool", dict(
+        tools=[{"type": "function", "function": {"name": "a"}}],
+        tool_choice={"type": "function", "function": {"name": "b"}})),
+    ("tool_choice required without tools", dict(tool_choice="required")),
     ("json_schema whose root is no object", dict(response_format={
         "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}})),
 ]
@@ -212,6 +217,69 @@ def test_json_schema_output_conforms(client):
     doc = json.loads(streamed)
     assert set(doc) == {"n", "tags"} and isinstance(doc["n"], int)
     assert 1 <= len(doc["tags"]) <= 3 and set(doc["tags"]) <= {"a", "b"}
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city now.",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+SEARCH = {"type": "function", "function": {"name": "search", "description": "Web search.",
+                                           "parameters": {"type": "object", "properties": {
+                                               "query": {"type": "string"}}}}}
+ASK = [{"role": "user", "content": "What is the weather in Seoul?"}]
+
+
+def test_forced_tool_calls(client):
+    # A named function: the call is that function's, with arguments that follow its schema.
+    r = client.chat.completions.create(
+        model=MODEL_ID, messages=ASK, tools=[WEATHER, SEARCH], max_tokens=80, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id
+    assert call.function.name == "get_weather"
+    args = json.loads(call.function.arguments)
+    assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
+    # "required", streamed: one call, to one of the tools, whose arguments parse.
+    chunks = list(client.chat.completions.create(
+        model=MODEL_ID, messages=ASK, tools=[WEATHER, SEARCH], tool_choice="required",
+        max_tokens=80, temperature=0.7, seed=11, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    calls = [tc for d in deltas for tc in (d.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].index == 0
+    assert calls[0].function.name in ("get_weather", "search")
+    assert isinstance(json.loads(calls[0].function.arguments), dict)
+    assert not "".join(d.content or "" for d in deltas)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_auto_tools_and_a_tool_round_trip(client):
+    # "auto": the answer is text, or calls that parse; streamed and whole agree.
+    kw = dict(model=MODEL_ID, messages=ASK, tools=[WEATHER], max_tokens=40, temperature=0)
+    r = client.chat.completions.create(**kw)
+    msg = r.choices[0].message
+    if msg.tool_calls:
+        assert r.choices[0].finish_reason == "tool_calls"
+        assert all(isinstance(json.loads(c.function.arguments), dict) for c in msg.tool_calls)
+    else:
+        assert msg.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        stream=True, **kw) if c.choices)
+    assert streamed == (msg.content or "")
+    # The call and its result go back in the next turn (a template that knows no tool calls
+    # gets them as text).
+    turn = ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Seoul", "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 18}'},
+    ]
+    r = client.chat.completions.create(model=MODEL_ID, messages=turn, tools=[WEATHER],
+                                       max_tokens=8, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
 
 def test_reasoning_split_when_the_template_opens_think(think_client):
