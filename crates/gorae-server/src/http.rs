@@ -42,6 +42,9 @@ pub(crate) fn router(state: App) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        // vLLM serves these at the root, llama.cpp too (`content` for the text, `tokens` back).
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth));
     Router::new()
         .route("/health", get(health))
@@ -676,6 +679,125 @@ async fn completion_inner(
         },
     )
     .await
+}
+
+async fn tokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    tokenize_inner(app, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The token ids a prompt (`prompt`, or llama.cpp's `content`) or a chat (`messages`, rendered
+/// by the template as the chat endpoint renders it, `add_generation_prompt` by default) becomes:
+/// `{"tokens", "count", "max_model_len"}`, vLLM's fields (llama.cpp reads `tokens`).
+async fn tokenize_inner(
+    app: App,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let obj = request::parse_body(&body_bytes(body)?)?;
+    let model = obj.get("model").filter(|m| !m.is_null());
+    match model {
+        None => {}
+        Some(Value::String(m)) => app.check_model(Some(m))?,
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                format!("'model' must be a string, got {v}"),
+                Some("model"),
+            ));
+        }
+    }
+    let text = ["prompt", "content"]
+        .iter()
+        .find_map(|k| obj.get(*k).map(|v| (*k, v)));
+    let ids = match (text, obj.get("messages")) {
+        (Some((k, Value::String(t))), None) => {
+            let add_special = match obj.get("add_special_tokens") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "'add_special_tokens' must be a boolean",
+                        Some("add_special_tokens"),
+                    ));
+                }
+            };
+            let t = t.clone();
+            prepare(&app, "tokenizing", move |a| {
+                a.tokenizer.encode(&t, add_special)
+            })
+            .await?
+            .map_err(|e| ApiError::bad_request(e.to_string(), Some(k)))?
+        }
+        (Some((k, v)), None) => {
+            return Err(ApiError::bad_request(
+                format!("'{k}' must be a string, got {v}"),
+                Some(k),
+            ));
+        }
+        (None, Some(_)) => {
+            let req = request::chat_request(&obj, app.n_vocab)?;
+            let (messages, kwargs, tools) = (req.messages, req.template_kwargs, req.tools);
+            prepare(&app, "rendering", move |a| {
+                render_chat(a, messages, tools.as_ref(), &kwargs)
+            })
+            .await??
+            .0
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "send a 'prompt' (or 'content') string, or 'messages'",
+                Some("prompt"),
+            ));
+        }
+    };
+    Ok(
+        Json(json!({"tokens": ids, "count": ids.len(), "max_model_len": app.n_ctx}))
+            .into_response(),
+    )
+}
+
+async fn detokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    detokenize_inner(app, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The text of `tokens`: `{"prompt"}` as vLLM answers, and `{"content"}` as llama.cpp does.
+async fn detokenize_inner(
+    app: App,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let obj = request::parse_body(&body_bytes(body)?)?;
+    if let Some(m) = obj.get("model").and_then(Value::as_str) {
+        app.check_model(Some(m))?;
+    }
+    let Some(Value::Array(items)) = obj.get("tokens") else {
+        return Err(ApiError::bad_request(
+            "'tokens' must be a list of token ids",
+            Some("tokens"),
+        ));
+    };
+    let mut ids = Vec::with_capacity(items.len());
+    for v in items {
+        match v.as_u64() {
+            Some(id) if (id as usize) < app.n_vocab => ids.push(id as u32),
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!(
+                        "token {v} is not an id of this vocabulary (0..{})",
+                        app.n_vocab
+                    ),
+                    Some("tokens"),
+                ));
+            }
+        }
+    }
+    let text = prepare(&app, "detokenizing", move |a| {
+        a.tokenizer.decode(&ids, false)
+    })
+    .await?
+    .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
+    Ok(Json(json!({"prompt": text, "content": text})).into_response())
 }
 
 /// A validated, tokenized request, ready for the engine.

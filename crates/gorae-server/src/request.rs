@@ -28,6 +28,11 @@ pub struct GenParams {
     pub json_object: bool,
     /// `response_format: json_schema`: the schema the object must conform to.
     pub json_schema: Option<std::sync::Arc<crate::json_schema::Schema>>,
+    /// vLLM's and llama.cpp's `ignore_eos`: end-of-generation tokens are never sampled, so
+    /// only the token limit (or a stop string) ends the answer (benchmarks use it).
+    pub ignore_eos: bool,
+    /// vLLM's `min_tokens`: end-of-generation tokens are not sampled before this many tokens.
+    pub min_tokens: usize,
 }
 
 /// What `response_format` asks for.
@@ -340,6 +345,25 @@ fn gen_params(
             max_tokens = max_tokens.or(Some(usize::try_from(m).unwrap_or(usize::MAX)));
         }
     }
+    let ignore_eos = opt_bool(o, "ignore_eos")?.unwrap_or(false);
+    let min_tokens = match opt_int(o, "min_tokens")? {
+        None => 0,
+        Some(m) if m < 0 => {
+            return Err(ApiError::bad_request(
+                format!("'min_tokens' must be at least 0, got {m}"),
+                Some("min_tokens"),
+            ));
+        }
+        Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
+    };
+    if let Some(max) = max_tokens
+        && min_tokens > max
+    {
+        return Err(ApiError::bad_request(
+            format!("'min_tokens' ({min_tokens}) must not exceed the token limit ({max})"),
+            Some("min_tokens"),
+        ));
+    }
     let temperature = opt_range(o, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
     let top_p = opt_range(o, "top_p", 0.0, 1.0)?.unwrap_or(1.0);
     if top_p == 0.0 {
@@ -425,6 +449,8 @@ fn gen_params(
         include_usage,
         json_object,
         json_schema,
+        ignore_eos,
+        min_tokens,
     })
 }
 
@@ -680,6 +706,8 @@ const COMMON_FIELDS: &[&str] = &[
     "stream_options",
     "response_format",
     "user",
+    "ignore_eos",
+    "min_tokens",
 ];
 
 /// OpenAI's policy is to ignore unknown fields; log them so an operator can see what clients

@@ -798,6 +798,13 @@ impl<'t> Generation<'t> {
                 *l += bias;
             }
         }
+        if self.job.params.ignore_eos || self.n_gen < self.job.params.min_tokens {
+            for &id in tok.stop_ids() {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         // Reasoning is free text; the JSON constraint holds from the answer's first token.
         let thinking = self.splitter.as_ref().is_some_and(ThinkSplitter::in_think);
         let constrained = if thinking { None } else { vocab };

@@ -171,6 +171,52 @@ def test_invalid_json_and_non_object_bodies(server):
         assert set(body["error"]) >= {"message", "type", "param", "code"}
 
 
+def post_json(url, body, key=API_KEY):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {key}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read())
+
+
+def test_tokenize_and_detokenize(server, client):
+    text = "Tokens, please: 고래 and whales."
+    t = post_json(server + "/tokenize", {"model": MODEL_ID, "prompt": text})
+    assert t["count"] == len(t["tokens"]) > 0 and t["max_model_len"] == 512
+    # The same ids the completions endpoint feeds (its usage counts them).
+    r = client.completions.create(model=MODEL_ID, prompt=text, max_tokens=1)
+    assert r.usage.prompt_tokens == t["count"]
+    assert post_json(server + "/tokenize", {"content": text})["tokens"] == t["tokens"]
+    d = post_json(server + "/detokenize", {"model": MODEL_ID, "tokens": t["tokens"]})
+    assert d["prompt"] == d["content"] == text
+    # A chat is counted as the chat endpoint renders it.
+    c = post_json(server + "/tokenize", {"model": MODEL_ID, "messages": MESSAGES})
+    r = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=1)
+    assert r.usage.prompt_tokens == c["count"]
+    for path, body in (("/detokenize", {"tokens": [10 ** 9]}), ("/tokenize", {"prompt": 5}),
+                       ("/tokenize", {})):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post_json(server + path, body)
+        assert e.value.code == 400
+    with pytest.raises(urllib.error.HTTPError) as e:
+        post_json(server + "/tokenize", {"prompt": "x"}, key="wrong")
+    assert e.value.code == 401
+
+
+def test_ignore_eos_and_min_tokens(client):
+    # The answer to this ends early at temperature 0; without its end token it runs to the limit.
+    kw = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Say OK."}], temperature=0)
+    short = client.chat.completions.create(max_tokens=60, **kw)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 60
+    long = client.chat.completions.create(max_tokens=60, extra_body={"ignore_eos": True}, **kw)
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 60
+    n = short.usage.completion_tokens + 5
+    at_least = client.chat.completions.create(max_tokens=60, extra_body={"min_tokens": n}, **kw)
+    assert at_least.usage.completion_tokens >= n
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(max_tokens=5, extra_body={"min_tokens": 6}, **kw)
+
+
 def test_json_object_output_parses(client):
     msgs = [{"role": "user", "content": "Describe a cat as a JSON object with keys name and age."}]
     r = client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=100,
