@@ -100,9 +100,24 @@ impl Loaded {
     }
 }
 
+/// The key/value cache type the command line chose, for every model loaded.
+static KV_TYPE: std::sync::OnceLock<gorae_kernels::kv::KvType> = std::sync::OnceLock::new();
+
+pub fn set_kv_type(ty: gorae_kernels::kv::KvType) {
+    let _ = KV_TYPE.set(ty);
+}
+
 /// Loads a model; `need_tokenizer: false` lets a model without a tokenizer (a HF directory without
 /// tokenizer files, a GGUF without `tokenizer.*` keys) load, for `logits --ids` and `bench`.
 pub fn load_model(path: &Path, need_tokenizer: bool) -> Result<Loaded> {
+    let mut loaded = load_model_as_stored(path, need_tokenizer)?;
+    loaded
+        .model
+        .set_kv_type(KV_TYPE.get().copied().unwrap_or_default());
+    Ok(loaded)
+}
+
+fn load_model_as_stored(path: &Path, need_tokenizer: bool) -> Result<Loaded> {
     match ModelPath::resolve(path)? {
         ModelPath::Gguf(p) => {
             let file = open_gguf(&p)?;

@@ -16,6 +16,7 @@ mod arch;
 pub mod attn;
 pub mod error;
 pub mod isa;
+pub mod kv;
 pub mod matmul;
 pub mod packed;
 pub mod par;

@@ -4,29 +4,36 @@
 //! A sliding-window layer (EXAONE 4's local layers) keeps only its window: a ring of `window`
 //! positions, position `p` in slot `p % window`, so its memory does not grow with the context.
 
+use gorae_kernels::kv::{KvRows, KvType, f16, f32_to_f16};
+
 /// `n` zeros, written now. `vec![0.0; n]` takes zeroed pages from the kernel, which maps each
 /// one on its first write: the decode loop then paid a page fault and a page clear every few
 /// positions of every layer (SmolLM2 Q4_1, 8 sequences decoding: 254 µs of a 5 ms pass went
 /// to writing the new keys and values). Caches are preallocated for their whole context, as
 /// llama.cpp clears its KV buffer at creation, so the memory is the cache's from the start.
-fn mapped_zeros(n: usize) -> Vec<f32> {
-    let mut v = vec![0.0f32; n];
+fn mapped_zeros<T: Copy>(n: usize, zero: T) -> Vec<T> {
+    let mut v = vec![zero; n];
     // One store per 4 KiB (every page holds one chunk's start). `black_box` hides the zeros
     // already there, so the compiler cannot drop the stores as redundant.
-    for page in v.chunks_mut(1024) {
-        page[0] = std::hint::black_box(0.0);
+    for page in v.chunks_mut((4096 / std::mem::size_of::<T>().max(1)).max(1)) {
+        page[0] = std::hint::black_box(zero);
     }
     v
 }
 
-/// f32 keys and values, per layer `[rows, kv_dim]` (`rows` = `n_ctx`, or the window of a
-/// sliding-window layer), with `kv_dim = n_head_kv * head_dim`.
+/// Keys and values in the cache's element type.
+enum Store {
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    F16 { k: Vec<f16>, v: Vec<f16> },
+}
+
+/// Keys and values, per layer `[rows, kv_dim]` (`rows` = `n_ctx`, or the window of a
+/// sliding-window layer), with `kv_dim = n_head_kv * head_dim`, as f32 or f16 ([`KvType`]).
 pub struct KvCache {
     pub n_layer: usize,
     pub n_ctx: usize,
     pub kv_dim: usize,
-    k: Vec<f32>, // [sum of rows, kv_dim]
-    v: Vec<f32>, // [sum of rows, kv_dim]
+    store: Store, // k, v: [sum of rows, kv_dim]
     /// `[n_layer]`: first row of each layer.
     base: Vec<usize>,
     /// `[n_layer]`: the window of a sliding-window layer (its ring holds `min(window, n_ctx)`).
@@ -35,27 +42,50 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// An f32 cache.
     pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> Self {
-        Self::with_windows(n_ctx, kv_dim, &vec![None; n_layer])
+        Self::with_windows(n_ctx, kv_dim, &vec![None; n_layer], KvType::F32)
     }
 
     /// A cache whose layer `il` keeps only the last `windows[il]` positions when that is set.
-    pub fn with_windows(n_ctx: usize, kv_dim: usize, windows: &[Option<usize>]) -> Self {
+    pub fn with_windows(
+        n_ctx: usize,
+        kv_dim: usize,
+        windows: &[Option<usize>],
+        ty: KvType,
+    ) -> Self {
         let mut base = Vec::with_capacity(windows.len());
         let mut rows = 0;
         for w in windows {
             base.push(rows);
             rows += w.map_or(n_ctx, |w| w.min(n_ctx));
         }
+        let n = rows * kv_dim;
+        let store = match ty {
+            KvType::F32 => Store::F32 {
+                k: mapped_zeros(n, 0.0),
+                v: mapped_zeros(n, 0.0),
+            },
+            KvType::F16 => Store::F16 {
+                k: mapped_zeros(n, f16::ZERO),
+                v: mapped_zeros(n, f16::ZERO),
+            },
+        };
         KvCache {
             n_layer: windows.len(),
             n_ctx,
             kv_dim,
-            k: mapped_zeros(rows * kv_dim),
-            v: mapped_zeros(rows * kv_dim),
+            store,
             base,
             window: windows.to_vec(),
             len: 0,
+        }
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        match self.store {
+            Store::F32 { .. } => KvType::F32,
+            Store::F16 { .. } => KvType::F16,
         }
     }
 
@@ -103,7 +133,7 @@ impl KvCache {
     /// `inspect` reports.
     pub fn bytes_per_token(&self) -> usize {
         let full = self.window.iter().filter(|w| w.is_none()).count();
-        2 * full * self.kv_dim * std::mem::size_of::<f32>()
+        2 * full * self.kv_dim * self.kv_type().size()
     }
 
     fn range(&self, il: usize, from: usize, to: usize) -> std::ops::Range<usize> {
@@ -111,38 +141,57 @@ impl KvCache {
         base + from * self.kv_dim..base + to * self.kv_dim
     }
 
+    fn rows(&self, keys: bool, r: std::ops::Range<usize>) -> KvRows<'_> {
+        match &self.store {
+            Store::F32 { k, v } => KvRows::F32(&(if keys { k } else { v })[r]),
+            Store::F16 { k, v } => KvRows::F16(&(if keys { k } else { v })[r]),
+        }
+    }
+
+    /// Stores `k`, `v` (f32, whole rows) at element range `r` of both, converting to the
+    /// cache's type.
+    fn store(&mut self, r: std::ops::Range<usize>, k: &[f32], v: &[f32]) {
+        match &mut self.store {
+            Store::F32 { k: ck, v: cv } => {
+                ck[r.clone()].copy_from_slice(k);
+                cv[r].copy_from_slice(v);
+            }
+            Store::F16 { k: ck, v: cv } => {
+                f32_to_f16(k, &mut ck[r.clone()]);
+                f32_to_f16(v, &mut cv[r]);
+            }
+        }
+    }
+
     /// The whole ring of sliding-window layer `il` (keys, values), `[layer_rows, kv_dim]` each:
     /// position `p` is in row `p % layer_rows`.
-    pub fn ring(&self, il: usize) -> (&[f32], &[f32]) {
+    pub fn ring(&self, il: usize) -> (KvRows<'_>, KvRows<'_>) {
         let r = self.range(il, 0, self.layer_rows(il));
-        (&self.k[r.clone()], &self.v[r])
+        (self.rows(true, r.clone()), self.rows(false, r))
     }
 
     /// Stores the keys and values of position `pos` (`[kv_dim]` each) in layer `il`'s ring.
     pub fn ring_write(&mut self, il: usize, pos: usize, k: &[f32], v: &[f32]) {
         let slot = pos % self.layer_rows(il).max(1);
         let r = self.range(il, slot, slot + 1);
-        self.k[r.clone()].copy_from_slice(k);
-        self.v[r].copy_from_slice(v);
+        self.store(r, k, v);
     }
 
     /// Keys of layer `il` for positions `from..to`, `[to - from, kv_dim]`.
-    pub fn k(&self, il: usize, from: usize, to: usize) -> &[f32] {
-        &self.k[self.range(il, from, to)]
+    pub fn k(&self, il: usize, from: usize, to: usize) -> KvRows<'_> {
+        self.rows(true, self.range(il, from, to))
     }
 
-    pub fn v(&self, il: usize, from: usize, to: usize) -> &[f32] {
-        &self.v[self.range(il, from, to)]
+    pub fn v(&self, il: usize, from: usize, to: usize) -> KvRows<'_> {
+        self.rows(false, self.range(il, from, to))
     }
 
-    pub fn k_mut(&mut self, il: usize, from: usize, to: usize) -> &mut [f32] {
-        let r = self.range(il, from, to);
-        &mut self.k[r]
-    }
-
-    pub fn v_mut(&mut self, il: usize, from: usize, to: usize) -> &mut [f32] {
-        let r = self.range(il, from, to);
-        &mut self.v[r]
+    /// Stores the keys and values of positions `pos0..` of layer `il` (`k`, `v`:
+    /// `[n, kv_dim]` f32, converted to the cache's type).
+    pub fn write(&mut self, il: usize, pos0: usize, k: &[f32], v: &[f32]) {
+        let n = k.len() / self.kv_dim.max(1);
+        let r = self.range(il, pos0, pos0 + n);
+        self.store(r, k, v);
     }
 }
 
@@ -166,7 +215,7 @@ impl LatentKvCache {
             n_layer,
             n_ctx,
             width,
-            data: mapped_zeros(n_layer * n_ctx * width),
+            data: mapped_zeros(n_layer * n_ctx * width, 0.0),
             len: 0,
             mtp_len: 0,
         }
@@ -305,12 +354,39 @@ impl SeqCache {
 mod tests {
     use super::*;
 
+    /// The values of `rows`, as f32.
+    fn values(rows: KvRows<'_>) -> Vec<f32> {
+        match rows {
+            KvRows::F32(s) => s.to_vec(),
+            KvRows::F16(s) => s.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+
+    #[test]
+    fn f16_caches_store_rounded_rows_in_half_the_bytes() {
+        let mut a = KvCache::new(2, 8, 4);
+        let mut b = KvCache::with_windows(8, 4, &[None, None], KvType::F16);
+        assert_eq!(b.kv_type(), KvType::F16);
+        assert_eq!(2 * b.bytes_per_token(), a.bytes_per_token());
+        let k: Vec<f32> = (0..12).map(|i| i as f32 / 3.0).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        a.write(1, 2, &k, &v);
+        b.write(1, 2, &k, &v);
+        let rounded: Vec<f32> = k.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        assert_eq!(values(b.k(1, 2, 5)), rounded);
+        assert_eq!(values(a.k(1, 2, 5)), k);
+        assert_eq!(
+            values(b.v(1, 3, 4)),
+            values(b.k(1, 3, 4)).iter().map(|x| -x).collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn window_layers_keep_only_their_window() {
         // Layer 0 full, layer 1 a ring of 4.
-        let mut kv = KvCache::with_windows(100, 2, &[None, Some(4)]);
+        let mut kv = KvCache::with_windows(100, 2, &[None, Some(4)], KvType::F32);
         assert_eq!(
-            kv.k.len(),
+            kv.k(0, 0, 100).len() + kv.ring(1).0.len(),
             (100 + 4) * 2,
             "the ring does not grow with n_ctx"
         );
@@ -322,7 +398,7 @@ mod tests {
         kv.set_len(10);
         let (k, _) = kv.ring(1);
         // Positions 6..10 in slots 6%4=2, 3, 0, 1.
-        assert_eq!(k, &[8.0, -8.0, 9.0, -9.0, 6.0, -6.0, 7.0, -7.0]);
+        assert_eq!(values(k), [8.0, -8.0, 9.0, -9.0, 6.0, -6.0, 7.0, -7.0]);
         // Rewinding one position keeps the window the next token needs; further cannot.
         kv.truncate(9);
         assert_eq!(kv.len(), 9);

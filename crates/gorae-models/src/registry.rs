@@ -162,7 +162,11 @@ impl Model {
                     weight_bytes: m.weight_bytes(),
                     active_weight_bytes: m.active_weight_bytes(),
                     // Sliding-window layers hold a fixed window: they add nothing per token.
-                    kv_bytes_per_token: 2 * c.n_layer_full_kv() * c.n_head_kv * c.head_dim * 4,
+                    kv_bytes_per_token: 2
+                        * c.n_layer_full_kv()
+                        * c.n_head_kv
+                        * c.head_dim
+                        * m.kv_type.size(),
                     details: {
                         let mut d = vec![
                             ("n_head_kv", c.n_head_kv.to_string()),
@@ -236,6 +240,22 @@ impl Model {
     pub fn set_mla_mode(&mut self, mode: MlaMode) {
         if let Model::Deepseek(m) = self {
             m.mla_mode = mode;
+        }
+    }
+
+    /// The element type of the key/value caches made from now on. DeepSeek's latent cache
+    /// (already compressed by MLA) stays f32.
+    pub fn set_kv_type(&mut self, ty: gorae_kernels::kv::KvType) {
+        if let Model::Llama(m) = self {
+            m.kv_type = ty;
+        }
+    }
+
+    /// The element type of the key/value caches [`Model::new_cache`] makes.
+    pub fn kv_type(&self) -> gorae_kernels::kv::KvType {
+        match self {
+            Model::Llama(m) => m.kv_type,
+            Model::Deepseek(_) => gorae_kernels::kv::KvType::F32,
         }
     }
 

@@ -229,3 +229,53 @@ fn long_context_mla_rows_do_not_depend_on_the_path() {
     model.set_mla_mode(MlaMode::Absorbed);
     check_long_context(&model, 2 * 256 + 45);
 }
+
+/// An f16 cache keeps both properties: a row's numbers do not depend on the batch or on the
+/// attention path (its rows are widened the same way on every path).
+#[test]
+fn f16_cache_rows_do_not_depend_on_the_batch_or_the_path() {
+    let mut model = common::quantized_llama();
+    model.set_kv_type(gorae_kernels::kv::KvType::F16);
+    check(&model);
+    let mut model = common::f32_llama();
+    model.set_kv_type(gorae_kernels::kv::KvType::F16);
+    check_long_context(&model, 2 * gorae_models::KV_CHUNK + 45);
+}
+
+/// An f16 cache moves logits by the rounding of keys and values only: over more than one
+/// attention chunk, every row's logits stay within 2 % of their spread of the f32 cache's (f16
+/// keeps 11 significant bits, so keys and values move by up to 2^-11 of themselves).
+#[test]
+fn f16_cache_logits_follow_the_f32_cache() {
+    let mut model = common::f32_llama();
+    let n_vocab = model.n_vocab();
+    let n = gorae_models::KV_CHUNK + 40;
+    let tokens: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % n_vocab) as u32).collect();
+    let mut run = |ty| {
+        model.set_kv_type(ty);
+        let mut state = model.new_state(n, n);
+        model
+            .forward(&tokens, &mut state, Logits::All)
+            .unwrap()
+            .to_vec()
+    };
+    let a = run(gorae_kernels::kv::KvType::F32);
+    let b = run(gorae_kernels::kv::KvType::F16);
+    for t in 0..n {
+        let (ra, rb) = (
+            &a[t * n_vocab..(t + 1) * n_vocab],
+            &b[t * n_vocab..(t + 1) * n_vocab],
+        );
+        let spread =
+            ra.iter().fold(f32::MIN, |m, x| m.max(*x)) - ra.iter().fold(f32::MAX, |m, x| m.min(*x));
+        let worst = ra
+            .iter()
+            .zip(rb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            worst <= 0.02 * spread,
+            "row {t}: {worst} against a spread of {spread}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+use gorae_kernels::kv::KvType;
 use gorae_models::{Logits, SeqInput};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,12 +38,15 @@ static GLOBAL: Counting = Counting;
 /// parallel threads (plain `cargo test`) would count each other's allocations.
 #[test]
 fn decode_steps_allocate_nothing_after_warm_up() {
-    single_sequence_decode();
+    single_sequence_decode(KvType::F32);
+    // An f16 cache's rows are widened in per-thread blocks that grow once, in the warm-up.
+    single_sequence_decode(KvType::F16);
     batched_decode();
 }
 
-fn single_sequence_decode() {
-    let model = common::quantized_llama();
+fn single_sequence_decode(ty: KvType) {
+    let mut model = common::quantized_llama();
+    model.set_kv_type(ty);
     let mut state = model.new_state(64, 8);
     model
         .forward(&[1, 2, 3, 4, 5, 6, 7, 8], &mut state, Logits::Last)
@@ -54,7 +58,10 @@ fn single_sequence_decode() {
         assert!(logits[0].is_finite());
     }
     let allocs = ALLOCS.load(Ordering::Relaxed) - before;
-    assert_eq!(allocs, 0, "20 decode steps allocated {allocs} times");
+    assert_eq!(
+        allocs, 0,
+        "20 decode steps ({ty:?} cache) allocated {allocs} times"
+    );
 }
 
 /// Continuous batching keeps the discipline: four sequences decoding together in one shared

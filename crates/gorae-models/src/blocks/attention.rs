@@ -3,23 +3,45 @@
 //! thread needs `[group, n_ctx]` scores.
 
 use gorae_kernels::attn;
+use gorae_kernels::kv::KvRows;
+use std::cell::RefCell;
 
 pub use gorae_kernels::attn::softmax;
 
 /// A run of positions whose keys and values lie contiguously: `k`, `v` are `[n, kv_dim]`.
 #[derive(Clone, Copy, Debug)]
 pub struct KvSpan<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: KvRows<'a>,
+    pub v: KvRows<'a>,
     pub n: usize,
 }
 
 impl KvSpan<'_> {
     pub const EMPTY: KvSpan<'static> = KvSpan {
-        k: &[],
-        v: &[],
+        k: KvRows::EMPTY,
+        v: KvRows::EMPTY,
         n: 0,
     };
+}
+
+thread_local! {
+    /// A block of an f16 cache's keys and one of its values, made f32 for the kernels
+    /// ([`KvRows::block_f32`]).
+    static BLOCKS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with the thread's block buffers, each sized for a whole block of `width` columns
+/// from the first call on (a context growing through its first block must not grow them per
+/// token: the decode loop allocates nothing).
+fn with_blocks<R>(width: usize, f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+    BLOCKS.with_borrow_mut(|(kb, vb)| {
+        for b in [&mut *kb, &mut *vb] {
+            if b.len() < KV_BLOCK * width {
+                b.resize(KV_BLOCK * width, 0.0);
+            }
+        }
+        f(kb, vb)
+    })
 }
 
 /// Keys (and values) per block: one head's slice of 32 cache rows is 8 KiB at head size 64,
@@ -48,34 +70,36 @@ pub fn attend_group(
     let off = kvh * head_dim;
     let n_kv: usize = spans.iter().map(|s| s.n).sum();
     let scores = &mut scores[..group * n_kv];
-    let mut j0 = 0;
-    for sp in spans.iter().filter(|s| s.n > 0) {
-        for b0 in (0..sp.n).step_by(KV_BLOCK) {
-            let len = KV_BLOCK.min(sp.n - b0);
-            let keys = &sp.k[off + b0 * kv_dim..];
-            for (g, qh) in q.chunks_exact(head_dim).enumerate() {
-                let dst = &mut scores[g * n_kv + j0 + b0..g * n_kv + j0 + b0 + len];
-                attn::qk_scores(qh, keys, kv_dim, scale, dst);
+    with_blocks(head_dim, |kb, vb| {
+        let mut j0 = 0;
+        for sp in spans.iter().filter(|s| s.n > 0) {
+            for b0 in (0..sp.n).step_by(KV_BLOCK) {
+                let len = KV_BLOCK.min(sp.n - b0);
+                let (keys, ks) = sp.k.from(off).block_f32(b0, len, kv_dim, head_dim, kb);
+                for (g, qh) in q.chunks_exact(head_dim).enumerate() {
+                    let dst = &mut scores[g * n_kv + j0 + b0..g * n_kv + j0 + b0 + len];
+                    attn::qk_scores(qh, keys, ks, scale, dst);
+                }
             }
+            j0 += sp.n;
         }
-        j0 += sp.n;
-    }
-    for sc in scores.chunks_exact_mut(n_kv.max(1)) {
-        softmax(sc);
-    }
-    out.fill(0.0);
-    let mut j0 = 0;
-    for sp in spans.iter().filter(|s| s.n > 0) {
-        for b0 in (0..sp.n).step_by(KV_BLOCK) {
-            let len = KV_BLOCK.min(sp.n - b0);
-            let values = &sp.v[off + b0 * kv_dim..];
-            for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
-                let w = &scores[g * n_kv + j0 + b0..g * n_kv + j0 + b0 + len];
-                attn::weighted_sum_acc(w, values, kv_dim, o);
+        for sc in scores.chunks_exact_mut(n_kv.max(1)) {
+            softmax(sc);
+        }
+        out.fill(0.0);
+        let mut j0 = 0;
+        for sp in spans.iter().filter(|s| s.n > 0) {
+            for b0 in (0..sp.n).step_by(KV_BLOCK) {
+                let len = KV_BLOCK.min(sp.n - b0);
+                let (values, vs) = sp.v.from(off).block_f32(b0, len, kv_dim, head_dim, vb);
+                for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
+                    let w = &scores[g * n_kv + j0 + b0..g * n_kv + j0 + b0 + len];
+                    attn::weighted_sum_acc(w, values, vs, o);
+                }
             }
+            j0 += sp.n;
         }
-        j0 += sp.n;
-    }
+    });
 }
 
 /// Positions per chunk of split-KV attention. A row attending over more positions than this
@@ -102,8 +126,8 @@ pub const fn row_scratch(group: usize, head_dim: usize) -> usize {
 pub fn attend_chunk(
     qg: &[f32],
     head_dim: usize,
-    k: &[f32],
-    v: &[f32],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
     (c0, c1): (usize, usize),
     kvh: usize,
     kv_dim: usize,
@@ -114,35 +138,66 @@ pub fn attend_chunk(
 ) {
     let group = qg.len() / head_dim.max(1);
     let (len, off) = (c1 - c0, kvh * head_dim);
-    for b0 in (0..len).step_by(KV_BLOCK) {
-        let bl = KV_BLOCK.min(len - b0);
-        let keys = &k[off + (c0 + b0) * kv_dim..];
-        // Heads two at a time, sharing each key load (the same bits as one at a time).
-        let mut g = 0;
-        while g < group {
-            let qh = &qg[g * head_dim..(g + 1) * head_dim];
-            let (this, rest) = scores[g * len..].split_at_mut(len);
-            if g + 1 < group {
-                let q1 = &qg[(g + 1) * head_dim..(g + 2) * head_dim];
-                let (d0, d1) = (&mut this[b0..b0 + bl], &mut rest[b0..b0 + bl]);
-                attn::qk_scores_pair([qh, q1], keys, kv_dim, scale, [d0, d1]);
-                g += 2;
-            } else {
-                attn::qk_scores(qh, keys, kv_dim, scale, &mut this[b0..b0 + bl]);
-                g += 1;
+    let (k, v) = (k.from(off), v.from(off));
+    with_blocks(head_dim, |kb, vb| {
+        for b0 in (0..len).step_by(KV_BLOCK) {
+            let bl = KV_BLOCK.min(len - b0);
+            let (keys, ks) = k.block_f32(c0 + b0, bl, kv_dim, head_dim, kb);
+            // Heads two at a time, sharing each key load (the same bits as one at a time).
+            let mut g = 0;
+            while g < group {
+                let qh = &qg[g * head_dim..(g + 1) * head_dim];
+                let (this, rest) = scores[g * len..].split_at_mut(len);
+                if g + 1 < group {
+                    let q1 = &qg[(g + 1) * head_dim..(g + 2) * head_dim];
+                    let (d0, d1) = (&mut this[b0..b0 + bl], &mut rest[b0..b0 + bl]);
+                    attn::qk_scores_pair([qh, q1], keys, ks, scale, [d0, d1]);
+                    g += 2;
+                } else {
+                    attn::qk_scores(qh, keys, ks, scale, &mut this[b0..b0 + bl]);
+                    g += 1;
+                }
             }
         }
-    }
-    for g in 0..group {
-        let (m, l) = attn::softmax_stats(&mut scores[g * len..(g + 1) * len]);
-        (stats[2 * g], stats[2 * g + 1]) = (m, l);
-    }
-    // The group's weighted sums over the chunk in one pass, sharing each value row's loads.
-    out.fill(0.0);
-    let values = &v[off + c0 * kv_dim..];
-    attn::weighted_sum_acc_heads(
-        scores, len, len, values, kv_dim, out, head_dim, head_dim, group,
-    );
+        for g in 0..group {
+            let (m, l) = attn::softmax_stats(&mut scores[g * len..(g + 1) * len]);
+            (stats[2 * g], stats[2 * g + 1]) = (m, l);
+        }
+        // The group's weighted sums over the chunk, sharing each value row's loads: in one
+        // pass from an f32 cache, block by block from an f16 one (continuing each element's
+        // running sum, so the same bits as one pass over the converted rows).
+        out.fill(0.0);
+        match v {
+            KvRows::F32(v) => attn::weighted_sum_acc_heads(
+                scores,
+                len,
+                len,
+                &v[c0 * kv_dim..],
+                kv_dim,
+                out,
+                head_dim,
+                head_dim,
+                group,
+            ),
+            KvRows::F16(_) => {
+                for b0 in (0..len).step_by(KV_BLOCK) {
+                    let bl = KV_BLOCK.min(len - b0);
+                    let (values, vs) = v.block_f32(c0 + b0, bl, kv_dim, head_dim, vb);
+                    attn::weighted_sum_acc_heads(
+                        &scores[b0..],
+                        len,
+                        bl,
+                        values,
+                        vs,
+                        out,
+                        head_dim,
+                        head_dim,
+                        group,
+                    );
+                }
+            }
+        }
+    });
 }
 
 /// Merges one head's chunk (`part`, normalized by its own sum, with its softmax `[max, sum]`)
@@ -259,8 +314,8 @@ pub fn merge_split_row(
 pub fn attend_row(
     qg: &[f32],
     head_dim: usize,
-    k: &[f32],
-    v: &[f32],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
     n_kv: usize,
     kvh: usize,
     kv_dim: usize,
@@ -311,13 +366,13 @@ pub struct QueryRows<'a> {
 pub struct HeadKv<'a> {
     /// Position `j`'s key at `k[j * k_stride..]`, scored against the query head's first
     /// `head_dim - rope_len` elements (all of them without `rope_k`).
-    pub k: &'a [f32],
+    pub k: KvRows<'a>,
     pub k_stride: usize,
     /// A second key part, `(keys, stride, rope_len)`, scored against the query head's last
     /// `rope_len` elements and added (MLA's rope key, shared by every head).
     pub rope_k: Option<(&'a [f32], usize, usize)>,
     /// Position `j`'s value at `v[j * v_stride..][..v_dim]`.
-    pub v: &'a [f32],
+    pub v: KvRows<'a>,
     pub v_stride: usize,
     pub v_dim: usize,
 }
@@ -356,132 +411,138 @@ pub fn attend_rows(
     let (part_stats, rope_scores) = rest.split_at_mut(n_rows * 2 * group);
     let rope_len = kv.rope_k.map_or(0, |r| r.2);
     let q_head = |i: usize, g: usize| &q.q[i * q.row_stride + g * q.head_dim..][..q.head_dim];
-    for c0 in (0..n_max).step_by(KV_CHUNK) {
-        // Rows reaching into this chunk, and the length of their part of it.
-        let live = |i: usize| n_kv0 + i > c0;
-        let len_of = |i: usize| (n_kv0 + i).min(c0 + KV_CHUNK) - c0;
-        // Row i, head g: its chunk scores at `(i * group + g) * len_of(i)` within row i's
-        // `group * KV_CHUNK`, as `attend_chunk` lays them out.
-        let at = |i: usize, g: usize| i * group * KV_CHUNK + g * len_of(i);
-        for b0 in (0..KV_CHUNK.min(n_max - c0)).step_by(KV_BLOCK) {
-            let keys = &kv.k[(c0 + b0) * kv.k_stride..];
-            let rope = kv
-                .rope_k
-                .map(|(rk, stride, _)| (&rk[(c0 + b0) * stride..], stride));
-            // The (row, head) queries taking part of this block, two at a time when they take
-            // as many keys (a pair shares each key load; each query's scores are the same bits).
-            let mut held: Option<(usize, usize, usize)> = None;
-            let mut score = |a: (usize, usize, usize), b: Option<(usize, usize)>| {
-                let (i, g, bl) = a;
-                let q0 = q_head(i, g).split_at(q.head_dim - rope_len);
-                let r0 = at(i, g) + b0..at(i, g) + b0 + bl;
-                let (e0, e1) = rope_scores[..2 * KV_BLOCK].split_at_mut(KV_BLOCK);
-                let (e0, e1) = (&mut e0[..bl], &mut e1[..bl]);
-                match b {
-                    None => {
-                        let dst = &mut scores[r0];
-                        attn::qk_scores(q0.0, keys, kv.k_stride, scale, dst);
-                        if let Some((rk, stride)) = rope {
-                            attn::qk_scores(q0.1, rk, stride, scale, e0);
-                            dst.iter_mut().zip(&*e0).for_each(|(s, e)| *s += e);
+    let k_width = q.head_dim - rope_len;
+    with_blocks(k_width.max(v_dim), |kb, vb| {
+        for c0 in (0..n_max).step_by(KV_CHUNK) {
+            // Rows reaching into this chunk, and the length of their part of it.
+            let live = |i: usize| n_kv0 + i > c0;
+            let len_of = |i: usize| (n_kv0 + i).min(c0 + KV_CHUNK) - c0;
+            // Row i, head g: its chunk scores at `(i * group + g) * len_of(i)` within row i's
+            // `group * KV_CHUNK`, as `attend_chunk` lays them out.
+            let at = |i: usize, g: usize| i * group * KV_CHUNK + g * len_of(i);
+            let chunk_len = KV_CHUNK.min(n_max - c0);
+            for b0 in (0..chunk_len).step_by(KV_BLOCK) {
+                let nb = KV_BLOCK.min(chunk_len - b0);
+                let (keys, ks) = kv.k.block_f32(c0 + b0, nb, kv.k_stride, k_width, kb);
+                let rope = kv
+                    .rope_k
+                    .map(|(rk, stride, _)| (&rk[(c0 + b0) * stride..], stride));
+                // The (row, head) queries taking part of this block, two at a time when they take
+                // as many keys (a pair shares each key load; each query's scores are the same bits).
+                let mut held: Option<(usize, usize, usize)> = None;
+                let mut score = |a: (usize, usize, usize), b: Option<(usize, usize)>| {
+                    let (i, g, bl) = a;
+                    let q0 = q_head(i, g).split_at(q.head_dim - rope_len);
+                    let r0 = at(i, g) + b0..at(i, g) + b0 + bl;
+                    let (e0, e1) = rope_scores[..2 * KV_BLOCK].split_at_mut(KV_BLOCK);
+                    let (e0, e1) = (&mut e0[..bl], &mut e1[..bl]);
+                    match b {
+                        None => {
+                            let dst = &mut scores[r0];
+                            attn::qk_scores(q0.0, keys, ks, scale, dst);
+                            if let Some((rk, stride)) = rope {
+                                attn::qk_scores(q0.1, rk, stride, scale, e0);
+                                dst.iter_mut().zip(&*e0).for_each(|(s, e)| *s += e);
+                            }
+                        }
+                        Some((i1, g1)) => {
+                            let q1 = q_head(i1, g1).split_at(q.head_dim - rope_len);
+                            let r1 = at(i1, g1) + b0..at(i1, g1) + b0 + bl;
+                            // Queries come in (row, head) order, so the second's scores lie after.
+                            let (lo, hi) = scores.split_at_mut(r1.start);
+                            let (d0, d1) = (&mut lo[r0], &mut hi[..bl]);
+                            attn::qk_scores_pair([q0.0, q1.0], keys, ks, scale, [d0, d1]);
+                            if let Some((rk, stride)) = rope {
+                                attn::qk_scores_pair([q0.1, q1.1], rk, stride, scale, [e0, e1]);
+                                d0.iter_mut().zip(&*e0).for_each(|(s, e)| *s += e);
+                                d1.iter_mut().zip(&*e1).for_each(|(s, e)| *s += e);
+                            }
                         }
                     }
-                    Some((i1, g1)) => {
-                        let q1 = q_head(i1, g1).split_at(q.head_dim - rope_len);
-                        let r1 = at(i1, g1) + b0..at(i1, g1) + b0 + bl;
-                        // Queries come in (row, head) order, so the second's scores lie after.
-                        let (lo, hi) = scores.split_at_mut(r1.start);
-                        let (d0, d1) = (&mut lo[r0], &mut hi[..bl]);
-                        attn::qk_scores_pair([q0.0, q1.0], keys, kv.k_stride, scale, [d0, d1]);
-                        if let Some((rk, stride)) = rope {
-                            attn::qk_scores_pair([q0.1, q1.1], rk, stride, scale, [e0, e1]);
-                            d0.iter_mut().zip(&*e0).for_each(|(s, e)| *s += e);
-                            d1.iter_mut().zip(&*e1).for_each(|(s, e)| *s += e);
+                };
+                for i in (0..n_rows).filter(|&i| live(i) && len_of(i) > b0) {
+                    let bl = KV_BLOCK.min(len_of(i) - b0);
+                    for g in 0..group {
+                        match held.take() {
+                            Some(h) if h.2 == bl => score(h, Some((i, g))),
+                            Some(h) => {
+                                score(h, None);
+                                held = Some((i, g, bl));
+                            }
+                            None => held = Some((i, g, bl)),
                         }
                     }
                 }
-            };
-            for i in (0..n_rows).filter(|&i| live(i) && len_of(i) > b0) {
-                let bl = KV_BLOCK.min(len_of(i) - b0);
+                if let Some(h) = held {
+                    score(h, None);
+                }
+            }
+            let first = c0 == 0;
+            for i in (0..n_rows).filter(|&i| live(i)) {
+                let st = if first { &mut *stats } else { &mut *part_stats };
                 for g in 0..group {
-                    match held.take() {
-                        Some(h) if h.2 == bl => score(h, Some((i, g))),
-                        Some(h) => {
-                            score(h, None);
-                            held = Some((i, g, bl));
-                        }
-                        None => held = Some((i, g, bl)),
+                    let (m, l) = attn::softmax_stats(&mut scores[at(i, g)..at(i, g) + len_of(i)]);
+                    (st[(i * group + g) * 2], st[(i * group + g) * 2 + 1]) = (m, l);
+                }
+                let dst = if first { &mut *out } else { &mut *part };
+                dst[i * gv..(i + 1) * gv].fill(0.0);
+            }
+            // Rows whose heads' scores lie KV_CHUNK apart (every row when a group is one head,
+            // else rows that fill the chunk) and that take as many of a block's values go to the
+            // kernel together, as extra heads sharing each value row's loads.
+            let even = |i: usize| group == 1 || len_of(i) == KV_CHUNK;
+            for b0 in (0..chunk_len).step_by(KV_BLOCK) {
+                let nb = KV_BLOCK.min(chunk_len - b0);
+                let (values, vs) = kv.v.block_f32(c0 + b0, nb, kv.v_stride, v_dim, vb);
+                let takes = |i: usize| live(i) && len_of(i) > b0;
+                let dst = if first { &mut *out } else { &mut *part };
+                let mut i = 0;
+                while i < n_rows {
+                    if !takes(i) {
+                        i += 1;
+                        continue;
                     }
+                    let bl = KV_BLOCK.min(len_of(i) - b0);
+                    let mut j = i + 1;
+                    while j < n_rows
+                        && even(i)
+                        && even(j)
+                        && takes(j)
+                        && KV_BLOCK.min(len_of(j) - b0) == bl
+                    {
+                        j += 1;
+                    }
+                    let w_stride = if j - i > 1 { KV_CHUNK } else { len_of(i) };
+                    attn::weighted_sum_acc_heads(
+                        &scores[at(i, 0) + b0..],
+                        w_stride,
+                        bl,
+                        values,
+                        vs,
+                        &mut dst[i * gv..j * gv],
+                        v_dim,
+                        v_dim,
+                        (j - i) * group,
+                    );
+                    i = j;
                 }
             }
-            if let Some(h) = held {
-                score(h, None);
+            if first {
+                continue;
             }
-        }
-        let first = c0 == 0;
-        for i in (0..n_rows).filter(|&i| live(i)) {
-            let st = if first { &mut *stats } else { &mut *part_stats };
-            for g in 0..group {
-                let (m, l) = attn::softmax_stats(&mut scores[at(i, g)..at(i, g) + len_of(i)]);
-                (st[(i * group + g) * 2], st[(i * group + g) * 2 + 1]) = (m, l);
-            }
-            let dst = if first { &mut *out } else { &mut *part };
-            dst[i * gv..(i + 1) * gv].fill(0.0);
-        }
-        // Rows whose heads' scores lie KV_CHUNK apart (every row when a group is one head,
-        // else rows that fill the chunk) and that take as many of a block's values go to the
-        // kernel together, as extra heads sharing each value row's loads.
-        let even = |i: usize| group == 1 || len_of(i) == KV_CHUNK;
-        for b0 in (0..KV_CHUNK.min(n_max - c0)).step_by(KV_BLOCK) {
-            let values = &kv.v[(c0 + b0) * kv.v_stride..];
-            let takes = |i: usize| live(i) && len_of(i) > b0;
-            let dst = if first { &mut *out } else { &mut *part };
-            let mut i = 0;
-            while i < n_rows {
-                if !takes(i) {
-                    i += 1;
-                    continue;
+            for i in (0..n_rows).filter(|&i| live(i)) {
+                for g in 0..group {
+                    let h = i * group + g;
+                    merge_chunk(
+                        &mut out[h * v_dim..(h + 1) * v_dim],
+                        &mut stats[2 * h..2 * h + 2],
+                        &part[h * v_dim..(h + 1) * v_dim],
+                        &part_stats[2 * h..2 * h + 2],
+                    );
                 }
-                let bl = KV_BLOCK.min(len_of(i) - b0);
-                let mut j = i + 1;
-                while j < n_rows
-                    && even(i)
-                    && even(j)
-                    && takes(j)
-                    && KV_BLOCK.min(len_of(j) - b0) == bl
-                {
-                    j += 1;
-                }
-                let w_stride = if j - i > 1 { KV_CHUNK } else { len_of(i) };
-                attn::weighted_sum_acc_heads(
-                    &scores[at(i, 0) + b0..],
-                    w_stride,
-                    bl,
-                    values,
-                    kv.v_stride,
-                    &mut dst[i * gv..j * gv],
-                    v_dim,
-                    v_dim,
-                    (j - i) * group,
-                );
-                i = j;
             }
         }
-        if first {
-            continue;
-        }
-        for i in (0..n_rows).filter(|&i| live(i)) {
-            for g in 0..group {
-                let h = i * group + g;
-                merge_chunk(
-                    &mut out[h * v_dim..(h + 1) * v_dim],
-                    &mut stats[2 * h..2 * h + 2],
-                    &part[h * v_dim..(h + 1) * v_dim],
-                    &part_stats[2 * h..2 * h + 2],
-                );
-            }
-        }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -490,66 +551,82 @@ mod tests {
 
     /// Rows attended together equal each row attended alone, bit for bit, and a row alone over
     /// one chunk equals `attend_group` (head size 64, so the SIMD kernels run; up to three
-    /// chunks, with full and partial blocks).
+    /// chunks, with full and partial blocks); over an f16 cache, every path gives bit for bit
+    /// what it gives over an f32 cache holding the same (rounded) keys and values.
     #[test]
     fn rows_together_equal_each_row_alone() {
+        use gorae_kernels::kv::f16;
         let (hd, n_head_kv, group) = (64, 2, 3);
         let (kv_dim, q_dim) = (n_head_kv * hd, n_head_kv * group * hd);
         let n_pos = 2 * KV_CHUNK + 50;
-        let val = |i: usize, m: usize| (((i * m) % 97) as f32 - 48.0) / 40.0;
+        let val = |i: usize, m: usize| (((i * m) % 97) as f32 - 48.0) / 40.0 + 1e-3;
         let k: Vec<f32> = (0..n_pos * kv_dim).map(|i| val(i, 7)).collect();
         let v: Vec<f32> = (0..n_pos * kv_dim).map(|i| val(i, 5)).collect();
+        let k16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
+        let v16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+        let k_r: Vec<f32> = k16.iter().map(|x| x.to_f32()).collect();
+        let v_r: Vec<f32> = v16.iter().map(|x| x.to_f32()).collect();
+        let caches = [
+            (KvRows::F32(&k), KvRows::F32(&v)),
+            (KvRows::F16(&k16), KvRows::F16(&v16)),
+            (KvRows::F32(&k_r), KvRows::F32(&v_r)),
+        ];
         let c = KV_CHUNK;
         for (n_rows, n_kv0) in [(5, 66), (8, c - 5), (6, 2 * c - 3), (3, 1), (8, c + 40)] {
             let q: Vec<f32> = (0..n_rows * q_dim).map(|i| val(i, 3)).collect();
-            for kvh in 0..n_head_kv {
-                let mut scratch = vec![0.0; rows_scratch(n_rows, group, hd)];
-                let mut got = vec![f32::NAN; n_rows * group * hd];
-                let rows = QueryRows {
-                    q: &q[kvh * group * hd..],
-                    row_stride: q_dim,
-                    head_dim: hd,
-                    group,
-                };
-                let head = HeadKv {
-                    k: &k[kvh * hd..],
-                    k_stride: kv_dim,
-                    rope_k: None,
-                    v: &v[kvh * hd..],
-                    v_stride: kv_dim,
-                    v_dim: hd,
-                };
-                attend_rows(rows, n_rows, n_kv0, head, 0.125, &mut scratch, &mut got);
-                for i in 0..n_rows {
-                    let n = n_kv0 + i;
-                    let qg = &q[i * q_dim + kvh * group * hd..i * q_dim + (kvh + 1) * group * hd];
-                    let mut want = vec![0.0; group * hd];
-                    attend_row(
-                        qg,
-                        hd,
-                        &k,
-                        &v,
-                        n,
-                        kvh,
-                        kv_dim,
-                        0.125,
-                        &mut scratch,
-                        &mut want,
-                    );
-                    let row = &got[i * group * hd..(i + 1) * group * hd];
-                    assert_eq!(row, &want[..], "rows {n_rows} from {n_kv0}: row {i}");
-                    if n <= KV_CHUNK {
-                        let one = [KvSpan {
-                            k: &k[..n * kv_dim],
-                            v: &v[..n * kv_dim],
-                            n,
-                        }];
-                        let mut plain = vec![0.0; group * hd];
-                        let mut sc = vec![0.0; group * n];
-                        attend_group(qg, hd, &one, kvh, kv_dim, 0.125, &mut sc, &mut plain);
-                        assert_eq!(row, &plain[..], "one chunk: row {i}");
+            let mut by_cache = Vec::new();
+            for &(k, v) in &caches {
+                let mut all = Vec::new();
+                for kvh in 0..n_head_kv {
+                    let mut scratch = vec![0.0; rows_scratch(n_rows, group, hd)];
+                    let mut got = vec![f32::NAN; n_rows * group * hd];
+                    let rows = QueryRows {
+                        q: &q[kvh * group * hd..],
+                        row_stride: q_dim,
+                        head_dim: hd,
+                        group,
+                    };
+                    let head = HeadKv {
+                        k: k.from(kvh * hd),
+                        k_stride: kv_dim,
+                        rope_k: None,
+                        v: v.from(kvh * hd),
+                        v_stride: kv_dim,
+                        v_dim: hd,
+                    };
+                    attend_rows(rows, n_rows, n_kv0, head, 0.125, &mut scratch, &mut got);
+                    for i in 0..n_rows {
+                        let n = n_kv0 + i;
+                        let qg =
+                            &q[i * q_dim + kvh * group * hd..i * q_dim + (kvh + 1) * group * hd];
+                        let mut want = vec![0.0; group * hd];
+                        attend_row(qg, hd, k, v, n, kvh, kv_dim, 0.125, &mut scratch, &mut want);
+                        let row = &got[i * group * hd..(i + 1) * group * hd];
+                        assert_eq!(row, &want[..], "rows {n_rows} from {n_kv0}: row {i}");
+                        if n <= KV_CHUNK {
+                            let one = [KvSpan {
+                                k: k.slice(0..n * kv_dim),
+                                v: v.slice(0..n * kv_dim),
+                                n,
+                            }];
+                            let mut plain = vec![0.0; group * hd];
+                            let mut sc = vec![0.0; group * n];
+                            attend_group(qg, hd, &one, kvh, kv_dim, 0.125, &mut sc, &mut plain);
+                            assert_eq!(row, &plain[..], "one chunk: row {i}");
+                        }
                     }
+                    all.extend(got);
                 }
+                by_cache.push(all);
+            }
+            assert_eq!(
+                by_cache[1], by_cache[2],
+                "f16 cache against its f32 rounding"
+            );
+            // Rounding keys and values to f16 moves outputs by about 1e-3 of their scale.
+            let scale = by_cache[0].iter().fold(0.0f32, |a, x| a.max(x.abs()));
+            for (a, b) in by_cache[0].iter().zip(&by_cache[1]) {
+                assert!((a - b).abs() <= 5e-3 * scale, "{a} vs {b}");
             }
         }
     }
@@ -568,7 +645,8 @@ mod tests {
         let qg: Vec<f32> = (0..group * hd).map(|i| val(i, 3)).collect();
         let mut scratch = vec![0.0; row_scratch(group, hd)];
         let mut got = vec![0.0; group * hd];
-        attend_row(&qg, hd, &k, &v, n, 0, kv_dim, 0.125, &mut scratch, &mut got);
+        let (kr, vr) = (KvRows::F32(&k), KvRows::F32(&v));
+        attend_row(&qg, hd, kr, vr, n, 0, kv_dim, 0.125, &mut scratch, &mut got);
         for g in 0..group {
             let qh = &qg[g * hd..(g + 1) * hd];
             let s: Vec<f64> = (0..n)
@@ -634,10 +712,10 @@ mod tests {
             group: 1,
         };
         let head = HeadKv {
-            k: &kv[hh * per..],
+            k: KvRows::F32(&kv[hh * per..]),
             k_stride: n_head * per,
             rope_k: Some((&rope, rd, rd)),
-            v: &kv[hh * per + nope..],
+            v: KvRows::F32(&kv[hh * per + nope..]),
             v_stride: n_head * per,
             v_dim: dv,
         };
@@ -692,23 +770,24 @@ mod tests {
         let v: Vec<f32> = (0..20).map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.2).collect();
         let q = [0.5, -1.0];
         let (mut s, mut a, mut b) = (vec![0.0; 5], [0.0; 2], [0.0; 2]);
-        let all = [KvSpan { k: &k, v: &v, n: 5 }];
+        let (k, v) = (KvRows::F32(&k), KvRows::F32(&v));
+        let all = [KvSpan { k, v, n: 5 }];
         attend_group(&q, 2, &all, 1, kv_dim, 0.7, &mut s, &mut a);
         let spans = [
             KvSpan::EMPTY,
             KvSpan {
-                k: &k[..8],
-                v: &v[..8],
+                k: k.slice(0..8),
+                v: v.slice(0..8),
                 n: 2,
             },
             KvSpan {
-                k: &k[8..12],
-                v: &v[8..12],
+                k: k.slice(8..12),
+                v: v.slice(8..12),
                 n: 1,
             },
             KvSpan {
-                k: &k[12..],
-                v: &v[12..],
+                k: k.from(12),
+                v: v.from(12),
                 n: 2,
             },
         ];

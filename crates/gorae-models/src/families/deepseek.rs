@@ -951,10 +951,10 @@ impl DeepseekModel {
                         group: 1,
                     };
                     let head = HeadKv {
-                        k: &kv_full[hh * per..],
+                        k: gorae_kernels::kv::KvRows::F32(&kv_full[hh * per..]),
                         k_stride: h * per,
                         rope_k: Some((&kva[lora..], width, rd)),
-                        v: &kv_full[hh * per + nope..],
+                        v: gorae_kernels::kv::KvRows::F32(&kv_full[hh * per + nope..]),
                         v_stride: h * per,
                         v_dim: dv,
                     };

@@ -24,9 +24,9 @@ use crate::rope;
 use crate::weights::{
     QMatrix, WeightSource, load_vector, load_vector_opt, matmul_group, prefetch_hint,
 };
+use gorae_kernels::kv::{KvRows, KvType};
 use gorae_kernels::par::par_rows;
 use gorae_kernels::pool;
-use gorae_kernels::stream;
 
 struct Layer {
     attn_norm: Option<Vec<f32>>, // [n_embd]; None without pre-norms (EXAONE 4)
@@ -55,6 +55,8 @@ pub struct LlamaModel {
     layers: Vec<Layer>,
     inv_freq: Vec<f32>, // [n_rot / 2]
     rope_mscale: f32,
+    /// The element type of the caches [`LlamaModel::new_cache`] makes (f32 unless set).
+    pub kv_type: KvType,
 }
 
 /// Most bytes of keys and values one decode attention task asks for ahead of reading them:
@@ -168,6 +170,7 @@ impl LlamaModel {
             layers,
             inv_freq,
             rope_mscale,
+            kv_type: KvType::F32,
         })
     }
 
@@ -175,7 +178,7 @@ impl LlamaModel {
     pub fn new_cache(&self, n_ctx: usize) -> KvCache {
         let c = &self.cfg;
         let windows: Vec<Option<usize>> = (0..c.n_layer).map(|il| c.layer_window(il)).collect();
-        KvCache::with_windows(n_ctx, c.n_head_kv * c.head_dim, &windows)
+        KvCache::with_windows(n_ctx, c.n_head_kv * c.head_dim, &windows, self.kv_type)
     }
 
     pub fn new_scratch(&self, n_batch: usize, n_ctx: usize) -> LlamaScratch {
@@ -336,10 +339,8 @@ impl LlamaModel {
             {
                 let kv = q.cache.standard_mut().ok_or(ModelError::ForeignState)?;
                 let rows = sp.rows();
-                kv.k_mut(il, sp.pos0, sp.pos0 + sp.n)
-                    .copy_from_slice(&s.k[rows.start * kv_dim..rows.end * kv_dim]);
-                kv.v_mut(il, sp.pos0, sp.pos0 + sp.n)
-                    .copy_from_slice(&s.v[rows.start * kv_dim..rows.end * kv_dim]);
+                let r = rows.start * kv_dim..rows.end * kv_dim;
+                kv.write(il, sp.pos0, &s.k[r.clone()], &s.v[r]);
             }
             let (q, seqs_ro, rows) = (&s.q[..n * q_dim], &*seqs, &s.rows);
             let (k_new, v_new) = (&s.k[..n * kv_dim], &s.v[..n * kv_dim]);
@@ -418,15 +419,15 @@ impl LlamaModel {
                         // five 361 -> 399 (columns).
                         let cols = kv0 * hd..(kv0 + c.n_head_kv / kv_split) * hd;
                         let n_rows = span.1 - span.0;
-                        if 2 * n_rows * cols.len() * size_of::<f32>() <= KV_PREFETCH_MAX_BYTES {
+                        if 2 * n_rows * cols.len() * kv.kv_type().size() <= KV_PREFETCH_MAX_BYTES {
                             let rows = span.0 * kv_dim..span.1 * kv_dim;
-                            let (k_span, v_span) = (&k[rows.clone()], &v[rows]);
+                            let (k_span, v_span) = (k.slice(rows.clone()), v.slice(rows));
                             if kv_split == 1 {
-                                stream::prefetch_slice_l2(k_span);
-                                stream::prefetch_slice_l2(v_span);
+                                k_span.prefetch_l2(0..k_span.len());
+                                v_span.prefetch_l2(0..v_span.len());
                             } else {
-                                stream::prefetch_rows_l2(k_span, kv_dim, cols.clone(), n_rows);
-                                stream::prefetch_rows_l2(v_span, kv_dim, cols, n_rows);
+                                k_span.prefetch_rows_l2(kv_dim, cols.clone(), n_rows);
+                                v_span.prefetch_rows_l2(kv_dim, cols, n_rows);
                             }
                         }
                         for (i, sp) in part.chunks_exact_mut(sub).enumerate() {
@@ -469,10 +470,10 @@ impl LlamaModel {
                                     group,
                                 };
                                 let head = HeadKv {
-                                    k: &kv.k(il, 0, n_end)[kvh * hd..],
+                                    k: kv.k(il, 0, n_end).from(kvh * hd),
                                     k_stride: kv_dim,
                                     rope_k: None,
-                                    v: &kv.v(il, 0, n_end)[kvh * hd..],
+                                    v: kv.v(il, 0, n_end).from(kvh * hd),
                                     v_stride: kv_dim,
                                     v_dim: hd,
                                 };
@@ -637,20 +638,20 @@ fn window_spans<'a>(
         let (a, count) = (lo % cap, pos0 - lo);
         let first = count.min(cap - a);
         spans[0] = KvSpan {
-            k: &rk[a * kv_dim..(a + first) * kv_dim],
-            v: &rv[a * kv_dim..(a + first) * kv_dim],
+            k: rk.slice(a * kv_dim..(a + first) * kv_dim),
+            v: rv.slice(a * kv_dim..(a + first) * kv_dim),
             n: first,
         };
         spans[1] = KvSpan {
-            k: &rk[..(count - first) * kv_dim],
-            v: &rv[..(count - first) * kv_dim],
+            k: rk.slice(0..(count - first) * kv_dim),
+            v: rv.slice(0..(count - first) * kv_dim),
             n: count - first,
         };
     }
     let f0 = start + lo.max(pos0) - pos0;
     spans[2] = KvSpan {
-        k: &k_new[f0 * kv_dim..(row + 1) * kv_dim],
-        v: &v_new[f0 * kv_dim..(row + 1) * kv_dim],
+        k: KvRows::F32(&k_new[f0 * kv_dim..(row + 1) * kv_dim]),
+        v: KvRows::F32(&v_new[f0 * kv_dim..(row + 1) * kv_dim]),
         n: row + 1 - f0,
     };
     spans
