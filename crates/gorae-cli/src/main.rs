@@ -35,7 +35,7 @@ struct Cli {
     /// Element type of the key/value cache (llama.cpp's `--cache-type-k/-v`): f16 holds half
     /// the bytes, so a context takes half the memory. f32 (the default) decodes faster here:
     /// f16 rows are widened a block at a time before the f32 attention kernels read them
-    /// (SmolLM2 Q4_1 at depth 2048: 97-99 t/s against 113-115). DeepSeek's MLA latent cache
+    /// (SmolLM2 Q4_1 at depth 2048, alternated: 126-143 t/s against 146-162). DeepSeek's MLA latent cache
     /// stays f32.
     #[arg(long, global = true, value_parser = parse_kv_type, default_value = "f32")]
     cache_type: gorae_kernels::kv::KvType,

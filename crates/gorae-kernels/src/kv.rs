@@ -2,7 +2,7 @@
 //! default cache type is f16); its rows are turned back into f32 a block at a time, right
 //! before the f32 attention kernels read them. That widening costs more than the halved reads
 //! save on this machine, where attention at depth is not bandwidth-bound (SmolLM2 Q4_1 at
-//! depth 2048: 97-99 t/s against 113-115 with f32), so f32 stays the default and f16 is for
+//! depth 2048, alternated: 126-143 t/s against 146-162 with f32), so f32 stays the default and f16 is for
 //! fitting longer contexts. f16 → f32 is exact, so attention over an f16 cache gives bit for bit what the same
 //! kernels give over an f32 cache holding the f16-rounded keys and values.
 
@@ -75,22 +75,6 @@ impl<'a> KvRows<'a> {
     /// Elements from `start` on.
     pub fn from(self, start: usize) -> KvRows<'a> {
         self.slice(start..self.len())
-    }
-
-    /// Asks for elements `r` in L2 (a hint; see [`crate::stream::prefetch_slice_l2`]).
-    pub fn prefetch_l2(self, r: std::ops::Range<usize>) {
-        match self {
-            KvRows::F32(s) => crate::stream::prefetch_slice_l2(&s[r]),
-            KvRows::F16(s) => crate::stream::prefetch_slice_l2(&s[r]),
-        }
-    }
-
-    /// Asks for columns `cols` of `n_rows` rows of `stride` elements in L2.
-    pub fn prefetch_rows_l2(self, stride: usize, cols: std::ops::Range<usize>, n_rows: usize) {
-        match self {
-            KvRows::F32(s) => crate::stream::prefetch_rows_l2(s, stride, cols, n_rows),
-            KvRows::F16(s) => crate::stream::prefetch_rows_l2(s, stride, cols, n_rows),
-        }
     }
 
     /// The first `width` elements of `n` rows `stride` apart, from row `r0`, as f32: the

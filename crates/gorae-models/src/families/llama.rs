@@ -27,6 +27,7 @@ use crate::weights::{
 use gorae_kernels::kv::{KvRows, KvType};
 use gorae_kernels::par::par_rows;
 use gorae_kernels::pool;
+use gorae_kernels::stream;
 
 struct Layer {
     attn_norm: Option<Vec<f32>>, // [n_embd]; None without pre-norms (EXAONE 4)
@@ -421,13 +422,15 @@ impl LlamaModel {
                         let n_rows = span.1 - span.0;
                         if 2 * n_rows * cols.len() * kv.kv_type().size() <= KV_PREFETCH_MAX_BYTES {
                             let rows = span.0 * kv_dim..span.1 * kv_dim;
-                            let (k_span, v_span) = (k.slice(rows.clone()), v.slice(rows));
-                            if kv_split == 1 {
-                                k_span.prefetch_l2(0..k_span.len());
-                                v_span.prefetch_l2(0..v_span.len());
-                            } else {
-                                k_span.prefetch_rows_l2(kv_dim, cols.clone(), n_rows);
-                                v_span.prefetch_rows_l2(kv_dim, cols, n_rows);
+                            let whole = kv_split == 1;
+                            match (k, v) {
+                                (KvRows::F32(k), KvRows::F32(v)) => {
+                                    prefetch_kv(k, v, rows, whole, kv_dim, cols, n_rows)
+                                }
+                                (KvRows::F16(k), KvRows::F16(v)) => {
+                                    prefetch_kv(k, v, rows, whole, kv_dim, cols, n_rows)
+                                }
+                                _ => {}
                             }
                         }
                         for (i, sp) in part.chunks_exact_mut(sub).enumerate() {
@@ -610,6 +613,29 @@ fn add_scaled(x: &mut [f32], y: &[f32], m: f32) {
         for (a, b) in x.iter_mut().zip(y) {
             *a += m * b;
         }
+    }
+}
+
+/// Asks for elements `rows` of a chunk's keys and values in L2: all of them (`whole`), or
+/// columns `cols` of each of its `n_rows` rows. Called on the slices themselves: the same loop
+/// behind a method of [`KvRows`] in the kernels crate ran decode at depth 2048 about 20 %
+/// slower (SmolLM2 Q4_1, alternated: 98-113 against 143-155 t/s).
+fn prefetch_kv<T>(
+    k: &[T],
+    v: &[T],
+    rows: std::ops::Range<usize>,
+    whole: bool,
+    kv_dim: usize,
+    cols: std::ops::Range<usize>,
+    n_rows: usize,
+) {
+    let (k, v) = (&k[rows.clone()], &v[rows]);
+    if whole {
+        stream::prefetch_slice_l2(k);
+        stream::prefetch_slice_l2(v);
+    } else {
+        stream::prefetch_rows_l2(k, kv_dim, cols.clone(), n_rows);
+        stream::prefetch_rows_l2(v, kv_dim, cols, n_rows);
     }
 }
 
