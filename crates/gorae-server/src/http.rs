@@ -681,6 +681,18 @@ async fn completion_inner(
     .await
 }
 
+/// The optional `model` of a tokenizer request: a string naming this server's model.
+fn check_body_model(app: &AppState, obj: &Map<String, Value>) -> Result<(), ApiError> {
+    match obj.get("model").filter(|m| !m.is_null()) {
+        None => Ok(()),
+        Some(Value::String(m)) => app.check_model(Some(m)),
+        Some(v) => Err(ApiError::bad_request(
+            format!("'model' must be a string, got {v}"),
+            Some("model"),
+        )),
+    }
+}
+
 async fn tokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     tokenize_inner(app, body)
         .await
@@ -695,17 +707,7 @@ async fn tokenize_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let obj = request::parse_body(&body_bytes(body)?)?;
-    let model = obj.get("model").filter(|m| !m.is_null());
-    match model {
-        None => {}
-        Some(Value::String(m)) => app.check_model(Some(m))?,
-        Some(v) => {
-            return Err(ApiError::bad_request(
-                format!("'model' must be a string, got {v}"),
-                Some("model"),
-            ));
-        }
-    }
+    check_body_model(&app, &obj)?;
     let text = ["prompt", "content"]
         .iter()
         .find_map(|k| obj.get(*k).map(|v| (*k, v)));
@@ -768,9 +770,7 @@ async fn detokenize_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let obj = request::parse_body(&body_bytes(body)?)?;
-    if let Some(m) = obj.get("model").and_then(Value::as_str) {
-        app.check_model(Some(m))?;
-    }
+    check_body_model(&app, &obj)?;
     let Some(Value::Array(items)) = obj.get("tokens") else {
         return Err(ApiError::bad_request(
             "'tokens' must be a list of token ids",
