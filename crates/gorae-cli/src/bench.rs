@@ -242,9 +242,14 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
         let syl_s: Option<Vec<f64>> =
             syllables.map(|syl| secs.iter().map(|s| syl as f64 / s).collect());
         let syl_stats = syl_s.as_deref().map(mean_sd);
+        // Keys and values each decoded token reads: every cached position once, the context
+        // growing from `depth` to `depth + n_gen` over a run (at depth 2048, SmolLM2's f32
+        // cache reads about as many bytes as its weights).
+        let kv_read =
+            info.kv_bytes_per_token as f64 * (args.depth as f64 + (n_gen as f64 + 1.0) / 2.0);
         // The roofline counts one token per weight read: it applies to a single sequence only.
         let roofline = if kind == "tg" && n_seq == 1 {
-            Some(avg_ts * bytes_per_token / (bw * 1e9))
+            Some(avg_ts * (bytes_per_token + kv_read) / (bw * 1e9))
         } else {
             None
         };
@@ -266,6 +271,7 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
             "stddev_ts": sd_ts,
             "samples_ts": ts,
             "weight_bytes_per_token": info.active_weight_bytes,
+            "kv_bytes_read_per_token": (kind == "tg").then_some(kv_read as u64),
             "dram_read_gbs": bw,
             "roofline_fraction": roofline,
             "hangul_syllables": syllables,
@@ -275,8 +281,10 @@ pub fn bench(model_path: &Path, args: &BenchArgs, only_membw: bool) -> Result<()
         if !args.json {
             let extra = roofline.map_or(String::new(), |r| {
                 format!(
-                    "  ({:.1} MB/token, {:.0} % of {bw:.1} GB/s)",
+                    "  ({:.1} MB/token: {:.1} weights + {:.1} KV, {:.0} % of {bw:.1} GB/s)",
+                    (bytes_per_token + kv_read) / 1e6,
                     bytes_per_token / 1e6,
+                    kv_read / 1e6,
                     r * 100.0
                 )
             });
