@@ -350,8 +350,7 @@ impl JsonPrefix {
                     if self.digits > cap || !self.check(|t| t.scalar_char(c)) {
                         return false;
                     }
-                    let n = next;
-                    self.st = St::Number(n);
+                    self.st = St::Number(next);
                     return true;
                 }
                 // The number ends here if it is complete; `c` then follows a value.

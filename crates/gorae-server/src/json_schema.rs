@@ -625,22 +625,24 @@ impl Track {
     /// A character of a scalar value after its first (string content and closing quote,
     /// number digits, letters of true/false/null).
     pub(crate) fn scalar_char(&mut self, c: char) -> bool {
-        if let Some(lit) = &mut self.lit {
-            let Some(texts) = &self.schema.nodes[lit.node].literals else {
+        let Track {
+            schema,
+            lit,
+            integer_only,
+            ..
+        } = self;
+        if let Some(lit) = lit {
+            let Some(texts) = &schema.nodes[lit.node].literals else {
                 return false;
             };
-            let mut buf = [0u8; 4];
-            for &b in c.encode_utf8(&mut buf).as_bytes() {
-                for (i, t) in texts.iter().enumerate() {
-                    if t.as_bytes().get(lit.len) != Some(&b) {
-                        lit.cands &= !(1u64 << i);
-                    }
-                }
-                lit.len += 1;
-            }
-            return lit.cands != 0;
+            return narrow(
+                texts.iter().map(String::as_str),
+                &mut lit.cands,
+                &mut lit.len,
+                c,
+            );
         }
-        !(self.integer_only && matches!(c, '.' | 'e' | 'E'))
+        !(*integer_only && matches!(c, '.' | 'e' | 'E'))
     }
 
     /// The scalar value is complete.
@@ -651,10 +653,7 @@ impl Track {
         let Some(texts) = &self.schema.nodes[lit.node].literals else {
             return false;
         };
-        texts
-            .iter()
-            .enumerate()
-            .any(|(i, t)| lit.cands & (1 << i) != 0 && t.len() == lit.len)
+        whole(texts.iter().map(String::as_str), lit.cands, lit.len).is_some()
     }
 
     fn props(&self, node: usize) -> Option<&Properties> {
@@ -663,14 +662,14 @@ impl Track {
 
     /// The opening quote of a key.
     pub(crate) fn key_start(&mut self) -> bool {
-        let schema = std::sync::Arc::clone(&self.schema);
+        let Track { schema, frames, .. } = self;
         let Some(Frame::Object {
             node,
             seen,
             cands,
             key_len,
             ..
-        }) = self.frames.last_mut()
+        }) = frames.last_mut()
         else {
             return false;
         };
@@ -686,41 +685,32 @@ impl Track {
 
     /// A character of a key (escapes as written).
     pub(crate) fn key_char(&mut self, c: char) -> bool {
-        let schema = std::sync::Arc::clone(&self.schema);
+        let Track { schema, frames, .. } = self;
         let Some(Frame::Object {
             node,
             cands,
             key_len,
             ..
-        }) = self.frames.last_mut()
+        }) = frames.last_mut()
         else {
             return false;
         };
-        let Some(p) = &schema.nodes[*node].object else {
-            return true;
-        };
-        let mut buf = [0u8; 4];
-        for &b in c.encode_utf8(&mut buf).as_bytes() {
-            for (i, (k, _)) in p.keys.iter().enumerate() {
-                if k.as_bytes().get(*key_len) != Some(&b) {
-                    *cands &= !(1u64 << i);
-                }
-            }
-            *key_len += 1;
+        match &schema.nodes[*node].object {
+            None => true,
+            Some(p) => narrow(p.keys.iter().map(|(k, _)| k.as_str()), cands, key_len, c),
         }
-        *cands != 0
     }
 
     /// The closing quote of a key.
     pub(crate) fn key_end(&mut self) -> bool {
-        let schema = std::sync::Arc::clone(&self.schema);
+        let Track { schema, frames, .. } = self;
         let Some(Frame::Object {
             node,
             seen,
             cands,
             key_len,
             value,
-        }) = self.frames.last_mut()
+        }) = frames.last_mut()
         else {
             return false;
         };
@@ -729,15 +719,10 @@ impl Track {
             *value = n.values;
             return true;
         };
-        let hit = p
-            .keys
-            .iter()
-            .enumerate()
-            .find(|(i, (k, _))| *cands & (1 << i) != 0 && k.len() == *key_len);
-        match hit {
-            Some((i, (_, id))) => {
+        match whole(p.keys.iter().map(|(k, _)| k.as_str()), *cands, *key_len) {
+            Some(i) => {
                 *seen |= 1 << i;
-                *value = *id;
+                *value = p.keys[i].1;
                 true
             }
             None => false,
@@ -770,6 +755,35 @@ impl Track {
         }
         ok
     }
+}
+
+/// Narrows `cands` (bit `i`: `texts[i]` still matches what was written) by the UTF-8 bytes
+/// of `c`, written from byte `*len` on; whether a candidate is left. Keys and `enum` values
+/// are matched this way.
+fn narrow<'t>(
+    texts: impl Iterator<Item = &'t str> + Clone,
+    cands: &mut u64,
+    len: &mut usize,
+    c: char,
+) -> bool {
+    let mut buf = [0u8; 4];
+    for &b in c.encode_utf8(&mut buf).as_bytes() {
+        for (i, t) in texts.clone().enumerate() {
+            if t.as_bytes().get(*len) != Some(&b) {
+                *cands &= !(1u64 << i);
+            }
+        }
+        *len += 1;
+    }
+    *cands != 0
+}
+
+/// The candidate of `cands` that is exactly the `len` bytes written.
+fn whole<'t>(texts: impl Iterator<Item = &'t str>, cands: u64, len: usize) -> Option<usize> {
+    texts
+        .enumerate()
+        .find(|(i, t)| cands & (1 << i) != 0 && t.len() == len)
+        .map(|(i, _)| i)
 }
 
 /// The mask of the first `n` bits.
