@@ -21,12 +21,11 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_http::catch_panic::CatchPanicLayer;
-
-use crate::tools::{self, ToolCall, ToolFormat, Tools};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::request::{self, GenParams, Prompt};
+use crate::tools::{self, ToolCall, ToolFormat, Tools};
 use crate::worker::{Delta, Event, Finish, Job, SubmitError, TokenLogprob, Usage};
 use crate::{AppState, ReasoningField};
 
@@ -681,18 +680,6 @@ async fn completion_inner(
     .await
 }
 
-/// The optional `model` of a tokenizer request: a string naming this server's model.
-fn check_body_model(app: &AppState, obj: &Map<String, Value>) -> Result<(), ApiError> {
-    match obj.get("model").filter(|m| !m.is_null()) {
-        None => Ok(()),
-        Some(Value::String(m)) => app.check_model(Some(m)),
-        Some(v) => Err(ApiError::bad_request(
-            format!("'model' must be a string, got {v}"),
-            Some("model"),
-        )),
-    }
-}
-
 async fn tokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     tokenize_inner(app, body)
         .await
@@ -707,22 +694,13 @@ async fn tokenize_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let obj = request::parse_body(&body_bytes(body)?)?;
-    check_body_model(&app, &obj)?;
+    app.check_model(request::model(&obj)?.as_deref())?;
     let text = ["prompt", "content"]
         .iter()
         .find_map(|k| obj.get(*k).map(|v| (*k, v)));
     let ids = match (text, obj.get("messages")) {
         (Some((k, Value::String(t))), None) => {
-            let add_special = match obj.get("add_special_tokens") {
-                None | Some(Value::Null) => true,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "'add_special_tokens' must be a boolean",
-                        Some("add_special_tokens"),
-                    ));
-                }
-            };
+            let add_special = request::opt_bool(&obj, "add_special_tokens")?.unwrap_or(true);
             let t = t.clone();
             prepare(&app, "tokenizing", move |a| {
                 a.tokenizer.encode(&t, add_special)
@@ -770,28 +748,14 @@ async fn detokenize_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let obj = request::parse_body(&body_bytes(body)?)?;
-    check_body_model(&app, &obj)?;
+    app.check_model(request::model(&obj)?.as_deref())?;
     let Some(Value::Array(items)) = obj.get("tokens") else {
         return Err(ApiError::bad_request(
             "'tokens' must be a list of token ids",
             Some("tokens"),
         ));
     };
-    let mut ids = Vec::with_capacity(items.len());
-    for v in items {
-        match v.as_u64() {
-            Some(id) if (id as usize) < app.n_vocab => ids.push(id as u32),
-            _ => {
-                return Err(ApiError::bad_request(
-                    format!(
-                        "token {v} is not an id of this vocabulary (0..{})",
-                        app.n_vocab
-                    ),
-                    Some("tokens"),
-                ));
-            }
-        }
-    }
+    let ids = request::token_ids(items, app.n_vocab, "tokens", "a token id")?;
     let text = prepare(&app, "detokenizing", move |a| {
         a.tokenizer.decode(&ids, false)
     })
@@ -949,18 +913,12 @@ impl StreamState {
     /// Moves the part of `d`'s content that is or may become a tool call into `held`; what
     /// surely is text stays in `d` (its reasoning and log-probabilities go out unchanged).
     fn hold(&mut self, d: &mut Delta) {
-        let Some(ToolMode::Scan { format, .. }) = self.meta.tools else {
-            // A forced call: the whole answer is the call.
-            self.held.push_str(&d.content);
-            d.content.clear();
+        self.held.push_str(&d.content);
+        d.content.clear();
+        // Inside a call (a forced call: from the start) everything is held.
+        let Some(ToolMode::Scan { format, .. }) = self.meta.tools.filter(|_| !self.in_call) else {
             return;
         };
-        if self.in_call {
-            self.held.push_str(&d.content);
-            d.content.clear();
-            return;
-        }
-        self.held.push_str(&d.content);
         match tools::hold_from(format, &self.held) {
             None => d.content = std::mem::take(&mut self.held),
             Some(i) => {

@@ -157,7 +157,7 @@ fn opt_int(o: &Obj, name: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
-fn opt_bool(o: &Obj, name: &str) -> Result<Option<bool>, ApiError> {
+pub(crate) fn opt_bool(o: &Obj, name: &str) -> Result<Option<bool>, ApiError> {
     match field(o, name) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -173,7 +173,8 @@ fn opt_str<'a>(o: &'a Obj, name: &str) -> Result<Option<&'a str>, ApiError> {
     }
 }
 
-fn model(o: &Obj) -> Result<Option<String>, ApiError> {
+/// The optional `model` field.
+pub(crate) fn model(o: &Obj) -> Result<Option<String>, ApiError> {
     Ok(opt_str(o, "model")?.map(str::to_string))
 }
 
@@ -292,11 +293,7 @@ fn json_schema(rf: &Obj) -> Result<Format, ApiError> {
         return Err(wrong_type(PARAM, "an object", js));
     };
     match js.get("name") {
-        Some(Value::String(n))
-            if !n.is_empty()
-                && n.len() <= 64
-                && n.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {}
+        Some(Value::String(n)) if crate::tools::valid_name(n) => {}
         _ => {
             return Err(ApiError::bad_request(
                 "'response_format.json_schema.name' must be 1-64 letters, digits, '_' or '-'",
@@ -789,22 +786,29 @@ pub fn chat_request(o: &Obj, n_vocab: usize) -> Result<ChatRequest, ApiError> {
     })
 }
 
-fn token_ids(items: &[Value], n_vocab: usize) -> Result<Vec<u32>, ApiError> {
+/// The ids of `items`, each checked against the vocabulary; errors name `param`, and `what`
+/// says what the field should hold.
+pub(crate) fn token_ids(
+    items: &[Value],
+    n_vocab: usize,
+    param: &str,
+    what: &str,
+) -> Result<Vec<u32>, ApiError> {
     let mut ids = Vec::with_capacity(items.len());
     for v in items {
-        let id = v
-            .as_u64()
-            .ok_or_else(|| wrong_type("prompt", "a string or a list of token ids", v))?;
+        let id = v.as_u64().ok_or_else(|| wrong_type(param, what, v))?;
         if id as usize >= n_vocab || id > u32::MAX as u64 {
             return Err(ApiError::bad_request(
-                format!("prompt token id {id} is out of range (vocabulary of {n_vocab})"),
-                Some("prompt"),
+                format!("{param} token id {id} is out of range (vocabulary of {n_vocab})"),
+                Some(param),
             ));
         }
         ids.push(id as u32);
     }
     Ok(ids)
 }
+
+const PROMPT_IDS: &str = "a string or a list of token ids";
 
 fn prompt(o: &Obj, n_vocab: usize) -> Result<Prompt, ApiError> {
     let many = || {
@@ -829,10 +833,14 @@ fn prompt(o: &Obj, n_vocab: usize) -> Result<Prompt, ApiError> {
                 _ => Err(many()),
             },
             Some(Value::Array(_)) => match items.as_slice() {
-                [Value::Array(ids)] => Ok(Prompt::Ids(token_ids(ids, n_vocab)?)),
+                [Value::Array(ids)] => {
+                    Ok(Prompt::Ids(token_ids(ids, n_vocab, "prompt", PROMPT_IDS)?))
+                }
                 _ => Err(many()),
             },
-            Some(_) => Ok(Prompt::Ids(token_ids(items, n_vocab)?)),
+            Some(_) => Ok(Prompt::Ids(token_ids(
+                items, n_vocab, "prompt", PROMPT_IDS,
+            )?)),
         },
         Some(v) => Err(wrong_type(
             "prompt",

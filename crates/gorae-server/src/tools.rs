@@ -80,7 +80,8 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
-fn valid_name(n: &str) -> bool {
+/// OpenAI's rule for function and response-format names: 1-64 letters, digits, '_' or '-'.
+pub(crate) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.chars()
@@ -301,14 +302,6 @@ impl Tools {
             return;
         }
         list.insert(0, json!({"role": "system", "content": text}));
-    }
-
-    /// Keeps only the calls the request allows (one, without parallel calls).
-    pub fn limit(&self, mut calls: Vec<ToolCall>) -> Vec<ToolCall> {
-        if !self.parallel {
-            calls.truncate(1);
-        }
-        calls
     }
 }
 
