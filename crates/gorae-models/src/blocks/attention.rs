@@ -139,7 +139,7 @@ pub fn attend_chunk(
     let group = qg.len() / head_dim.max(1);
     let (len, off) = (c1 - c0, kvh * head_dim);
     let (k, v) = (k.from(off), v.from(off));
-    let mut body = |kb: &mut Vec<f32>, vb: &mut Vec<f32>| {
+    with_blocks(head_dim, |kb, vb| {
         for b0 in (0..len).step_by(KV_BLOCK) {
             let bl = KV_BLOCK.min(len - b0);
             let (keys, ks) = k.block_f32(c0 + b0, bl, kv_dim, head_dim, kb);
@@ -197,12 +197,7 @@ pub fn attend_chunk(
                 }
             }
         }
-    };
-    match (k, v) {
-        // An f32 cache needs no block buffers.
-        (KvRows::F32(_), KvRows::F32(_)) => body(&mut Vec::new(), &mut Vec::new()),
-        _ => with_blocks(head_dim, body),
-    }
+    });
 }
 
 /// Merges one head's chunk (`part`, normalized by its own sum, with its softmax `[max, sum]`)
